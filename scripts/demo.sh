@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The main job on a CPU: build the tiny Qwen2.5-Omni model and the demo data, then train with verl's actor.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+source scripts/env.sh
+exec .venv/bin/verl-modality demo --work-dir "${WORK_DIR:-demo_run}" "$@"

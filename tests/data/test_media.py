@@ -1,0 +1,198 @@
+"""Media writers and readers: round trips that recover the content, resampling, and errors on bad files."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from verl_modality.data import media
+from verl_modality.data.synthetic import COLOURS, beep_wave, colour_frames
+
+
+def _sine(freq: float, sr: int, seconds: float = 1.0, amplitude: float = 0.5) -> np.ndarray:
+    return (amplitude * np.sin(2 * np.pi * freq * np.arange(int(sr * seconds)) / sr)).astype(np.float32)
+
+
+def _md5(path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------------- audio
+
+
+def test_wav_round_trip_keeps_samples_and_frequency(tmp_path, decode):
+    wave = _sine(1000.0, 16000)
+    path = media.write_audio(tmp_path / "sub" / "tone.wav", wave)
+    back = media.load_audio(path)
+    assert back.dtype == np.float32 and back.ndim == 1
+    np.testing.assert_array_equal(back, wave)  # float wav is lossless
+    assert abs(decode.frequency(back, 16000) - 1000.0) <= 1.0
+    info = media.probe_audio(path)
+    assert (info.sample_rate, info.channels, info.frames) == (16000, 1, 16000)
+
+
+def test_wav_writes_are_byte_identical(tmp_path):
+    wave = _sine(440.0, 16000, 0.3)
+    first = _md5(media.write_audio(tmp_path / "a.wav", wave))
+    second = _md5(media.write_audio(tmp_path / "b.wav", wave))
+    assert first == second
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4])
+@pytest.mark.parametrize("pitch", ["low", "high"])
+def test_beep_count_and_pitch_survive_the_file(tmp_path, decode, count, pitch):
+    path = media.write_audio(tmp_path / "beeps.wav", beep_wave(count, pitch))
+    back = media.load_audio(path)
+    assert decode.bursts(back, 16000) == count
+    assert abs(decode.frequency(back, 16000) - {"low": 440.0, "high": 1760.0}[pitch]) < 10.0
+
+
+def test_resample_8k_mono_to_16k(tmp_path, decode):
+    path = media.write_audio(tmp_path / "8k.wav", _sine(500.0, 8000), sr=8000)
+    back = media.load_audio(path, sr=16000)
+    assert back.shape == (16000,)
+    assert abs(decode.frequency(back, 16000) - 500.0) <= 1.0
+    assert abs(float(np.abs(back[2000:-2000]).max()) - 0.5) < 0.02  # amplitude kept through the filter
+
+
+def test_resample_44k1_stereo_is_downmixed_to_16k_mono(tmp_path, decode):
+    left = _sine(700.0, 44100)
+    stereo = np.stack([left, np.zeros_like(left)], axis=1)  # right channel silent: the mean halves the amplitude
+    path = media.write_audio(tmp_path / "stereo.wav", stereo, sr=44100)
+    assert media.probe_audio(path).channels == 2
+    back = media.load_audio(path)
+    assert back.ndim == 1 and back.shape[0] == 16000
+    assert abs(decode.frequency(back, 16000) - 700.0) <= 1.0
+    assert abs(float(np.abs(back[2000:-2000]).max()) - 0.25) < 0.02
+
+
+def test_sr_none_keeps_the_file_rate(tmp_path):
+    path = media.write_audio(tmp_path / "22k.wav", _sine(300.0, 22050, 0.5), sr=22050)
+    assert media.load_audio(path, sr=None).shape == (11025,)
+
+
+def test_audio_track_of_an_mp4_falls_back_to_pyav(tmp_path, decode):
+    import av
+
+    sr, wave = 16000, _sine(880.0, 16000)
+    path = tmp_path / "track.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=sr, layout="mono")
+        for start in range(0, len(wave), 1024):
+            frame = av.AudioFrame.from_ndarray(wave[None, start : start + 1024], format="fltp", layout="mono")
+            frame.sample_rate = sr
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    back = media.load_audio(path)
+    assert abs(back.shape[0] - sr) < 2048  # codec priming/padding
+    assert abs(decode.frequency(back, sr) - 880.0) <= 2.0
+
+
+# --------------------------------------------------------------------------------------------------------- video
+
+
+def test_video_round_trip_recovers_colours(tmp_path, decode):
+    path = media.write_video(tmp_path / "clip.mp4", colour_frames("yellow"), fps=2)
+    frames = media.load_video(path)
+    assert frames.shape == (4, 56, 56, 3) and frames.dtype == np.uint8
+    assert decode.colour(frames, COLOURS) == "yellow"
+    assert np.abs(frames.reshape(-1, 3).mean(0) - np.array(COLOURS["yellow"])).max() < 8
+    info = media.probe_video(path)
+    assert (info.width, info.height, info.fps) == (56, 56, 2.0)
+
+
+def test_video_writes_are_byte_identical(tmp_path):
+    frames = colour_frames("blue")
+    assert _md5(media.write_video(tmp_path / "a.mp4", frames)) == _md5(media.write_video(tmp_path / "b.mp4", frames))
+
+
+@pytest.fixture
+def four_colour_clip(tmp_path):
+    names = ["red", "green", "blue", "yellow"]
+    frames = np.concatenate([colour_frames(n, n_frames=1, size=64) for n in names])
+    return names, media.write_video(tmp_path / "four.mp4", frames, fps=2)
+
+
+def test_load_video_fps_drops_frames(four_colour_clip, decode):
+    names, path = four_colour_clip
+    frames = media.load_video(path, fps=1)
+    assert [decode.colour(f, COLOURS) for f in frames] == ["red", "blue"]
+    assert len(media.load_video(path, fps=2)) == 4
+    assert len(media.load_video(path, fps=10)) == 4  # never duplicated
+
+
+def test_load_video_max_frames_and_size(four_colour_clip, decode):
+    names, path = four_colour_clip
+    frames = media.load_video(path, max_frames=2)
+    assert [decode.colour(f, COLOURS) for f in frames] == ["red", "yellow"]
+    assert media.load_video(path, size=28).shape == (4, 28, 28, 3)
+    resized = media.load_video(path, size=(32, 48), max_frames=3)
+    assert resized.shape == (3, 32, 48, 3)
+    assert [decode.colour(f, COLOURS) for f in resized] == ["red", "blue", "yellow"]  # indices 0, 2, 3
+
+
+def test_write_video_rejects_bad_frames(tmp_path):
+    with pytest.raises(ValueError, match="even"):
+        media.write_video(tmp_path / "odd.mp4", np.zeros((2, 55, 56, 3), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        media.write_video(tmp_path / "f.mp4", np.zeros((2, 56, 56, 3), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        media.write_video(tmp_path / "g.mp4", np.zeros((56, 56, 3), np.uint8))
+
+
+# --------------------------------------------------------------------------------------------------------- errors
+
+
+@pytest.fixture
+def garbage(tmp_path):
+    rng = np.random.default_rng(0)
+
+    def make(name: str):
+        path = tmp_path / name
+        path.write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+        return path
+
+    return make
+
+
+@pytest.mark.parametrize("reader", [media.load_audio, media.probe_audio])
+def test_corrupt_wav_raises_media_error_naming_the_path(garbage, reader):
+    path = garbage("broken.wav")
+    with pytest.raises(media.MediaError, match="broken.wav") as info:
+        reader(path)
+    assert str(path) in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("reader", [media.load_video, media.probe_video])
+def test_corrupt_mp4_raises_media_error_naming_the_path(garbage, reader):
+    path = garbage("broken.mp4")
+    with pytest.raises(media.MediaError) as info:
+        reader(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("reader", [media.load_audio, media.probe_audio, media.load_video, media.probe_video])
+def test_missing_file_raises_media_error_naming_the_path(tmp_path, reader):
+    path = tmp_path / "nowhere" / "missing.bin"
+    with pytest.raises(media.MediaError, match="not found") as info:
+        reader(path)
+    assert str(path) in str(info.value)
+
+
+def test_audio_file_is_not_a_video(tmp_path):
+    path = media.write_audio(tmp_path / "tone.wav", _sine(440.0, 16000, 0.2))
+    with pytest.raises(media.MediaError, match="no video stream"):
+        media.load_video(path)
+    with pytest.raises(media.MediaError, match="no video stream"):
+        media.probe_video(path)
+
+
+def test_video_without_audio_track_is_not_audio(tmp_path):
+    path = media.write_video(tmp_path / "silent.mp4", colour_frames("red"))
+    with pytest.raises(media.MediaError, match="silent.mp4"):
+        media.load_audio(path)

@@ -1,0 +1,714 @@
+"""The tagged-sample schema: one parquet row per multiple-choice item, readable by verl's ``RLHFDataset``.
+
+The field list, the meaning of each field and the validator's error format are documented in
+``docs/data_schema.md``. In short: ``prompt`` is a chat message list whose text carries one ``<video>`` / ``<audio>``
+placeholder per entry of ``videos`` / ``audios`` (the streams shown to the policy), ``modality_tag`` is the required
+modality tag, ``available`` the streams shown, and ``stratum`` follows from the two (SPEC section 1).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from verl_modality import STREAMS, TAGS
+
+# ---------------------------------------------------------------------------------------------------------------
+# field names and vocabularies
+
+ID = "id"
+DATA_SOURCE = "data_source"
+PROMPT = "prompt"
+VIDEOS = "videos"
+AUDIOS = "audios"
+SUBTITLE = "subtitle"
+QUESTION = "question"
+CHOICES = "choices"
+ANSWER = "answer"
+MODALITY_TAG = "modality_tag"
+MEDIA_STREAMS = "media_streams"
+AVAILABLE = "available"
+STRATUM = "stratum"
+TASK = "task"
+REWARD_MODEL = "reward_model"
+EXTRA_INFO = "extra_info"
+#: Optional: every media file of the record, shown or not: ``{"videos": [path, ...], "audios": [path, ...]}``.
+MEDIA = "media"
+
+REQUIRED_FIELDS = (
+    ID,
+    DATA_SOURCE,
+    PROMPT,
+    VIDEOS,
+    AUDIOS,
+    SUBTITLE,
+    QUESTION,
+    CHOICES,
+    ANSWER,
+    MODALITY_TAG,
+    MEDIA_STREAMS,
+    AVAILABLE,
+    STRATUM,
+    TASK,
+    REWARD_MODEL,
+    EXTRA_INFO,
+)
+OPTIONAL_FIELDS = (MEDIA,)
+
+VIDEO_PLACEHOLDER = "<video>"
+AUDIO_PLACEHOLDER = "<audio>"
+IMAGE_PLACEHOLDER = "<image>"
+_PLACEHOLDER_RE = re.compile(r"<image>|<video>|<audio>")
+
+LETTERS = "ABCDEF"
+MIN_CHOICES, MAX_CHOICES = 2, len(LETTERS)
+STRATA = ("exact", "superset", "deficit")
+LEVELS = ("uni", "bi", "tri")
+TASKS = ("qa",)
+ROLES = ("system", "user", "assistant")
+REWARD_STYLE = "rule"
+
+ANSWER_INSTRUCTION = (
+    "Reason briefly if you need to, then end your reply with the letter of the chosen option in square brackets, "
+    "for example [B]."
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tags, levels, strata
+
+
+def canonical_tag(streams: str | Iterable[str], allow_empty: bool = False) -> str:
+    """Normalise a set of streams (``"AV"``, ``{"S", "V"}``, ``"vas"``) to canonical order (``"VA"``, ``"VS"``...).
+
+    Raises ``ValueError`` naming the value when it holds anything but V, A, S, or is empty (unless ``allow_empty``).
+    """
+    if isinstance(streams, str):
+        letters = list(streams.upper())
+    else:
+        try:
+            letters = [str(s).upper() for s in streams]
+        except TypeError:
+            raise ValueError(f"{streams!r} is not a set of streams (V, A, S)") from None
+    bad = [s for s in letters if s not in STREAMS]
+    if bad:
+        raise ValueError(f"{streams!r} is not a set of streams: {bad[0]!r} is not one of {', '.join(STREAMS)}")
+    tag = "".join(s for s in STREAMS if s in letters)
+    if not tag and not allow_empty:
+        raise ValueError(f"{streams!r} is an empty set of streams; a tag needs at least one of {', '.join(STREAMS)}")
+    return tag
+
+
+def level(tag: str | Iterable[str]) -> str:
+    """``"uni"``, ``"bi"`` or ``"tri"`` by the number of streams of ``tag``."""
+    return LEVELS[len(canonical_tag(tag)) - 1]
+
+
+def stratum_of(tag: str | Iterable[str], available: str | Iterable[str]) -> str:
+    """``"exact"`` (available == tag), ``"superset"`` (strictly more) or ``"deficit"`` (a tag stream missing)."""
+    need, shown = set(canonical_tag(tag)), set(canonical_tag(available, allow_empty=True))
+    if need == shown:
+        return "exact"
+    return "superset" if need < shown else "deficit"
+
+
+def letter(index: int) -> str:
+    """Option letter of the 0-based ``index``."""
+    if not 0 <= index < len(LETTERS):
+        raise ValueError(f"option index {index} is outside 0..{len(LETTERS) - 1}")
+    return LETTERS[index]
+
+
+def count_placeholders(prompt: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Number of ``<image>``, ``<video>``, ``<audio>`` placeholders over all string message contents."""
+    counts = {IMAGE_PLACEHOLDER: 0, VIDEO_PLACEHOLDER: 0, AUDIO_PLACEHOLDER: 0}
+    for message in prompt:
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if isinstance(content, str):
+            for match in _PLACEHOLDER_RE.findall(content):
+                counts[match] += 1
+    return counts
+
+
+def build_prompt(
+    question: str,
+    choices: Sequence[str],
+    n_videos: int = 0,
+    n_audios: int = 0,
+    subtitle: str | None = None,
+    instruction: str = ANSWER_INSTRUCTION,
+) -> list[dict[str, str]]:
+    """The standard single-turn user prompt: media placeholders, subtitle (when shown), question, options, format."""
+    parts = []
+    if n_videos:
+        parts.append("Video: " + " ".join([VIDEO_PLACEHOLDER] * n_videos))
+    if n_audios:
+        parts.append("Audio: " + " ".join([AUDIO_PLACEHOLDER] * n_audios))
+    if subtitle:
+        parts.append(f'Subtitles: "{subtitle}"')
+    options = "\n".join(f"{letter(i)}. {text}" for i, text in enumerate(choices))
+    parts.append(f"Question: {question}\nOptions:\n{options}")
+    parts.append(instruction)
+    return [{"role": "user", "content": "\n\n".join(parts)}]
+
+
+def resolve_path(path: str, root: str | os.PathLike | None) -> Path:
+    """A media path of a row: absolute paths stay, relative ones are taken against ``root`` (the dataset root)."""
+    p = Path(path)
+    return p if p.is_absolute() or root is None else Path(root) / p
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the sample record
+
+
+@dataclass
+class Sample:
+    """One record in Python form. ``videos``/``audios`` are the shown paths; ``all_videos``/``all_audios`` every
+    media file of the record (shown or not), stored in the optional ``media`` column."""
+
+    id: str
+    question: str
+    choices: list[str]
+    answer: str
+    modality_tag: str
+    available: str
+    media_streams: str
+    prompt: list[dict[str, str]]
+    videos: list[str] = field(default_factory=list)
+    audios: list[str] = field(default_factory=list)
+    subtitle: str = ""
+    all_videos: list[str] = field(default_factory=list)
+    all_audios: list[str] = field(default_factory=list)
+    data_source: str = "verl_modality"
+    task: str = "qa"
+    index: int = 0
+    split: str = "train"
+    extra_info: dict[str, Any] = field(default_factory=dict)  # keys beyond index/split/modality_tag/id
+    extra: dict[str, Any] = field(default_factory=dict)  # columns beyond the schema, passed through
+
+    @property
+    def stratum(self) -> str:
+        return stratum_of(self.modality_tag, self.available)
+
+    @property
+    def level(self) -> str:
+        return level(self.modality_tag)
+
+    @classmethod
+    def create(
+        cls,
+        id: str,
+        question: str,
+        choices: Sequence[str],
+        answer: str,
+        modality_tag: str,
+        *,
+        videos: Sequence[str] = (),
+        audios: Sequence[str] = (),
+        subtitle: str = "",
+        available: str | None = None,
+        **kwargs: Any,
+    ) -> Sample:
+        """A record from its media (``videos``/``audios`` = all files) shown as ``available`` (default: the tag);
+        ``media_streams``, the shown lists and the prompt are derived."""
+        tag = canonical_tag(modality_tag)
+        media_streams = canonical_tag(
+            ("V" if videos else "") + ("A" if audios else "") + ("S" if subtitle else ""), allow_empty=True
+        )
+        sample = cls(
+            id=id,
+            question=question,
+            choices=list(choices),
+            answer=answer,
+            modality_tag=tag,
+            available="",
+            media_streams=media_streams,
+            prompt=[],
+            subtitle=subtitle,
+            all_videos=list(videos),
+            all_audios=list(audios),
+            **kwargs,
+        )
+        return sample.with_available(tag if available is None else available)
+
+    def with_available(self, available: str) -> Sample:
+        """A copy showing the streams ``available`` (must be a subset of ``media_streams``), prompt rebuilt."""
+        shown = canonical_tag(available, allow_empty=True)
+        missing = set(shown) - set(self.media_streams)
+        if missing:
+            raise ValueError(f"{self.id}: cannot show {shown!r}, the record has media for {self.media_streams!r} only")
+        videos = list(self.all_videos) if "V" in shown else []
+        audios = list(self.all_audios) if "A" in shown else []
+        prompt = build_prompt(
+            self.question, self.choices, len(videos), len(audios), self.subtitle if "S" in shown else None
+        )
+        return replace(self, available=shown, videos=videos, audios=audios, prompt=prompt)
+
+    def to_row(self) -> dict[str, Any]:
+        """The parquet row (a plain dict in schema field order, extra columns last)."""
+        row = {
+            ID: self.id,
+            DATA_SOURCE: self.data_source,
+            PROMPT: [{"role": m["role"], "content": m["content"]} for m in self.prompt],
+            VIDEOS: [{"video": p} for p in self.videos],
+            AUDIOS: [{"audio": p} for p in self.audios],
+            SUBTITLE: self.subtitle,
+            QUESTION: self.question,
+            CHOICES: list(self.choices),
+            ANSWER: self.answer,
+            MODALITY_TAG: self.modality_tag,
+            MEDIA_STREAMS: self.media_streams,
+            AVAILABLE: self.available,
+            STRATUM: self.stratum,
+            TASK: self.task,
+            REWARD_MODEL: {"style": REWARD_STYLE, "ground_truth": self.answer},
+            EXTRA_INFO: {
+                **self.extra_info,
+                "index": int(self.index),
+                "split": self.split,
+                "modality_tag": self.modality_tag,
+                "id": self.id,
+            },
+            MEDIA: {"videos": list(self.all_videos), "audios": list(self.all_audios)},
+        }
+        row.update(self.extra)
+        return row
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Sample:
+        """Inverse of :meth:`to_row` (does not validate; see :func:`validate_row`)."""
+        videos = [item["video"] for item in _as_list(row.get(VIDEOS))]
+        audios = [item["audio"] for item in _as_list(row.get(AUDIOS))]
+        media = row.get(MEDIA) or {}
+        info = dict(row.get(EXTRA_INFO) or {})
+        known = set(REQUIRED_FIELDS) | set(OPTIONAL_FIELDS)
+        return cls(
+            id=row[ID],
+            question=row[QUESTION],
+            choices=list(_as_list(row[CHOICES])),
+            answer=row[ANSWER],
+            modality_tag=row[MODALITY_TAG],
+            available=row[AVAILABLE],
+            media_streams=row[MEDIA_STREAMS],
+            prompt=[dict(m) for m in _as_list(row[PROMPT])],
+            videos=videos,
+            audios=audios,
+            subtitle=row.get(SUBTITLE) or "",
+            all_videos=list(_as_list(media.get("videos"))) if media else list(videos),
+            all_audios=list(_as_list(media.get("audios"))) if media else list(audios),
+            data_source=row[DATA_SOURCE],
+            task=row.get(TASK, "qa"),
+            index=int(info.pop("index", 0)),
+            split=str(info.pop("split", "train")),
+            extra_info={k: v for k, v in info.items() if k not in ("modality_tag", "id")},
+            extra={k: v for k, v in row.items() if k not in known},
+        )
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, list | tuple | np.ndarray)
+
+
+def _as_list(value: Any) -> list:
+    """Lists as they come from pyarrow (list), pandas (ndarray) or None."""
+    if value is None:
+        return []
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return list(value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# parquet I/O
+
+
+def _arrow_type(name: str, rows: Sequence[Mapping[str, Any]]):
+    import pyarrow as pa
+
+    string_list = pa.list_(pa.string())
+    fixed = {
+        ID: pa.string(),
+        DATA_SOURCE: pa.string(),
+        PROMPT: pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])),
+        VIDEOS: pa.list_(pa.struct([("video", pa.string())])),
+        AUDIOS: pa.list_(pa.struct([("audio", pa.string())])),
+        SUBTITLE: pa.string(),
+        QUESTION: pa.string(),
+        CHOICES: string_list,
+        ANSWER: pa.string(),
+        MODALITY_TAG: pa.string(),
+        MEDIA_STREAMS: pa.string(),
+        AVAILABLE: pa.string(),
+        STRATUM: pa.string(),
+        TASK: pa.string(),
+        REWARD_MODEL: pa.struct([("style", pa.string()), ("ground_truth", pa.string())]),
+        MEDIA: pa.struct([("videos", string_list), ("audios", string_list)]),
+    }
+    if name in fixed:
+        return fixed[name]
+    if name == EXTRA_INFO:
+        base = [("index", pa.int64()), ("split", pa.string()), ("modality_tag", pa.string()), ("id", pa.string())]
+        names = {n for n, _ in base}
+        more = sorted({k for r in rows for k in (r.get(EXTRA_INFO) or {}) if k not in names})
+        for key in more:
+            base.append((key, pa.array([(r.get(EXTRA_INFO) or {}).get(key) for r in rows]).type))
+        return pa.struct(base)
+    return None  # inferred
+
+
+def write_rows(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Write rows to parquet with fixed column types (so e.g. an all-empty ``videos`` column keeps its type)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not rows:
+        raise ValueError("no rows to write")
+    names = [n for n in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS) if any(n in r for r in rows)]
+    names += sorted({k for r in rows for k in r} - set(names))
+    columns = [pa.array([r.get(n) for r in rows], type=_arrow_type(n, rows)) for n in names]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_arrays(columns, names=names), path)
+    return path
+
+
+def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All rows of a parquet file as plain Python dicts."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(os.fspath(path)).to_pylist()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# validation
+
+
+@dataclass(frozen=True)
+class SchemaIssue:
+    """One problem: where (file, row, id, field) and what."""
+
+    file: str | None
+    row: int | None
+    id: str | None
+    field: str | None
+    problem: str
+
+    def __str__(self) -> str:
+        where = []
+        if self.file is not None:
+            where.append(self.file)
+        if self.row is not None:
+            where.append(f"row {self.row} (id {self.id if self.id is not None else '?'})")
+        head = " ".join(where)
+        body = f"field '{self.field}': {self.problem}" if self.field else self.problem
+        return f"{head}: {body}" if head else body
+
+
+class SchemaError(ValueError):
+    """Rows that break the schema. ``str()`` starts with the first problem; ``issues`` holds all that were found."""
+
+    MAX_LISTED = 5
+
+    def __init__(self, issues: Sequence[SchemaIssue]):
+        self.issues = list(issues)
+        lines = [str(self.issues[0])]
+        if len(self.issues) > 1:
+            lines.append(f"({len(self.issues)} problems in total; the first {min(len(self.issues), self.MAX_LISTED)}:)")
+            lines += [f"  - {issue}" for issue in self.issues[: self.MAX_LISTED]]
+        super().__init__("\n".join(lines))
+
+    @property
+    def first(self) -> SchemaIssue:
+        return self.issues[0]
+
+
+class _Checker:
+    """Collects the issues of one row."""
+
+    def __init__(self, row: Mapping[str, Any], index: int, source: str | None):
+        self.row, self.index, self.source = row, index, source
+        rid = row.get(ID) if isinstance(row, Mapping) else None
+        self.id = rid if isinstance(rid, str) and rid else None
+        self.issues: list[SchemaIssue] = []
+
+    def add(self, name: str | None, problem: str) -> None:
+        self.issues.append(SchemaIssue(self.source, self.index, self.id, name, problem))
+
+    def string(self, name: str, allow_empty: bool = False) -> str | None:
+        value = self.row.get(name)
+        if not isinstance(value, str):
+            self.add(name, f"expected a string, got {type(value).__name__}")
+            return None
+        if not allow_empty and not value.strip():
+            self.add(name, "must not be empty")
+            return None
+        return value
+
+    def streams(self, name: str, allow_empty: bool) -> str | None:
+        value = self.string(name, allow_empty=True)
+        if value is None:
+            return None
+        try:
+            tag = canonical_tag(value, allow_empty=allow_empty)
+        except ValueError:
+            if allow_empty:
+                self.add(name, f"{value!r} is not a set of the streams {', '.join(STREAMS)}")
+            else:
+                self.add(name, f"{value!r} is not one of {', '.join(TAGS)}")
+            return None
+        if tag != value:
+            self.add(name, f"{value!r} is not in canonical order (V, A, S); write {tag!r}")
+            return None
+        return tag
+
+    def items(self, name: str, key: str) -> list[str] | None:
+        value = self.row.get(name)
+        if not _is_list(value):
+            self.add(name, f"expected a list of {{{key!r}: path}}, got {type(value).__name__}")
+            return None
+        out = []
+        for i, item in enumerate(_as_list(value)):
+            path = item.get(key) if isinstance(item, Mapping) else None
+            if not isinstance(path, str) or not path:
+                self.add(name, f"entry {i} must be a dict with a non-empty {key!r} path, got {item!r}")
+                return None
+            out.append(path)
+        return out
+
+
+def _check_row(
+    row: Mapping[str, Any],
+    index: int,
+    root: str | os.PathLike | None,
+    check_media: bool,
+    source: str | None,
+    media_cache: dict[str, str | None] | None = None,
+) -> list[SchemaIssue]:
+    from verl_modality.data import media as media_io
+
+    if not isinstance(row, Mapping):
+        return [SchemaIssue(source, index, None, None, f"a row must be a mapping, got {type(row).__name__}")]
+    c = _Checker(row, index, source)
+    missing = [name for name in REQUIRED_FIELDS if name not in row]
+    for name in missing:
+        c.add(name, "missing")
+    if missing:
+        return c.issues
+
+    c.string(ID)
+    c.string(DATA_SOURCE)
+    c.string(QUESTION)
+    subtitle = c.string(SUBTITLE, allow_empty=True)
+    task = c.string(TASK)
+    if task is not None and task not in TASKS:
+        c.add(TASK, f"{task!r} is not one of {', '.join(TASKS)}")
+
+    # prompt
+    prompt = row.get(PROMPT)
+    messages = None
+    if not _is_list(prompt) or not len(prompt):
+        c.add(PROMPT, "expected a non-empty list of {'role': str, 'content': str} messages")
+    else:
+        messages = _as_list(prompt)
+        for i, m in enumerate(messages):
+            if not isinstance(m, Mapping) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
+                c.add(PROMPT, f"message {i} must be {{'role': one of {', '.join(ROLES)}, 'content': str}}, got {m!r}")
+                messages = None
+                break
+        if messages is not None and not any(m["role"] == "user" for m in messages):
+            c.add(PROMPT, "has no user message")
+
+    # choices and answer
+    choices = row.get(CHOICES)
+    n_choices = None
+    if not _is_list(choices):
+        c.add(CHOICES, f"expected a list of option strings, got {type(choices).__name__}")
+    else:
+        choices = _as_list(choices)
+        if not MIN_CHOICES <= len(choices) <= MAX_CHOICES:
+            c.add(CHOICES, f"has {len(choices)} options; expected {MIN_CHOICES} to {MAX_CHOICES}")
+        elif not all(isinstance(x, str) and x.strip() for x in choices):
+            c.add(CHOICES, "every option must be a non-empty string")
+        elif len(set(choices)) != len(choices):
+            c.add(CHOICES, "options must be distinct")
+        else:
+            n_choices = len(choices)
+    answer = c.string(ANSWER)
+    if answer is not None and n_choices is not None and answer not in LETTERS[:n_choices]:
+        c.add(
+            ANSWER,
+            f"{answer!r} is not an option letter of the {n_choices} choices ({LETTERS[0]}-{LETTERS[n_choices - 1]})",
+        )
+
+    reward = row.get(REWARD_MODEL)
+    if not isinstance(reward, Mapping):
+        c.add(REWARD_MODEL, f"expected {{'style': 'rule', 'ground_truth': letter}}, got {type(reward).__name__}")
+    else:
+        if reward.get("style") != REWARD_STYLE:
+            c.add(REWARD_MODEL, f"style {reward.get('style')!r} is not {REWARD_STYLE!r}")
+        if answer is not None and reward.get("ground_truth") != answer:
+            c.add(REWARD_MODEL, f"ground_truth {reward.get('ground_truth')!r} differs from answer {answer!r}")
+
+    # tags and strata
+    tag = c.streams(MODALITY_TAG, allow_empty=False)
+    have = c.streams(MEDIA_STREAMS, allow_empty=True)
+    shown = c.streams(AVAILABLE, allow_empty=True)
+    if have is not None and shown is not None and not set(shown) <= set(have):
+        c.add(AVAILABLE, f"{shown!r} is not a subset of media_streams {have!r}")
+    stratum = c.string(STRATUM)
+    if stratum is not None:
+        if stratum not in STRATA:
+            c.add(STRATUM, f"{stratum!r} is not one of {', '.join(STRATA)}")
+        elif tag is not None and shown is not None and stratum != stratum_of(tag, shown):
+            c.add(
+                STRATUM,
+                f"{stratum!r} contradicts modality_tag {tag!r} with available {shown!r} (expected {stratum_of(tag, shown)!r})",
+            )
+
+    info = row.get(EXTRA_INFO)
+    if not isinstance(info, Mapping):
+        c.add(EXTRA_INFO, f"expected a dict with index, split, modality_tag, id; got {type(info).__name__}")
+    else:
+        if isinstance(info.get("index"), bool) or not isinstance(info.get("index"), int | np.integer):
+            c.add(EXTRA_INFO, f"index must be an int, got {info.get('index')!r}")
+        if not isinstance(info.get("split"), str):
+            c.add(EXTRA_INFO, f"split must be a string, got {info.get('split')!r}")
+        if tag is not None and info.get("modality_tag") != tag:
+            c.add(EXTRA_INFO, f"modality_tag {info.get('modality_tag')!r} differs from the row's {tag!r}")
+        if c.id is not None and info.get("id") != c.id:
+            c.add(EXTRA_INFO, f"id {info.get('id')!r} differs from the row's {c.id!r}")
+
+    # media lists, placeholders, shown streams
+    videos = c.items(VIDEOS, "video")
+    audios = c.items(AUDIOS, "audio")
+    all_videos, all_audios = list(videos or []), list(audios or [])
+    media = row.get(MEDIA)
+    if media is not None:
+        if not isinstance(media, Mapping):
+            c.add(MEDIA, f"expected {{'videos': [path], 'audios': [path]}}, got {type(media).__name__}")
+        else:
+            for key, bucket in (("videos", all_videos), ("audios", all_audios)):
+                paths = media.get(key)
+                paths = [] if paths is None else paths
+                if not _is_list(paths) or not all(isinstance(p, str) and p for p in _as_list(paths)):
+                    c.add(MEDIA, f"{key} must be a list of non-empty path strings")
+                    continue
+                bucket.extend(p for p in _as_list(paths) if p not in bucket)
+
+    if messages is not None:
+        counts = count_placeholders(messages)
+        if counts[IMAGE_PLACEHOLDER]:
+            c.add(PROMPT, f"has {counts[IMAGE_PLACEHOLDER]} <image> placeholder(s); samples carry video and audio only")
+        if videos is not None and counts[VIDEO_PLACEHOLDER] != len(videos):
+            c.add(
+                PROMPT, f"has {counts[VIDEO_PLACEHOLDER]} <video> placeholder(s) but videos has {len(videos)} entries"
+            )
+        if audios is not None and counts[AUDIO_PLACEHOLDER] != len(audios):
+            c.add(
+                PROMPT, f"has {counts[AUDIO_PLACEHOLDER]} <audio> placeholder(s) but audios has {len(audios)} entries"
+            )
+
+    if shown is not None:
+        if videos is not None and ("V" in shown) != bool(videos):
+            c.add(
+                VIDEOS,
+                "V is available but no video is listed" if "V" in shown else "lists videos but V is not available",
+            )
+        if audios is not None and ("A" in shown) != bool(audios):
+            c.add(
+                AUDIOS,
+                "A is available but no audio is listed" if "A" in shown else "lists audios but A is not available",
+            )
+        if subtitle is not None and "S" in shown:
+            if not subtitle.strip():
+                c.add(SUBTITLE, "S is available but the subtitle is empty")
+            elif messages is not None and not any(subtitle in m["content"] for m in messages):
+                c.add(PROMPT, "S is available but the subtitle text does not appear in the prompt")
+    if have is not None:
+        for stream, bucket, name in (("V", all_videos, VIDEOS), ("A", all_audios, AUDIOS)):
+            if (stream in have) != bool(bucket):
+                problem = "has no file" if stream in have else "has files"
+                c.add(name, f"media_streams is {have!r} but the record {problem} for {stream}")
+        if subtitle is not None and ("S" in have) != bool(subtitle.strip()):
+            c.add(SUBTITLE, f"media_streams is {have!r} but the subtitle is {'empty' if 'S' in have else 'not empty'}")
+
+    if check_media:
+        cache = media_cache if media_cache is not None else {}
+        for name, paths, probe in (
+            (VIDEOS, all_videos, media_io.probe_video),
+            (AUDIOS, all_audios, media_io.probe_audio),
+        ):
+            for p in paths:
+                full = str(resolve_path(p, root))
+                if full not in cache:
+                    try:
+                        probe(full)
+                        cache[full] = None
+                    except media_io.MediaError as exc:
+                        cache[full] = str(exc)
+                if cache[full] is not None:
+                    field_name = name if p in (videos or []) + (audios or []) else MEDIA
+                    c.add(field_name, f"{p!r}: {cache[full]}")
+    return c.issues
+
+
+def validate_row(
+    row: Mapping[str, Any],
+    row_index: int = 0,
+    root: str | os.PathLike | None = None,
+    check_media: bool = True,
+    source: str | None = None,
+) -> None:
+    """Check one row; raises :class:`SchemaError` listing every problem of the row. ``root``: the dataset root
+    that relative media paths resolve against (default: the working directory); ``source``: file name for messages."""
+    issues = _check_row(row, row_index, root, check_media, source)
+    if issues:
+        raise SchemaError(issues)
+
+
+def validate_rows(
+    rows: Sequence[Mapping[str, Any]],
+    root: str | os.PathLike | None = None,
+    check_media: bool = True,
+    source: str | None = None,
+) -> int:
+    """Check every row and that ids are unique; raises :class:`SchemaError` with all problems. Returns the count."""
+    issues: list[SchemaIssue] = []
+    seen: dict[str, int] = {}
+    cache: dict[str, str | None] = {}
+    for i, row in enumerate(rows):
+        issues += _check_row(row, i, root, check_media, source, cache)
+        rid = row.get(ID) if isinstance(row, Mapping) else None
+        if isinstance(rid, str) and rid:
+            if rid in seen:
+                issues.append(SchemaIssue(source, i, rid, ID, f"duplicate id, first used by row {seen[rid]}"))
+            else:
+                seen[rid] = i
+    if issues:
+        raise SchemaError(issues)
+    return len(rows)
+
+
+def validate_file(path: str | os.PathLike, check_media: bool = True, root: str | os.PathLike | None = None) -> int:
+    """Check a parquet file (every row, unique ids, and the media files unless ``check_media`` is false).
+
+    Relative media paths resolve against ``root``, default the file's directory. Returns the number of rows;
+    raises :class:`SchemaError` naming the file, row, id and field of the first problem, with the total count.
+    """
+    source = os.fspath(path)
+    try:
+        rows = read_rows(source)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for missing or corrupt files
+        raise SchemaError([SchemaIssue(source, None, None, None, f"cannot read parquet ({exc})")]) from exc
+    if not rows:
+        raise SchemaError([SchemaIssue(source, None, None, None, "holds no rows")])
+    return validate_rows(
+        rows, root=root if root is not None else Path(source).resolve().parent, check_media=check_media, source=source
+    )

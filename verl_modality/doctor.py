@@ -1,0 +1,108 @@
+"""Self-check of the plugin: verl swallows plugin import errors, so this looks at verl's registries directly."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+
+ENTRY_POINT_GROUP = "verl.plugins"
+ENTRY_POINT_NAME = "verl_modality"
+
+
+@dataclass
+class Report:
+    versions: dict[str, str] = field(default_factory=dict)
+    registered: dict[str, dict[str, bool]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def render(self) -> str:
+        lines = ["verl-modality doctor", ""]
+        lines += [f"  {k:<14} {v}" for k, v in self.versions.items()]
+        for kind, names in self.registered.items():
+            lines.append("")
+            lines.append(f"  {kind}:")
+            if not names:
+                lines.append("    (none)")
+            for name, present in names.items():
+                lines.append(f"    [{'ok' if present else 'MISSING'}] {name}")
+        lines.append("")
+        if self.problems:
+            lines.append(f"FAILED: {len(self.problems)} problem(s)")
+            lines += [f"  - {p}" for p in self.problems]
+        else:
+            lines.append("OK: the plugin is loaded and every registration is in place")
+        return "\n".join(lines)
+
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "not installed"
+
+
+def registry_snapshot() -> dict[str, dict[str, bool]]:
+    """What verl's registries hold of ours, in *this* process (imports verl, which loads the plugin)."""
+    import verl  # noqa: F401  (runs verl's plugin discovery)
+    from verl.plugin.platform.platform_manager import PlatformRegistry
+
+    from verl_modality.models import qwen2_5_omni
+    from verl_modality.platform import cpu
+
+    snap: dict[str, dict[str, bool]] = {}
+    snap["plugin"] = {"verl_modality._register loaded by verl": "verl_modality._register" in sys.modules}
+    snap["platforms"] = {"cpu": PlatformRegistry.get(cpu.PLATFORM_NAME) is cpu.PlatformCPU}
+    snap["patches"] = {name: ok for name, ok in qwen2_5_omni.patches_in_place().items()}
+    if cpu.is_selected():
+        from verl.workers.engine.base import EngineRegistry
+
+        snap["engines (VERL_PLATFORM=cpu)"] = {
+            f"{m}/{b}@cpu": "cpu" in EngineRegistry._engines.get(m, {}).get(b, {})
+            for m in ("language_model", "value_model")
+            for b in ("fsdp", "fsdp2")
+        }
+    return snap
+
+
+def check() -> Report:
+    report = Report()
+    report.versions = {
+        "python": platform.python_version(),
+        "verl-modality": _version("verl-modality"),
+        "verl": _version("verl"),
+        "torch": _version("torch"),
+        "transformers": _version("transformers"),
+        "vllm": _version("vllm"),
+        "VERL_PLATFORM": os.environ.get("VERL_PLATFORM", "(unset: auto-detect)"),
+    }
+    eps = [ep for ep in md.entry_points(group=ENTRY_POINT_GROUP) if ep.name == ENTRY_POINT_NAME]
+    if not eps:
+        report.problems.append(
+            f"no '{ENTRY_POINT_NAME}' entry point in group '{ENTRY_POINT_GROUP}': reinstall the package"
+        )
+    policy = os.environ.get("VERL_USE_EXTERNAL_PLUGINS", "auto").strip().lower()
+    if policy == "none" or (policy != "auto" and ENTRY_POINT_NAME not in policy.split(",")):
+        report.problems.append(f"VERL_USE_EXTERNAL_PLUGINS={policy!r} keeps verl from loading verl_modality")
+
+    try:
+        report.registered = registry_snapshot()
+    except Exception as exc:  # report it rather than die: this is the tool people run when things are broken
+        report.problems.append(f"checking verl's registries failed: {type(exc).__name__}: {exc}")
+        return report
+
+    from verl_modality import _register
+
+    for tb in _register.LOAD_ERRORS:
+        report.problems.append("the plugin raised while verl loaded it:\n" + tb)
+    for kind, names in report.registered.items():
+        for name, present in names.items():
+            if not present:
+                report.problems.append(f"{kind}: {name} is missing")
+    return report

@@ -1,0 +1,385 @@
+"""Qwen2.5-Omni thinker support for verl 0.9.1 (which knows no Omni model).
+
+What verl needs, and where it is provided here:
+
+* **Processor** - verl's ``hf_processor`` rejects ``Qwen2_5OmniProcessor``; :func:`omni_hf_processor` builds it and
+  gives it ``get_rope_index`` / ``get_rope_index_kwargs`` (multimodal RoPE with audio lengths) and the placeholder
+  token ids verl's agent loop looks up.
+* **Thinker-only loading** - a full Omni checkpoint (``Qwen2_5OmniModel``: thinker + talker + token2wav) is described
+  to verl by its *thinker* config (:func:`patch_hf_model_config`), so verl's own auto-class logic loads
+  ``Qwen2_5OmniThinkerForConditionalGeneration`` from it and the talker and token2wav weights are never built.
+* **FSDP wrapping** - the thinker's default ``_no_split_modules`` names both encoders *and* their layers, which makes
+  FSDP2 wrap a tower before its layers and breaks the audio encoder; :data:`FSDP_LAYER_CLASSES` wraps leaf layers.
+* **Placeholders** - the prompt verl keeps has expanded ``<|AUDIO|>``/``<|VIDEO|>``/``<|IMAGE|>`` runs; vLLM needs
+  one placeholder per item (:func:`collapse_placeholders`), and the policy must never sample a placeholder.
+* **Weight names** - the thinker's state dict has bare names (``model.*``); vLLM's Qwen2.5-Omni model loads the full
+  checkpoint layout (``thinker.model.*``): :func:`vllm_weight_name`.
+
+Everything that touches vLLM is applied lazily, when verl's vLLM modules are imported, and only changes behaviour for
+Omni processors and models: other models go through verl's original functions.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import types
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+FULL_MODEL_TYPE = "qwen2_5_omni"
+THINKER_MODEL_TYPE = "qwen2_5_omni_thinker"
+OMNI_MODEL_TYPES = (FULL_MODEL_TYPE, THINKER_MODEL_TYPE)
+THINKER_ARCHITECTURE = "Qwen2_5OmniThinkerForConditionalGeneration"
+# Submodules of the full model that a thinker-only actor never needs.
+TALKER_MODULES = ("talker", "token2wav")
+# Leaf layers of the three stacks; wrapping these (and not the towers) is what FSDP2 needs.
+FSDP_LAYER_CLASSES = ("Qwen2_5OmniAudioEncoderLayer", "Qwen2_5OmniVisionBlock", "Qwen2_5OmniDecoderLayer")
+PLACEHOLDER_TOKENS = {"audio": "<|AUDIO|>", "image": "<|IMAGE|>", "video": "<|VIDEO|>"}
+# Tokens that must never appear in a response: each one pairs with a media item in the model's bookkeeping.
+NEVER_SAMPLE_TOKENS = ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<|IMAGE|>", "<|VIDEO|>")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Configs
+# --------------------------------------------------------------------------------------------------------------------
+def is_omni_config(config: Any) -> bool:
+    """True for a full Qwen2.5-Omni config or its thinker config."""
+    return getattr(config, "model_type", None) in OMNI_MODEL_TYPES
+
+
+def thinker_config_of(config: Any) -> Any:
+    """The thinker config of a full Omni config (returned unchanged if it already is one)."""
+    if getattr(config, "model_type", None) == FULL_MODEL_TYPE:
+        return config.thinker_config
+    if getattr(config, "model_type", None) == THINKER_MODEL_TYPE:
+        return config
+    raise ValueError(f"not a Qwen2.5-Omni config: model_type={getattr(config, 'model_type', None)!r}")
+
+
+def to_thinker_config(full_config: Any, overrides: dict[str, Any] | None = None) -> Any:
+    """Thinker config that stands in for ``full_config`` inside verl (architectures, attention, token ids)."""
+    thinker = thinker_config_of(full_config)
+    thinker.architectures = [THINKER_ARCHITECTURE]
+    attn = getattr(full_config, "_attn_implementation", None)
+    if attn is not None:
+        thinker._attn_implementation = attn
+        for sub in ("text_config", "audio_config", "vision_config"):
+            sub_cfg = getattr(thinker, sub, None)
+            if sub_cfg is not None:
+                sub_cfg._attn_implementation = attn
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            setattr(thinker, key, value)
+    if not hasattr(thinker, "tie_word_embeddings"):
+        thinker.tie_word_embeddings = bool(getattr(thinker.text_config, "tie_word_embeddings", False))
+    return thinker
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Multimodal RoPE
+# --------------------------------------------------------------------------------------------------------------------
+class RopeIndexer:
+    """Carries what the thinker's ``get_rope_index`` reads from ``self``.
+
+    The method cannot be bound to the processor itself: the processor has its own, differently shaped
+    ``get_chunked_index`` and no ``spatial_merge_size``.
+    """
+
+    def __init__(self, thinker_config: Any):
+        from transformers.models.qwen2_5_omni import modeling_qwen2_5_omni as m
+
+        base = m.Qwen2_5OmniPreTrainedModelForConditionalGeneration
+        self.config = thinker_config
+        self.spatial_merge_size = thinker_config.vision_config.spatial_merge_size
+        self.get_llm_pos_ids_for_vision = types.MethodType(base.get_llm_pos_ids_for_vision, self)
+        self.get_chunked_index = types.MethodType(base.get_chunked_index, self)
+        self._get_rope_index = types.MethodType(base.get_rope_index, self)
+
+    def get_rope_index(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        kwargs.pop("mm_token_type_ids", None)
+        return self._get_rope_index(*args, **kwargs)
+
+
+def rope_index_kwargs(mm_inputs: dict[str, Any], use_audio_in_video: bool = False) -> dict[str, Any]:
+    """Extra ``get_rope_index`` inputs from a sample's processor outputs (audio lengths, seconds per video grid)."""
+    kwargs: dict[str, Any] = {"use_audio_in_video": use_audio_in_video}
+    mask = mm_inputs.get("feature_attention_mask")
+    if mask is not None:
+        kwargs["audio_seqlens"] = mask.sum(-1)
+    seconds = mm_inputs.get("video_second_per_grid")
+    if seconds is not None:
+        kwargs["second_per_grids"] = torch.as_tensor(seconds, dtype=torch.float)
+    return kwargs
+
+
+def compute_position_ids(processor: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, mm_inputs: dict):
+    """Position ids ``(4, L)`` for one sequence, as verl's agent loop builds them: text row + t/h/w rows.
+
+    Shapes: ``input_ids``/``attention_mask`` ``(L,)``; ``mm_inputs`` the processor outputs for that sequence.
+    """
+    ids = input_ids.unsqueeze(0)
+    mask = attention_mask.unsqueeze(0)
+    kwargs = {"image_grid_thw": mm_inputs.get("image_grid_thw"), "video_grid_thw": mm_inputs.get("video_grid_thw")}
+    kwargs.update(processor.get_rope_index_kwargs(mm_inputs))
+    vision_pos, _ = processor.get_rope_index(input_ids=ids, attention_mask=mask, **kwargs)  # (3, 1, L)
+    valid = mask[0].bool()
+    text_pos = torch.ones((1, ids.shape[1]), dtype=torch.long)
+    text_pos[0, valid] = torch.arange(int(valid.sum()))
+    return torch.cat([text_pos, vision_pos[:, 0, :]], dim=0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Processor
+# --------------------------------------------------------------------------------------------------------------------
+def placeholder_token_ids(tokenizer: Any) -> dict[str, int]:
+    """``{"audio": id, "image": id, "video": id}`` from the tokenizer."""
+    out = {}
+    for name, token in PLACEHOLDER_TOKENS.items():
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == getattr(tokenizer, "unk_token_id", -1):
+            raise ValueError(f"tokenizer has no {token} token; is this a Qwen2.5-Omni tokenizer?")
+        out[name] = int(token_id)
+    return out
+
+
+def never_sample_token_ids(processor: Any) -> list[int]:
+    tok = processor.tokenizer
+    return [int(tok.convert_tokens_to_ids(t)) for t in NEVER_SAMPLE_TOKENS]
+
+
+def configure_processor(processor: Any, config: Any, use_audio_in_video: bool = False) -> Any:
+    """Give a ``Qwen2_5OmniProcessor`` what verl's agent loop and rollout look up on processors."""
+    thinker = thinker_config_of(config)
+    indexer = RopeIndexer(thinker)
+    processor.config = thinker
+    processor.get_rope_index = indexer.get_rope_index
+    processor.get_rope_index_kwargs = functools.partial(rope_index_kwargs, use_audio_in_video=use_audio_in_video)
+    for name, token_id in placeholder_token_ids(processor.tokenizer).items():
+        setattr(processor, f"{name}_token_id", token_id)
+    processor.verl_modality_omni = True
+    return processor
+
+
+def is_omni_processor(processor: Any) -> bool:
+    return processor is not None and processor.__class__.__name__ == "Qwen2_5OmniProcessor"
+
+
+def load_omni_processor(name_or_path: str, config: Any = None, **kwargs: Any) -> Any:
+    """Load and configure the processor of a Qwen2.5-Omni checkpoint (hub id or local path)."""
+    from transformers import AutoConfig, AutoProcessor
+
+    kwargs.pop("use_fast", None)
+    processor = AutoProcessor.from_pretrained(name_or_path, **kwargs)
+    if not is_omni_processor(processor):
+        raise ValueError(f"{name_or_path}: expected a Qwen2_5OmniProcessor, got {processor.__class__.__name__}")
+    if config is None:
+        config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+    return configure_processor(processor, config)
+
+
+def omni_hf_processor(original):
+    """Wrap verl's ``hf_processor`` so Omni checkpoints get a configured processor; others are untouched."""
+
+    @functools.wraps(original)
+    def hf_processor(name_or_path, **kwargs):
+        try:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=kwargs.get("trust_remote_code", False))
+        except Exception:  # not a model directory we can read: verl's own function decides
+            return original(name_or_path, **kwargs)
+        if not is_omni_config(config):
+            return original(name_or_path, **kwargs)
+        return load_omni_processor(name_or_path, config=config, **kwargs)
+
+    hf_processor.__verl_modality__ = True
+    return hf_processor
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Placeholders between rollout and re-tokenisation
+# --------------------------------------------------------------------------------------------------------------------
+def collapse_placeholders(prompt_ids: Iterable[int], placeholder_ids: Iterable[int]) -> list[int]:
+    """Collapse each run of a placeholder token to one token (the form vLLM expands per media item).
+
+    Shapes: ``prompt_ids`` list of L ints -> list of L' <= L ints. Only consecutive repeats of the *same*
+    placeholder are merged, so adjacent items of different kinds stay apart.
+    """
+    keep = set(int(i) for i in placeholder_ids)
+    out: list[int] = []
+    prev = None
+    for token in prompt_ids:
+        token = int(token)
+        if token in keep and token == prev:
+            continue
+        out.append(token)
+        prev = token
+    return out
+
+
+def vllm_weight_name(name: str) -> str:
+    """Map a thinker state-dict name to the full-checkpoint name vLLM's Qwen2.5-Omni loader expects."""
+    return name if name.startswith("thinker.") else f"thinker.{name}"
+
+
+def vllm_weights(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+    for name, tensor in weights:
+        yield vllm_weight_name(name), tensor
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Patches into verl
+# --------------------------------------------------------------------------------------------------------------------
+def _patched_post_init(original):
+    @functools.wraps(original)
+    def __post_init__(self):
+        original(self)
+        if getattr(self.hf_config, "model_type", None) != FULL_MODEL_TYPE:
+            return
+        full = self.hf_config
+        tok = self.tokenizer
+        overrides = {}
+        if tok is not None:
+            overrides = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
+            overrides["pad_token_id"] = tok.pad_token_id
+        model_overrides = dict(self.override_config.get("model_config", self.override_config))
+        model_overrides.pop("attn_implementation", None)
+        overrides.update(model_overrides)
+        self.omni_full_config = full
+        self.hf_config = to_thinker_config(full, overrides)
+        self.share_embeddings_and_output_weights = bool(getattr(self.hf_config, "tie_word_embeddings", False))
+        self.architectures = self.hf_config.architectures
+        logger.info("verl-modality: %s is a full Qwen2.5-Omni checkpoint; the actor loads its thinker", self.path)
+
+    __post_init__.__verl_modality__ = True
+    return __post_init__
+
+
+def _patched_build_module(original):
+    @functools.wraps(original)
+    def _build_module(self):
+        module = original(self)
+        if getattr(getattr(module, "config", None), "model_type", None) == THINKER_MODEL_TYPE:
+            # verl reads this for its default FSDP wrap policy; an explicit wrap_policy still wins.
+            module._no_split_modules = list(FSDP_LAYER_CLASSES)
+        return module
+
+    _build_module.__verl_modality__ = True
+    return _build_module
+
+
+def _patch_vllm_server(module) -> None:
+    """verl's vLLM server: collapse Omni placeholder runs, and never sample Omni placeholders."""
+    dedup = module.qwen2_5_vl_dedup_image_tokens
+    banned = module.get_vision_placeholder_token_ids
+
+    def qwen2_5_vl_dedup_image_tokens(prompt_ids, processor):
+        if getattr(processor, "verl_modality_omni", False):
+            return collapse_placeholders(prompt_ids, placeholder_token_ids(processor.tokenizer).values())
+        return dedup(prompt_ids, processor)
+
+    def get_vision_placeholder_token_ids(processor):
+        if getattr(processor, "verl_modality_omni", False):
+            return never_sample_token_ids(processor)
+        return banned(processor)
+
+    module.qwen2_5_vl_dedup_image_tokens = qwen2_5_vl_dedup_image_tokens
+    module.get_vision_placeholder_token_ids = get_vision_placeholder_token_ids
+
+
+def _patch_vllm_adapter(module) -> None:
+    """verl's vLLM rollout adapter: send thinker weights under the full-checkpoint names vLLM loads."""
+    cls = module.ServerAdapter
+    original = cls.update_weights
+
+    @functools.wraps(original)
+    async def update_weights(self, weights, *args, **kwargs):
+        hf_config = getattr(self.model_config, "hf_config", None)
+        if getattr(hf_config, "model_type", None) == THINKER_MODEL_TYPE and hasattr(
+            self.model_config, "omni_full_config"
+        ):
+            weights = vllm_weights(weights)
+        return await original(self, weights, *args, **kwargs)
+
+    cls.update_weights = update_weights
+
+
+def _patch_tokenizer_module(module) -> None:
+    if getattr(module.hf_processor, "__verl_modality__", False):
+        return
+    wrapped = omni_hf_processor(module.hf_processor)
+    module.hf_processor = wrapped
+    import verl.utils as verl_utils
+
+    if hasattr(verl_utils, "hf_processor"):
+        verl_utils.hf_processor = wrapped
+
+
+def _patch_model_config_module(module) -> None:
+    import verl.utils.tokenizer as tokenizer_mod
+
+    _patch_tokenizer_module(tokenizer_mod)
+    module.hf_processor = tokenizer_mod.hf_processor
+    cls = module.HFModelConfig
+    if not getattr(cls.__post_init__, "__verl_modality__", False):
+        cls.__post_init__ = _patched_post_init(cls.__post_init__)
+
+
+def _patch_fsdp_engine_module(module) -> None:
+    engine = module.FSDPEngine
+    if not getattr(engine._build_module, "__verl_modality__", False):
+        engine._build_module = _patched_build_module(engine._build_module)
+
+
+#: (verl module, patch, what it does); each patch runs when its module is first imported (at once if it already is),
+#: so loading the plugin costs no heavy imports.
+PATCHES = (
+    ("verl.utils.tokenizer", _patch_tokenizer_module, "hf_processor: Qwen2_5OmniProcessor with multimodal RoPE"),
+    ("verl.workers.config.model", _patch_model_config_module, "HFModelConfig: full Omni checkpoint -> thinker config"),
+    (
+        "verl.workers.engine.fsdp.transformer_impl",
+        _patch_fsdp_engine_module,
+        "FSDPEngine._build_module: leaf-layer FSDP wrapping for the thinker",
+    ),
+    (
+        "verl.workers.rollout.vllm_rollout.vllm_async_server",
+        _patch_vllm_server,
+        "vLLM server: Omni placeholder collapse, placeholders never sampled",
+    ),
+    (
+        "verl.workers.rollout.vllm_rollout.vllm_rollout",
+        _patch_vllm_adapter,
+        "vLLM adapter: thinker weights under full-checkpoint names",
+    ),
+)
+
+
+def apply_patches() -> list[str]:
+    """Install the Omni support into verl; returns one line per patch (listed by the doctor)."""
+    from verl_modality.models.import_hooks import when_imported
+
+    for module_name, patch, _ in PATCHES:
+        when_imported(module_name, patch)
+    return [f"{module_name}: {what}" for module_name, _, what in PATCHES]
+
+
+def patches_in_place() -> dict[str, bool]:
+    """Whether each patch has reached its module, importing the modules that are importable here."""
+    import importlib
+
+    from verl_modality.models import import_hooks
+
+    status = {}
+    for module_name, _, what in PATCHES:
+        try:
+            importlib.import_module(module_name)
+        except Exception:  # verl's vLLM modules refuse to import without vLLM: the hook keeps waiting for them
+            status[f"{what} [{module_name}, applied when vLLM is installed]"] = module_name in import_hooks.pending()
+            continue
+        status[f"{what} [{module_name}]"] = module_name in import_hooks.applied()
+    return status

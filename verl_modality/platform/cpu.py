@@ -1,0 +1,232 @@
+"""A ``cpu`` platform for verl 0.9.1, which ships only accelerator platforms (nvidia, huawei, amd).
+
+The platform is registered with verl's ``PlatformRegistry`` whenever the plugin loads, but it never wins verl's
+auto-detection: it is used only when selected explicitly with ``VERL_PLATFORM=cpu`` (``trainer.device=cpu`` then
+describes the same choice to the trainer). Only when it is selected does :func:`activate` also
+
+* register verl's FSDP engines for ``device="cpu"`` (verl registers them for cuda/npu only), and
+* make ``initialize_global_process_group_ray`` use plain ``gloo`` (verl builds ``"cpu:gloo,cpu:gloo"`` from the
+  platform, which torch rejects as a duplicate device type).
+
+GPU runs therefore see exactly the registries and functions they see without the plugin.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from verl.plugin.platform.platform_base import PlatformBase
+from verl.plugin.platform.platform_manager import PlatformRegistry
+
+PLATFORM_NAME = "cpu"
+_ACTIVE = False
+
+
+def is_selected() -> bool:
+    """True when the user selected this platform with ``VERL_PLATFORM=cpu``."""
+    return os.environ.get("VERL_PLATFORM", "").strip().lower() == PLATFORM_NAME
+
+
+def _rss_bytes() -> int:
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:  # psutil is a verl dependency; this only guards odd sandboxes
+        return 0
+
+
+def _build_device_module() -> types.ModuleType:
+    """A ``torch.cuda``-shaped module for the CPU: what verl calls on ``get_torch_device()``."""
+    mod = types.ModuleType("verl_modality_cpu_device")
+    cpu = torch.cpu
+
+    def _noop(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    def mem_get_info(device: Any = None) -> tuple[int, int]:
+        try:
+            import psutil
+
+            vm = psutil.virtual_memory()
+            return int(vm.available), int(vm.total)
+        except Exception:
+            return 0, 0
+
+    attrs: dict[str, Any] = {
+        "is_available": lambda: True,
+        "device_count": lambda: 1,
+        "current_device": lambda: 0,
+        "set_device": _noop,
+        "synchronize": lambda device=None: cpu.synchronize(),
+        "current_stream": cpu.current_stream,
+        "stream": cpu.stream,
+        "Stream": cpu.Stream,
+        "Event": cpu.Event,
+        "empty_cache": _noop,
+        "ipc_collect": _noop,
+        "reset_peak_memory_stats": _noop,
+        "set_per_process_memory_fraction": _noop,
+        "mem_get_info": mem_get_info,
+        "memory_allocated": lambda device=None: _rss_bytes(),
+        "max_memory_allocated": lambda device=None: _rss_bytes(),
+        "memory_reserved": lambda device=None: _rss_bytes(),
+        "max_memory_reserved": lambda device=None: _rss_bytes(),
+        "get_device_name": lambda device=None: "cpu",
+        "get_rng_state": lambda device=None: torch.get_rng_state(),
+        "set_rng_state": lambda state, device=None: torch.set_rng_state(state),
+        "manual_seed": torch.manual_seed,
+        "manual_seed_all": torch.manual_seed,
+        "is_initialized": lambda: True,
+    }
+    for name, value in attrs.items():
+        setattr(mod, name, value)
+    return mod
+
+
+class PlatformCPU(PlatformBase):
+    """verl platform for CPU-only machines: gloo collectives, no device memory, Ray resource ``CPU``."""
+
+    _device_module = _build_device_module()
+
+    @property
+    def device_name(self) -> str:
+        return "cpu"
+
+    @property
+    def vendor_name(self) -> str:
+        return "cpu"
+
+    @property
+    def device_module(self) -> types.ModuleType:
+        return self._device_module
+
+    def is_available(self) -> bool:
+        return True
+
+    def is_platform_available(self, use_smi_check: bool = False) -> bool:
+        # Never chosen by auto-detection: only an explicit VERL_PLATFORM=cpu selects it.
+        return False
+
+    def current_device(self) -> int:
+        return 0
+
+    def device_count(self) -> int:
+        return 1
+
+    def set_device(self, device_index: int) -> None:
+        return None
+
+    def synchronize(self, device_index: int | None = None) -> None:
+        return None
+
+    def manual_seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def manual_seed_all(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def set_allocator_settings(self, settings: str) -> None:
+        return None
+
+    def empty_cache(self) -> None:
+        return None
+
+    def get_device_capability(self, device_index: int = 0) -> tuple[int | None, int | None]:
+        return None, None
+
+    def communication_backend_name(self) -> str:
+        return "gloo"
+
+    def visible_devices_envvar(self) -> str:
+        return "VERL_MODALITY_CPU_VISIBLE_DEVICES"
+
+    @contextmanager
+    def nvtx_range(self, msg: str):
+        yield
+
+    def profiler_start(self) -> None:
+        return None
+
+    def profiler_stop(self) -> None:
+        return None
+
+    def ray_resource_name(self) -> str:
+        return "CPU"
+
+    def ray_noset_envvars(self) -> list[str]:
+        return []
+
+    def is_ipc_supported(self) -> bool:
+        return False
+
+    def cudart(self) -> Any:
+        return None
+
+
+def register_platform() -> type:
+    """Register the ``cpu`` platform class with verl's registry (idempotent)."""
+    if PlatformRegistry.get(PLATFORM_NAME) is not PlatformCPU:
+        PlatformRegistry.register(platform=PLATFORM_NAME)(PlatformCPU)
+    return PlatformCPU
+
+
+def _gloo_process_group(original):
+    def initialize_global_process_group_ray(timeout_second=None, backend=None):
+        return original(timeout_second=timeout_second, backend=backend or "gloo")
+
+    initialize_global_process_group_ray.__wrapped__ = original
+    initialize_global_process_group_ray.__verl_modality__ = True
+    return initialize_global_process_group_ray
+
+
+def register_cpu_engines(module=None) -> list[tuple[str, str]]:
+    """Make verl's FSDP engines resolvable for ``device='cpu'``; returns the (model_type, backend) pairs added."""
+    from verl.workers.engine.base import EngineRegistry
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
+
+    added = []
+    for model_type, cls in (("language_model", FSDPEngineWithLMHead), ("value_model", FSDPEngineWithValueHead)):
+        for backend in ("fsdp", "fsdp2"):
+            slot = EngineRegistry._engines.setdefault(model_type, {}).setdefault(backend, {})
+            if PLATFORM_NAME not in slot:
+                slot[PLATFORM_NAME] = cls
+                added.append((model_type, backend))
+    return added
+
+
+def _patch_distributed(module) -> None:
+    if not getattr(module.initialize_global_process_group_ray, "__verl_modality__", False):
+        module.initialize_global_process_group_ray = _gloo_process_group(module.initialize_global_process_group_ray)
+
+
+def _patch_engine_workers(module) -> None:
+    # engine_workers imported the function by name before we could wrap it.
+    import verl.utils.distributed as dist_utils
+
+    _patch_distributed(dist_utils)
+    module.initialize_global_process_group_ray = dist_utils.initialize_global_process_group_ray
+
+
+def activate() -> None:
+    """Apply the CPU-only pieces; called by the plugin only when :func:`is_selected`.
+
+    Each piece waits for its verl module to be imported, so activating costs no imports.
+    """
+    global _ACTIVE
+    if _ACTIVE:
+        return
+    from verl_modality.models.import_hooks import when_imported
+
+    when_imported("verl.utils.distributed", _patch_distributed)
+    when_imported("verl.workers.engine_workers", _patch_engine_workers)
+    when_imported("verl.workers.engine.fsdp.transformer_impl", register_cpu_engines)
+    _ACTIVE = True
+
+
+def is_active() -> bool:
+    return _ACTIVE
