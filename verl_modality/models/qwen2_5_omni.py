@@ -250,10 +250,12 @@ def _patched_post_init(original):
         model_overrides = dict(self.override_config.get("model_config", self.override_config))
         model_overrides.pop("attn_implementation", None)
         overrides.update(model_overrides)
-        self.omni_full_config = full
-        self.hf_config = to_thinker_config(full, overrides)
-        self.share_embeddings_and_output_weights = bool(getattr(self.hf_config, "tie_word_embeddings", False))
-        self.architectures = self.hf_config.architectures
+        thinker = to_thinker_config(full, overrides)
+        # verl's config dataclasses freeze most fields after __post_init__; set them as __post_init__ would.
+        object.__setattr__(self, "omni_full_config", full)
+        object.__setattr__(self, "hf_config", thinker)
+        object.__setattr__(self, "share_embeddings_and_output_weights", bool(getattr(thinker, "tie_word_embeddings", False)))
+        object.__setattr__(self, "architectures", thinker.architectures)
         logger.info("verl-modality: %s is a full Qwen2.5-Omni checkpoint; the actor loads its thinker", self.path)
 
     __post_init__.__verl_modality__ = True

@@ -112,8 +112,9 @@ class PlatformCPU(PlatformBase):
         # Never chosen by auto-detection: only an explicit VERL_PLATFORM=cpu selects it.
         return False
 
-    def current_device(self) -> int:
-        return 0
+    def current_device(self) -> str:  # type: ignore[override]
+        # verl uses this as a device for ``.to(...)``/``device=``; the integer 0 would mean cuda:0.
+        return "cpu"
 
     def device_count(self) -> int:
         return 1

@@ -46,7 +46,14 @@ def load_rows(data_file: str | os.PathLike, model_path: str | os.PathLike, n: in
         raise RuntimeError(f"verl found no multimodal processor for {model_path}; is the plugin loaded?")
     config = OmegaConf.create({"max_prompt_length": 4096, "filter_overlong_prompts": False})
     dataset = OmniRLDataset(data_files=[str(data_file)], tokenizer=tokenizer, config=config, processor=processor)
-    rows = [dataset[i] for i in range(min(n, len(dataset)))]
+    # One row per tag, richest tags first, so a small batch carries video, audio and subtitles.
+    order = ("VAS", "VA", "AS", "VS", "V", "A", "S")
+    by_tag: dict[str, int] = {}
+    for i in range(len(dataset)):
+        by_tag.setdefault(dataset.dataframe[i]["modality_tag"], i)
+    picked = [by_tag[t] for t in order if t in by_tag]
+    picked += [i for i in range(len(dataset)) if i not in picked]
+    rows = [dataset[i] for i in picked[:n]]
     return rows, processor, tokenizer
 
 
