@@ -73,7 +73,7 @@ def test_actor_log_probs_match_transformers_and_update_moves_every_part(demo_set
     for part in COMPONENTS:
         assert changed[part]["changed"] > 0, changed
     after = actor.compute_log_prob(batch)["log_probs"]
-    lp = lambda t: ((t * mask).sum(-1) / mask.sum(-1))  # noqa: E731
+    lp = lambda t: (t * mask).sum(-1) / mask.sum(-1)  # noqa: E731
     # GRPO pushed the correct answers up relative to the wrong ones.
     gain = lp(after) - lp(log_probs)
     assert gain[demo.correct].mean() > gain[~demo.correct].mean()

@@ -254,7 +254,9 @@ def _patched_post_init(original):
         # verl's config dataclasses freeze most fields after __post_init__; set them as __post_init__ would.
         object.__setattr__(self, "omni_full_config", full)
         object.__setattr__(self, "hf_config", thinker)
-        object.__setattr__(self, "share_embeddings_and_output_weights", bool(getattr(thinker, "tie_word_embeddings", False)))
+        object.__setattr__(
+            self, "share_embeddings_and_output_weights", bool(getattr(thinker, "tie_word_embeddings", False))
+        )
         object.__setattr__(self, "architectures", thinker.architectures)
         logger.info("verl-modality: %s is a full Qwen2.5-Omni checkpoint; the actor loads its thinker", self.path)
 
