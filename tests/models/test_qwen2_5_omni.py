@@ -10,10 +10,8 @@ from verl_modality.models import qwen2_5_omni as omni
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from verl_modality.models.tiny import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("omni") / "model", seed=0)
+def tiny(tiny_model_dir):
+    return tiny_model_dir
 
 
 def test_verl_hf_processor_recognises_omni(tiny):

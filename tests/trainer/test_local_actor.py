@@ -7,16 +7,14 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def demo_setup(tmp_path_factory):
+def demo_setup(tmp_path_factory, tiny_model_dir):
     from verl_modality.data.synthetic import make_demo_data
-    from verl_modality.models.tiny import make_tiny_model
     from verl_modality.trainer.demo import build_demo_batch, load_rows
 
     root = tmp_path_factory.mktemp("actor")
-    make_tiny_model(root / "model", seed=0)
     make_demo_data(root / "data", seed=0, n_train=14, n_test=0, progress=False)
-    rows, processor, tokenizer = load_rows(root / "data" / "train.parquet", root / "model", 4)
-    return root, rows, processor, tokenizer, build_demo_batch(rows, processor, tokenizer, seed=0)
+    rows, processor, tokenizer = load_rows(root / "data" / "train.parquet", tiny_model_dir, 4)
+    return tiny_model_dir, rows, processor, tokenizer, build_demo_batch(rows, processor, tokenizer, seed=0)
 
 
 def test_batch_carries_audio_and_video(demo_setup):
@@ -39,9 +37,9 @@ def test_actor_log_probs_match_transformers_and_update_moves_every_part(demo_set
     from verl_modality.trainer.demo import COMPONENTS, changed_by_component, grpo_advantages, snapshot
     from verl_modality.trainer.local_actor import LocalActor
 
-    root, rows, processor, tokenizer, demo = demo_setup
+    model_dir, rows, processor, tokenizer, demo = demo_setup
     batch = demo.batch
-    actor = LocalActor.create(root / "model", mini_batch_size=8, micro_batch_size=2, lr=1e-2)
+    actor = LocalActor.create(model_dir, mini_batch_size=8, micro_batch_size=2, lr=1e-2)
     # The actor loaded the thinker (not the full model with talker) from the full checkpoint.
     assert actor.model_config.hf_config.model_type == "qwen2_5_omni_thinker"
     assert type(actor.module).__name__.endswith("Qwen2_5OmniThinkerForConditionalGeneration")
@@ -49,7 +47,7 @@ def test_actor_log_probs_match_transformers_and_update_moves_every_part(demo_set
 
     # Reference: a plain transformers forward of each unpadded sequence; the model computes its own
     # multimodal RoPE positions here, so this also checks the positions we hand to verl.
-    model = load_thinker(str(root / "model")).eval()
+    model = load_thinker(str(model_dir)).eval()
     mask = batch["response_mask"].bool()
     for i in range(batch["input_ids"].shape[0]):
         keep = batch["attention_mask"][i].bool()

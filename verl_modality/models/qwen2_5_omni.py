@@ -284,7 +284,9 @@ def _patch_vllm_server(module) -> None:
 
     def qwen2_5_vl_dedup_image_tokens(prompt_ids, processor):
         if getattr(processor, "verl_modality_omni", False):
-            return collapse_placeholders(prompt_ids, placeholder_token_ids(processor.tokenizer).values())
+            # Ids were resolved once by configure_processor; this runs on every rollout request.
+            ids = (processor.audio_token_id, processor.image_token_id, processor.video_token_id)
+            return collapse_placeholders(prompt_ids, ids)
         return dedup(prompt_ids, processor)
 
     def get_vision_placeholder_token_ids(processor):

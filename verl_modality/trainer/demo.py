@@ -49,10 +49,11 @@ def load_rows(data_file: str | os.PathLike, model_path: str | os.PathLike, n: in
     # One row per tag, richest tags first, so a small batch carries video, audio and subtitles.
     order = ("VAS", "VA", "AS", "VS", "V", "A", "S")
     by_tag: dict[str, int] = {}
-    for i in range(len(dataset)):
-        by_tag.setdefault(dataset.dataframe[i]["modality_tag"], i)
-    picked = [by_tag[t] for t in order if t in by_tag]
-    picked += [i for i in range(len(dataset)) if i not in picked]
+    for i, tag in enumerate(dataset.dataframe["modality_tag"]):
+        by_tag.setdefault(tag, i)
+    first = [by_tag[t] for t in order if t in by_tag]
+    taken = set(first)
+    picked = first + [i for i in range(len(dataset)) if i not in taken]
     rows = [dataset[i] for i in picked[:n]]
     return rows, processor, tokenizer
 
