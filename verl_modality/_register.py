@@ -14,7 +14,13 @@ import traceback
 logger = logging.getLogger("verl_modality")
 
 #: What this process registered, by kind (read by ``verl-modality doctor``).
-REGISTERED: dict[str, list[str]] = {"platforms": [], "engines": [], "patches": []}
+REGISTERED: dict[str, list[str]] = {
+    "platforms": [],
+    "engines": [],
+    "patches": [],
+    "advantage_estimators": [],
+    "trainers": [],
+}
 #: Tracebacks of failed registrations in this process; empty when the plugin loaded cleanly.
 LOAD_ERRORS: list[str] = []
 
@@ -33,6 +39,32 @@ def _register() -> None:
     from verl_modality.models import qwen2_5_omni
 
     REGISTERED["patches"].extend(qwen2_5_omni.apply_patches())
+
+    # Algorithms and the trainer layer: registered when verl imports the modules that hold its registries, so that
+    # loading the plugin stays cheap and nothing happens in processes that never train.
+    from verl_modality.models.import_hooks import when_imported
+
+    when_imported("verl.trainer.ppo.core_algos", _register_estimators)
+    REGISTERED["advantage_estimators"].append("mapo_stratified")
+    when_imported("verl.trainer.ppo.v1.trainer_sync", _install_trainer)
+    REGISTERED["trainers"].append("sync -> verl_modality.trainer.modality_trainer.ModalityTrainerSync")
+
+
+def _register_estimators(core_algos) -> None:
+    from verl_modality.algorithms.advantage import ESTIMATOR_NAME, mapo_stratified_advantage
+
+    core_algos.register_adv_est(ESTIMATOR_NAME)(mapo_stratified_advantage)
+
+
+def _install_trainer(trainer_sync) -> None:
+    # Our sync trainer only acts when algorithm.adv_estimator=mapo_stratified (or algorithm.mapo.tag_metrics);
+    # for every other run each of its overrides calls verl's method unchanged.
+    name = "verl_modality.trainer.modality_trainer"
+    if name in sys.modules and not hasattr(sys.modules[name], "install"):
+        return  # that module is importing verl's trainer right now and installs itself when it finishes
+    from verl_modality.trainer.modality_trainer import install
+
+    install()
 
 
 try:

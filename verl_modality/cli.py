@@ -48,9 +48,28 @@ def _cmd_validate_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from verl_modality.trainer.demo import run_demo
+    from verl_modality.evaluation.training_log import format_table, summarize
+    from verl_modality.trainer.launch import prepare_demo_inputs, run_main_ppo
 
-    result = run_demo(args.work_dir, seed=args.seed, batch_size=args.batch_size)
+    work_dir = prepare_demo_inputs(args.work_dir, seed=args.seed)
+    overrides = [f"trainer.total_training_steps={args.steps}", f"trainer.test_freq={args.steps}", *args.overrides]
+    print(f"[demo] verl main_ppo with {args.config} for {args.steps} steps on the CPU; log: {work_dir}/main_ppo.log")
+    result = run_main_ppo(args.config, work_dir, overrides, echo=True)
+    if result.returncode != 0:
+        print(result.log_tail(), file=sys.stderr)
+        print(
+            f"[demo] main_ppo failed with exit code {result.returncode}; full log: {result.log_path}", file=sys.stderr
+        )
+        return result.returncode
+    print(f"[demo] finished in {result.seconds:.0f} s. Per tag (training steps summed; validation before/after):")
+    print(format_table(summarize(result.metrics)))
+    return 0
+
+
+def _cmd_actor_check(args: argparse.Namespace) -> int:
+    from verl_modality.trainer.actor_check import run_actor_check
+
+    result = run_actor_check(args.work_dir, seed=args.seed, batch_size=args.batch_size)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -80,11 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-media", action="store_true", help="skip opening the media files")
     p.set_defaults(func=_cmd_validate_data)
 
-    p = sub.add_parser("demo", help="CPU demo: tiny model + demo data, one verl actor update")
+    p = sub.add_parser("demo", help="CPU demo: MAPO training with verl's main_ppo on the tiny model and demo data")
+    p.add_argument("--work-dir", default="demo_run")
+    p.add_argument("--seed", type=int, default=0, help="seed of the tiny model and the demo data")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--config", default="mapo_cpu_demo", help="recipe name in examples/ or a path to a YAML file")
+    p.add_argument(
+        "overrides", nargs="*", help="extra Hydra overrides for main_ppo, e.g. actor_rollout_ref.rollout.n=8"
+    )
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("actor-check", help="one teacher-forced update of verl's actor on demo prompts (no rollout)")
     p.add_argument("--work-dir", default="demo_run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=4)
-    p.set_defaults(func=_cmd_demo)
+    p.set_defaults(func=_cmd_actor_check)
     return parser
 
 

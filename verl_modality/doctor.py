@@ -60,6 +60,18 @@ def registry_snapshot() -> dict[str, dict[str, bool]]:
     snap["plugin"] = {"verl_modality._register loaded by verl": "verl_modality._register" in sys.modules}
     snap["platforms"] = {"cpu": PlatformRegistry.get(cpu.PLATFORM_NAME) is cpu.PlatformCPU}
     snap["patches"] = {name: ok for name, ok in qwen2_5_omni.patches_in_place().items()}
+    from verl.trainer.ppo import core_algos
+
+    from verl_modality.algorithms.advantage import ESTIMATOR_NAME, mapo_stratified_advantage
+
+    snap["advantage estimators"] = {
+        ESTIMATOR_NAME: core_algos.ADV_ESTIMATOR_REGISTRY.get(ESTIMATOR_NAME) is mapo_stratified_advantage
+    }
+    from verl.trainer.ppo.v1 import get_trainer_cls
+
+    from verl_modality.trainer.modality_trainer import ModalityTrainerSync
+
+    snap["trainers"] = {"sync -> ModalityTrainerSync": get_trainer_cls("sync") is ModalityTrainerSync}
     if cpu.is_selected():
         from verl.workers.engine.base import EngineRegistry
 

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def demo_setup(tmp_path_factory, tiny_model_dir):
     from verl_modality.data.synthetic import make_demo_data
-    from verl_modality.trainer.demo import build_demo_batch, load_rows
+    from verl_modality.trainer.actor_check import build_demo_batch, load_rows
 
     root = tmp_path_factory.mktemp("actor")
     make_demo_data(root / "data", seed=0, n_train=14, n_test=0, progress=False)
@@ -34,7 +34,7 @@ def test_batch_carries_audio_and_video(demo_setup):
 
 def test_actor_log_probs_match_transformers_and_update_moves_every_part(demo_setup):
     from verl_modality.models.tiny import load_thinker
-    from verl_modality.trainer.demo import COMPONENTS, changed_by_component, grpo_advantages, snapshot
+    from verl_modality.trainer.actor_check import COMPONENTS, changed_by_component, grpo_advantages, snapshot
     from verl_modality.trainer.local_actor import LocalActor
 
     model_dir, rows, processor, tokenizer, demo = demo_setup

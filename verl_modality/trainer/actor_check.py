@@ -1,4 +1,4 @@
-"""The CPU demo: tiny Qwen2.5-Omni thinker + synthetic tagged QA data + one update of verl's own actor.
+"""Actor check: tiny Qwen2.5-Omni thinker, demo QA data, one teacher-forced update of verl's own actor.
 
 Each prompt of the batch gets two teacher-forced responses, one naming the correct option and one a wrong option,
 scored 1 and 0. verl's GRPO turns the scores into advantages, and verl's actor (FSDP2 engine, PPO clipped loss)
@@ -123,7 +123,7 @@ def _mean_logprob(log_probs: torch.Tensor, mask: torch.Tensor, rows: torch.Tenso
     return float(lp[rows].mean())
 
 
-def run_demo(work_dir: str | os.PathLike = "demo_run", seed: int = 0, batch_size: int = 4) -> dict[str, Any]:
+def run_actor_check(work_dir: str | os.PathLike = "demo_run", seed: int = 0, batch_size: int = 4) -> dict[str, Any]:
     """Build (or reuse) the tiny model and demo data under ``work_dir`` and run one actor update; returns a report."""
     from verl_modality.data.synthetic import make_demo_data
     from verl_modality.models.tiny import make_tiny_model
@@ -141,13 +141,13 @@ def run_demo(work_dir: str | os.PathLike = "demo_run", seed: int = 0, batch_size
         make_tiny_model(model_dir, seed=seed)
     if not (data_dir / "train.parquet").exists():
         make_demo_data(data_dir, seed=seed)
-    print(f"[demo] tiny model: {model_dir}   demo data: {data_dir}")
+    print(f"[actor-check] tiny model: {model_dir}   demo data: {data_dir}")
 
     rows, processor, tokenizer = load_rows(data_dir / "train.parquet", model_dir, batch_size)
     demo = build_demo_batch(rows, processor, tokenizer, seed=seed)
     mb = demo.batch
     print(
-        f"[demo] batch: {len(rows)} prompts x 2 responses, tags {[r['modality_tag'] for r in rows]}, "
+        f"[actor-check] batch: {len(rows)} prompts x 2 responses, tags {[r['modality_tag'] for r in rows]}, "
         f"prompt length {mb['prompts'].shape[1]} tokens (audio + video + text)"
     )
 
@@ -175,7 +175,7 @@ def run_demo(work_dir: str | os.PathLike = "demo_run", seed: int = 0, batch_size
         "seconds": round(time.time() - t0, 1),
     }
     print(
-        "[demo] one verl actor update: mean log-prob of correct answers "
+        "[actor-check] one verl actor update: mean log-prob of correct answers "
         f"{report['logprob_correct_before']:.4f} -> {report['logprob_correct_after']:.4f}, "
         f"wrong answers {report['logprob_wrong_before']:.4f} -> {report['logprob_wrong_after']:.4f}"
     )

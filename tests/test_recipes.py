@@ -1,0 +1,78 @@
+"""The YAML recipes compose on top of verl's ppo_trainer config, set only keys verl knows, and valid MAPO options."""
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from verl_modality.algorithms.config import MapoConfig
+from verl_modality.trainer.local_actor import compose_verl_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = [
+    ROOT / "examples" / "mapo_cpu_demo.yaml",
+    ROOT / "recipes" / "maple" / "mapo_qwen2_5_omni_3b.yaml",
+    ROOT / "recipes" / "maple" / "mupo_qwen2_5_omni_3b.yaml",
+]
+# Keys verl's base config does not have but accepts: ours, and free-form dicts verl passes through.
+OPEN_PREFIXES = ("algorithm.mapo.", "ray_kwargs.ray_init.", "actor_rollout_ref.model.override_config.")
+
+
+def _leaf_keys(node, prefix=""):
+    for key, value in node.items():
+        if key in ("hydra", "defaults"):
+            continue
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _leaf_keys(value, path + ".")
+        else:
+            yield path
+
+
+def _compose(path: Path):
+    with initialize_config_dir(config_dir=str(path.parent), version_base=None):
+        return compose(config_name=path.stem)
+
+
+@pytest.mark.parametrize("path", RECIPES + [ROOT / "recipes" / "maple" / "common.yaml"], ids=lambda p: p.stem)
+def test_every_key_exists_in_verl(path):
+    base = compose_verl_config()
+    unknown = []
+    for key in _leaf_keys(yaml.safe_load(path.read_text())):
+        if key.startswith(OPEN_PREFIXES):
+            continue
+        if ".mixed_precision." in key or ".wrap_policy." in key:
+            continue  # typed dataclass fields verl leaves unset in the YAML
+        parent, _, last = key.rpartition(".")
+        node = OmegaConf.select(base, parent) if parent else base
+        if node is None or last not in node.keys():  # keys() also lists mandatory '???' values
+            unknown.append(key)
+    assert not unknown, f"{path.name} sets keys verl 0.9.1 does not have (typos?): {unknown}"
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_composes_with_valid_mapo_options(path, monkeypatch):
+    monkeypatch.setenv("VERL_MODALITY_DEMO_DIR", "/demo")
+    cfg = _compose(path)
+    mapo = MapoConfig.from_algorithm_config(cfg.algorithm)
+    assert cfg.data.custom_cls.name == "OmniRLDataset"
+    assert cfg.reward.custom_reward_function.path == "pkg://verl_modality.rewards.choice"
+    if path.stem.startswith("mupo"):
+        assert cfg.algorithm.adv_estimator == "grpo"  # the baseline is vanilla verl GRPO (SPEC §2.6)
+        assert cfg.actor_rollout_ref.actor.loss_agg_mode == "token-mean"
+        assert cfg.actor_rollout_ref.actor.clip_ratio_high == cfg.actor_rollout_ref.actor.clip_ratio_low == 0.2
+    else:
+        assert cfg.algorithm.adv_estimator == "mapo_stratified"
+        assert mapo.balance
+        assert cfg.actor_rollout_ref.actor.loss_agg_mode == "seq-mean-token-mean"
+        assert (cfg.actor_rollout_ref.actor.clip_ratio_low, cfg.actor_rollout_ref.actor.clip_ratio_high) == (0.2, 0.3)
+    if "maple" in str(path):  # the paper's settings (SPEC §2.6)
+        a, r = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
+        assert (cfg.data.train_batch_size, a.ppo_mini_batch_size, r.n) == (256, 32, 8)
+        assert (cfg.data.max_prompt_length, cfg.data.max_response_length, a.optim.lr) == (8192, 2048, 2e-6)
+    else:
+        assert cfg.actor_rollout_ref.model.path == "/demo/model"
+        assert os.path.basename(cfg.data.train_files) == "train.parquet"

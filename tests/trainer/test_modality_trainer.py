@@ -1,0 +1,57 @@
+"""The trainer layer's own logic, without Ray: tag metrics, the validation uid recorder, the registry swap."""
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from verl_modality.trainer import modality_trainer as mt
+
+
+def test_tag_accuracy_metrics_by_hand():
+    tags = ["V", "V", "A", "VAS", "V", "A"]
+    scores = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    m = mt.tag_accuracy_metrics(tags, scores)
+    assert m["val-core/tag/V/acc"] == pytest.approx(2 / 3)
+    assert m["val-core/tag/A/acc"] == 0.5
+    assert m["val-core/tag/VAS/acc"] == 0.0
+    assert m["val-aux/tag/V/count"] == 3
+    assert m["val-core/tag/pooled/acc"] == pytest.approx(3 / 6)
+    assert m["val-core/tag/tag_mean/acc"] == pytest.approx((2 / 3 + 0.5 + 0.0) / 3)
+    with pytest.raises(ValueError, match="2 tags for 1"):
+        mt.tag_accuracy_metrics(["V", "A"], [1.0])
+
+
+def test_stats_to_metrics_names():
+    flat = mt.stats_to_metrics({"VA": {"weight": 0.5, "count": 8}, "S": {"weight": 1}})
+    assert flat == {"mapo/VA/weight": 0.5, "mapo/VA/count": 8.0, "mapo/S/weight": 1.0}
+
+
+def test_uid_recorder_sees_uids_assigned_after_yield():
+    batches = [{"modality_tag": np.array(["V", "A"], dtype=object)}, {"modality_tag": np.array(["VAS"], dtype=object)}]
+    sink = {}
+    rec = mt._UidTagRecorder(batches, sink)
+    for i, b in enumerate(rec):  # what verl's _validate does: assign uids after the loader yields
+        b["uid"] = np.array([f"u{i}{j}" for j in range(len(b["modality_tag"]))], dtype=object)
+    assert sink == {"u00": "V", "u01": "A", "u10": "VAS"}
+    with pytest.raises(KeyError, match="modality_tag"):
+        for _b in mt._UidTagRecorder([{"uid": np.array(["x"])}], {}):
+            pass
+
+
+def test_gating_on_estimator_name():
+    def cfg(est, **mapo):
+        return OmegaConf.create({"algorithm": {"adv_estimator": est, **({"mapo": mapo} if mapo else {})}})
+
+    assert mt.uses_mapo(cfg("mapo_stratified")) and mt.wants_tag_metrics(cfg("mapo_stratified"))
+    assert not mt.uses_mapo(cfg("grpo")) and not mt.wants_tag_metrics(cfg("grpo"))
+    assert mt.wants_tag_metrics(cfg("grpo", tag_metrics=True)) and not mt.uses_mapo(cfg("grpo", tag_metrics=True))
+
+
+def test_install_replaces_only_verls_sync_trainer():
+    from verl.trainer.ppo.v1 import get_trainer_cls
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+    assert issubclass(mt.ModalityTrainerSync, PPOTrainerSync)
+    assert get_trainer_cls("sync") is mt.ModalityTrainerSync  # the plugin installed it when verl's module loaded
+    assert mt.install() == "trainer/sync"  # idempotent
+    assert get_trainer_cls("colocate_async").__name__ == "PPOTrainerColocateAsync"

@@ -1,0 +1,238 @@
+"""verl's synchronous V1 trainer with what modality-aware training needs on top.
+
+:class:`ModalityTrainerSync` replaces verl's ``sync`` trainer entry (``trainer.v1.trainer_mode=sync``, the default).
+Its overrides only act when ``algorithm.adv_estimator=mapo_stratified`` (or, for per-tag validation of baselines,
+``+algorithm.mapo.tag_metrics=true``); otherwise each one calls verl's method and nothing else, so vanilla runs are
+unchanged. When active it:
+
+* hands each row's ``modality_tag`` (a dataset column, stored per trajectory in TransferQueue) and the padding flags
+  to the registered estimator through :mod:`verl_modality.algorithms.batch_context`;
+* keeps the adaptive-weight history and logs per-tag statistics as ``mapo/<tag>/<stat>``;
+* reports validation accuracy per tag (``val-core/tag/<tag>/acc``) plus the pooled and tag-averaged accuracy;
+* saves its state next to verl's checkpoint (``global_step_N/verl_modality_state.json``) and restores it on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import transfer_queue as tq
+from omegaconf import OmegaConf
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
+
+from verl_modality.algorithms.adaptive_weights import AdaptiveWeightState
+from verl_modality.algorithms.advantage import ESTIMATOR_NAME
+from verl_modality.algorithms.batch_context import BatchContext, batch_context
+from verl_modality.algorithms.config import MapoConfig
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "verl_modality_state.json"
+STATE_VERSION = 1
+TAG_FIELD = "modality_tag"
+
+
+def uses_mapo(config: Any) -> bool:
+    """Whether this run selected our estimator."""
+    return str(config.algorithm.adv_estimator) == ESTIMATOR_NAME
+
+
+def wants_tag_metrics(config: Any) -> bool:
+    """Per-tag validation metrics: on with ``mapo_stratified``, opt-in (``algorithm.mapo.tag_metrics``) otherwise."""
+    return uses_mapo(config) or bool(OmegaConf.select(config, "algorithm.mapo.tag_metrics", default=False))
+
+
+def tag_accuracy_metrics(tags: list[str], scores: list[float]) -> dict[str, float]:
+    """Validation accuracy per tag, pooled over all responses, and averaged over tags (each tag counts once).
+
+    Shapes: ``tags`` and ``scores`` are parallel lists of length N (one entry per validation response).
+    """
+    if len(tags) != len(scores):
+        raise ValueError(f"{len(tags)} tags for {len(scores)} validation scores")
+    by_tag: dict[str, list[float]] = defaultdict(list)
+    for tag, score in zip(tags, scores, strict=True):
+        by_tag[tag].append(float(score))
+    out: dict[str, float] = {}
+    for tag in sorted(by_tag):
+        out[f"val-core/tag/{tag}/acc"] = float(np.mean(by_tag[tag]))
+        out[f"val-aux/tag/{tag}/count"] = float(len(by_tag[tag]))
+    if by_tag:
+        out["val-core/tag/pooled/acc"] = float(np.mean([s for v in by_tag.values() for s in v]))
+        out["val-core/tag/tag_mean/acc"] = float(np.mean([np.mean(v) for v in by_tag.values()]))
+    return out
+
+
+def stats_to_metrics(per_tag: dict[str, dict[str, float]], prefix: str = "mapo") -> dict[str, float]:
+    """``{tag: {stat: value}}`` -> flat logger keys ``mapo/<tag>/<stat>``."""
+    return {f"{prefix}/{tag}/{name}": float(value) for tag, stats in per_tag.items() for name, value in stats.items()}
+
+
+class _UidTagRecorder:
+    """Wraps the validation dataloader and remembers ``uid -> modality_tag`` for every batch verl processes.
+
+    verl's ``_validate`` assigns ``batch_dict["uid"]`` after the loader yields the batch, so each batch is read back
+    when the next one is requested (and the last one when the loop ends).
+    """
+
+    def __init__(self, loader: Any, sink: dict[str, str]):
+        self._loader = loader
+        self._sink = sink
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self):
+        for batch_dict in self._loader:
+            yield batch_dict
+            self._record(batch_dict)
+
+    def _record(self, batch_dict: dict) -> None:
+        if TAG_FIELD not in batch_dict:
+            raise KeyError(
+                f"validation data has no '{TAG_FIELD}' column; per-tag metrics need it (see docs/data_schema.md)"
+            )
+        for uid, tag in zip(batch_dict["uid"], batch_dict[TAG_FIELD], strict=True):
+            self._sink[str(uid)] = str(tag)
+
+
+class ModalityTrainerSync(PPOTrainerSync):
+    """verl's ``PPOTrainerSync`` plus per-tag data flow, metrics and state; a no-op layer for other estimators."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.mapo_active = uses_mapo(config)
+        self.tag_metrics = wants_tag_metrics(config)
+        self.mapo_config: MapoConfig | None = None
+        self.mapo_state: AdaptiveWeightState | None = None
+        self._val_uid_tags: dict[str, str] = {}
+        if self.mapo_active:
+            self.mapo_config = MapoConfig.from_algorithm_config(config.algorithm)  # fail before Ray work starts
+
+    # ------------------------------------------------------------------------------------------------ state
+    def _ensure_mapo_state(self) -> AdaptiveWeightState:
+        if self.mapo_state is None:
+            window = self.mapo_config.history_window
+            if window is None:  # MAPLE App. E: about one epoch of steps
+                window = max(1, int(getattr(self, "steps_per_epoch", 1) or 1))
+            self.mapo_state = AdaptiveWeightState(self.mapo_config, window=window)
+        return self.mapo_state
+
+    def mapo_state_dict(self) -> dict:
+        """Everything this trainer adds to a checkpoint, as JSON-serialisable data."""
+        return {
+            "version": STATE_VERSION,
+            "global_steps": int(self.global_steps),
+            "adaptive_weights": self._ensure_mapo_state().state_dict(),
+        }
+
+    def load_mapo_state_dict(self, state: dict, source: str) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"{source}: state version {state.get('version')!r}, expected {STATE_VERSION}")
+        if int(state.get("global_steps", -1)) != int(self.global_steps):
+            raise ValueError(
+                f"{source}: saved at global step {state.get('global_steps')}, but verl resumed step {self.global_steps}"
+            )
+        self._ensure_mapo_state().load_state_dict(state["adaptive_weights"])
+
+    def _save_checkpoint(self):
+        if self.mapo_active:
+            # Written before verl's tracker file, so a checkpoint that verl considers complete always has our state.
+            folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
+            os.makedirs(folder, exist_ok=True)
+            tmp = os.path.join(folder, STATE_FILE + ".tmp")
+            with open(tmp, "w") as f:
+                json.dump(self.mapo_state_dict(), f, indent=1)
+            os.replace(tmp, os.path.join(folder, STATE_FILE))
+        return super()._save_checkpoint()
+
+    def _resumed_folder(self) -> str | None:
+        trainer = self.config.trainer
+        if trainer.resume_mode == "resume_path":
+            folder = trainer.resume_from_path
+        else:
+            folder = find_latest_ckpt_path(os.path.abspath(trainer.default_local_dir))
+        return None if folder is None else os.path.abspath(folder)
+
+    def _load_checkpoint(self):
+        result = super()._load_checkpoint()
+        if self.mapo_active:
+            self._ensure_mapo_state()
+            if self.global_steps > 0:
+                folder = self._resumed_folder()
+                path = os.path.join(folder, STATE_FILE) if folder else None
+                if path is None or not os.path.exists(path):
+                    raise FileNotFoundError(
+                        f"resuming step {self.global_steps} with {ESTIMATOR_NAME}, but the checkpoint has no "
+                        f"{STATE_FILE} (looked in {folder}); it was not written by a {ESTIMATOR_NAME} run, so the "
+                        "adaptive-weight history cannot be restored"
+                    )
+                with open(path) as f:
+                    self.load_mapo_state_dict(json.load(f), path)
+                logger.info("restored verl-modality state from %s", path)
+        return result
+
+    # ------------------------------------------------------------------------------------------- advantages
+    def _compute_advantage(self, batch, metrics: dict):
+        if not self.mapo_active:
+            return super()._compute_advantage(batch, metrics)
+        try:
+            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[TAG_FIELD])
+            raw = data[TAG_FIELD]
+        except Exception as err:  # TransferQueue raises its own types for unknown fields
+            raise KeyError(
+                f"{ESTIMATOR_NAME} needs a '{TAG_FIELD}' column in the training data (see docs/data_schema.md): {err}"
+            ) from err
+        tags = [str(t) for t in (raw.tolist() if hasattr(raw, "tolist") else list(raw))]
+        valid = np.array([not tag.get("is_padding", False) for tag in batch.tags], dtype=bool)
+        ctx = BatchContext(modality_tags=tags, valid=valid, state=self._ensure_mapo_state(), step=self.global_steps)
+        with batch_context(ctx):
+            out = super()._compute_advantage(batch, metrics)
+        metrics.update(stats_to_metrics(ctx.stats))
+        return out
+
+    # ------------------------------------------------------------------------------------------- validation
+    def _validate(self) -> dict[str, float]:
+        if not self.tag_metrics:
+            return super()._validate()
+        self._val_uid_tags = {}
+        loader = self.val_dataloader
+        self.val_dataloader = _UidTagRecorder(loader, self._val_uid_tags)
+        try:
+            return super()._validate()
+        finally:
+            self.val_dataloader = loader
+
+    def _val_metrics_update(self, data_sources, sample_uids, reward_extra_infos_dict, sample_turns, **kwargs):
+        metrics = super()._val_metrics_update(
+            data_sources, sample_uids, reward_extra_infos_dict, sample_turns, **kwargs
+        )
+        if self.tag_metrics:
+            scores = reward_extra_infos_dict.get("acc") or reward_extra_infos_dict["reward"]
+            missing = [u for u in sample_uids if str(u) not in self._val_uid_tags]
+            if missing:
+                raise KeyError(f"no modality tag recorded for validation uids {missing[:5]} ({len(missing)} in all)")
+            tags = [self._val_uid_tags[str(u)] for u in sample_uids]
+            metrics.update(tag_accuracy_metrics(tags, scores))
+        return metrics
+
+
+def install(module: Any = None) -> str:
+    """Make :class:`ModalityTrainerSync` verl's ``sync`` trainer (verl's ``register_trainer`` refuses re-registration)."""
+    from verl.trainer.ppo.v1 import trainer_base
+
+    registry = trainer_base.TRAINER_REGISTRY
+    if registry.get("sync") not in (PPOTrainerSync, ModalityTrainerSync):
+        raise RuntimeError(
+            f"verl's 'sync' trainer is {registry.get('sync')!r}, not PPOTrainerSync; refusing to replace"
+        )
+    registry["sync"] = ModalityTrainerSync
+    return "trainer/sync"
+
+
+install()  # also done by the plugin's import hook; here for when this module is imported before verl's trainer
