@@ -18,6 +18,7 @@ REGISTERED: dict[str, list[str]] = {
     "platforms": [],
     "engines": [],
     "patches": [],
+    "rollouts": [],
     "advantage_estimators": [],
     "trainers": [],
 }
@@ -39,6 +40,10 @@ def _register() -> None:
     from verl_modality.models import qwen2_5_omni
 
     REGISTERED["patches"].extend(qwen2_5_omni.apply_patches())
+
+    from verl_modality.rollout import hf_rollout
+
+    REGISTERED["rollouts"].extend(hf_rollout.register())
 
     # Algorithms and the trainer layer: registered when verl imports the modules that hold its registries, so that
     # loading the plugin stays cheap and nothing happens in processes that never train.

@@ -159,6 +159,10 @@ class PlatformCPU(PlatformBase):
     def ray_resource_name(self) -> str:
         return "CPU"
 
+    def ray_resource_options(self, num_gpus: float) -> dict[str, Any]:
+        # One "device" per worker is one logical CPU of the placement-group bundle (Ray rejects resources={"CPU":..}).
+        return {"num_cpus": num_gpus}
+
     def ray_noset_envvars(self) -> list[str]:
         return []
 

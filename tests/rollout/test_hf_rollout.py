@@ -1,0 +1,122 @@
+"""The transformers-generate rollout core, in-process, on the tiny Qwen2.5-Omni thinker with audio and video."""
+
+import numpy as np
+import pytest
+import torch
+
+from verl_modality.models.omni_inputs import encode_prompt
+from verl_modality.models.qwen2_5_omni import compute_position_ids
+from verl_modality.rollout.hf_rollout import HFGenerator
+
+SAMPLING = {"temperature": 0.9, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0}
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_model_dir):
+    return HFGenerator(tiny_model_dir, prompt_length=512, response_length=6, seed=0)
+
+
+@pytest.fixture(scope="module")
+def media():
+    rng = np.random.default_rng(0)
+    audio = (rng.standard_normal(32000) * 0.1).astype(np.float32)
+    video = rng.integers(0, 255, (4, 56, 56, 3), dtype=np.uint8)
+    return audio, video
+
+
+def _prompt(gen, media, text="Which animal? [A] dog [B] cat"):
+    audio, video = media
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "audio"}, {"type": "text", "text": text}]}]
+    return encode_prompt(gen.processor, messages, videos=[video], audios=[audio])
+
+
+def test_rollout_log_probs_match_a_teacher_forced_forward(gen, media):
+    enc = _prompt(gen, media)
+    ids = enc.input_ids.tolist()
+    audio, video = media
+    out = gen.generate(ids, SAMPLING, video_data=[video], audio_data=[audio])
+    assert 1 <= len(out["token_ids"]) <= 6 and len(out["log_probs"]) == len(out["token_ids"])
+    full = torch.tensor([ids + out["token_ids"]])
+    mask = torch.ones_like(full)
+    pos = compute_position_ids(gen.processor, full[0], mask[0], enc.multi_modal_inputs)
+    with torch.no_grad():
+        logits = gen.model(input_ids=full, attention_mask=mask, position_ids=pos.unsqueeze(1), **enc.multi_modal_inputs)
+    logits = logits.logits[0, len(ids) - 1 : -1] / SAMPLING["temperature"]
+    expected = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(out["token_ids"])[:, None])[:, 0]
+    assert torch.allclose(torch.tensor(out["log_probs"]), expected, atol=1e-4)
+
+
+def test_audio_reaches_the_model(gen, media):
+    audio, video = media
+    enc = _prompt(gen, media)
+    ids = enc.input_ids.tolist()
+    with torch.no_grad():
+        loud = gen.model(**gen.model_inputs(ids, videos=[video], audios=[audio])).logits[0, -1]
+        silent = gen.model(**gen.model_inputs(ids, videos=[video], audios=[np.zeros_like(audio)])).logits[0, -1]
+    assert not torch.allclose(loud, silent)  # same token ids, different audio features
+
+
+def test_rebuilt_prompt_must_match(gen, media):
+    audio, video = media
+    ids = _prompt(gen, media).input_ids.tolist()
+    short_audio = audio[:8000]  # fewer audio frames -> fewer placeholder tokens than the prompt has
+    with pytest.raises(ValueError, match="placeholder expansion differs"):
+        gen.model_inputs(ids, videos=[video], audios=[short_audio])
+
+
+def test_sampling_is_reproducible_and_order_independent(tiny_model_dir, media):
+    audio, video = media
+    a = HFGenerator(tiny_model_dir, prompt_length=512, response_length=6, seed=3)
+    b = HFGenerator(tiny_model_dir, prompt_length=512, response_length=6, seed=3, processor=a.processor)
+    p1 = _prompt(a, media, "first question").input_ids.tolist()
+    p2 = _prompt(a, media, "second question").input_ids.tolist()
+    kw = {"video_data": [video], "audio_data": [audio]}
+    run_a = [a.generate(p, SAMPLING, **kw)["token_ids"] for p in (p1, p1, p2, p2)]
+    run_b = [b.generate(p, SAMPLING, **kw)["token_ids"] for p in (p2, p1, p2, p1)]
+    assert sorted(run_a[:2]) == sorted([run_b[1], run_b[3]])  # the group of p1: same set of responses
+    assert sorted(run_a[2:]) == sorted([run_b[0], run_b[2]])
+    assert run_a[0] != run_a[1]  # the n identical requests of a group get different samples
+    # a new weight version starts a new sample sequence
+    a.set_weight_version(1)
+    assert a.generate(p1, SAMPLING, **kw)["token_ids"] != run_a[0]
+
+
+def test_greedy_and_budget(gen, media):
+    audio, video = media
+    ids = _prompt(gen, media).input_ids.tolist()
+    greedy = {"temperature": 0.0, "top_p": 1.0, "top_k": -1}
+    one = gen.generate(ids, greedy, video_data=[video], audio_data=[audio])
+    two = gen.generate(ids, greedy, video_data=[video], audio_data=[audio])
+    assert one["token_ids"] == two["token_ids"]
+    banned = set(gen.suppress_ids)
+    assert banned and not banned & set(one["token_ids"])
+    assert gen.max_new_tokens(len(ids), {}) == 6
+    assert gen.max_new_tokens(512 + 2, {}) == 4  # prompt + response must fit prompt_length + response_length
+    with pytest.raises(ValueError, match="no room"):
+        gen.max_new_tokens(512 + 6, {})
+
+
+def test_weight_updates_load_exactly(tiny_model_dir, media):
+    g = HFGenerator(tiny_model_dir, prompt_length=512, response_length=4, seed=0)
+    state = {k: v.clone() + 0.01 for k, v in g.model.state_dict().items() if v.is_floating_point()}
+    assert g.load_weights(state, version=7) == len(state)
+    assert g.weight_version == 7
+    assert torch.equal(next(iter(g.model.state_dict().values())), next(iter(state.values())))
+    with pytest.raises(ValueError, match="unexpected"):
+        g.load_weights({"thinker.model.norm.weight": torch.zeros(1)}, version=8)
+    with pytest.raises(ValueError, match="missing"):
+        g.load_weights({}, version=8)
+
+
+def test_registered_with_verl():
+    from verl.workers.rollout.base import _ROLLOUT_REGISTRY
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+    assert _ROLLOUT_REGISTRY[("hf", "async")] == "verl_modality.rollout.hf_rollout.HFServerAdapter"
+    replica = RolloutReplicaRegistry.get("hf")
+    assert replica.__name__ == "HFReplica" and not replica.rollout_worker_use_gpu(object.__new__(replica))
+    from verl_modality.rollout.hf_rollout import HFServerAdapter
+
+    from verl.workers.rollout.base import BaseRollout
+
+    assert issubclass(HFServerAdapter, BaseRollout)
