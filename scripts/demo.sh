@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on a CPU: build the tiny Qwen2.5-Omni model and the demo data, then train with verl's actor.
+# The main job on a CPU: build the tiny Qwen2.5-Omni model and the demo data, then train with MAPO through verl's main_ppo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh

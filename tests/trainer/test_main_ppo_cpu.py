@@ -121,9 +121,14 @@ def test_resume_restores_state_and_weights_exactly(mapo_run, inputs, tmp_path):
     state_a = json.loads((ckpt_a / f"global_step_{STEPS}" / "verl_modality_state.json").read_text())
     state_b = json.loads((ckpt_b / f"global_step_{STEPS}" / "verl_modality_state.json").read_text())
     assert state_a == state_b
+    # Weights: equal up to float summation order. verl orders a batch's rows by when their rollouts finish (async),
+    # so micro-batch sums may round differently in the last bit; the difference must stay far below a step's change.
     wa = _actor_weights(ckpt_a / f"global_step_{STEPS}")
     wb = _actor_weights(ckpt_b / f"global_step_{STEPS}")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa), [k for k in wa if not torch.equal(wa[k], wb[k])][:5]
+    w2 = _actor_weights(ckpt_a / "global_step_2")
+    diff = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    moved = max((wa[k] - w2[k]).abs().max().item() for k in wa)
+    assert moved > 1e-4 and diff <= 1e-6, (diff, moved)
 
 
 def test_plain_grpo_is_vanilla(tmp_path, inputs):
