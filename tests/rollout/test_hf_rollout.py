@@ -115,8 +115,8 @@ def test_registered_with_verl():
     assert _ROLLOUT_REGISTRY[("hf", "async")] == "verl_modality.rollout.hf_rollout.HFServerAdapter"
     replica = RolloutReplicaRegistry.get("hf")
     assert replica.__name__ == "HFReplica" and not replica.rollout_worker_use_gpu(object.__new__(replica))
-    from verl_modality.rollout.hf_rollout import HFServerAdapter
-
     from verl.workers.rollout.base import BaseRollout
+
+    from verl_modality.rollout.hf_rollout import HFServerAdapter
 
     assert issubclass(HFServerAdapter, BaseRollout)
