@@ -25,7 +25,6 @@ def make_batch(n: int, group: int, length: int, seed: int):
     n_groups = n // group
     uid = np.array([f"{i:08x}" for i in range(n_groups) for _ in range(group)], dtype=object)
     tags = np.array([TAGS[i % len(TAGS)] for i in range(n_groups) for _ in range(group)], dtype=object)
-    mask = torch.ones(n, length)
     lengths = torch.randint(1, length + 1, (n,), generator=g)
     mask = (torch.arange(length)[None, :] < lengths[:, None]).float()
     rewards = torch.zeros(n, length)
@@ -49,9 +48,11 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--looped-repeats", type=int, default=1, help="repeats for verl's slow looped grpo")
+    parser.add_argument("--looped-repeats", type=int, default=3, help="repeats for verl's slow looped grpo")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from omegaconf import OmegaConf
     from verl.trainer.ppo import core_algos
@@ -66,6 +67,7 @@ def main() -> None:
     header = f"{'responses':>10} {'estimator':>18} {'median s':>10} {'x grpo_vectorized':>18}"
     print(header)
     print("-" * len(header))
+    ratios = {}
     for n in args.sizes:
         rewards, mask, uid, tags = make_batch(n, args.group, args.length, seed=n)
         state = AdaptiveWeightState(cfg, window=50)
@@ -83,6 +85,10 @@ def main() -> None:
         times = {name: timed(fn, reps) for name, (fn, reps) in runs.items()}
         for name, t in times.items():
             print(f"{n:>10} {name:>18} {t:>10.4f} {t / times['grpo_vectorized']:>18.2f}")
+        ratios[n] = times["mapo_stratified"] / times["grpo_vectorized"]
+    biggest = max(ratios)
+    verdict = "met" if ratios[biggest] <= 1.5 else "NOT met"
+    print(f"target mapo_stratified <= 1.5x grpo_vectorized at {biggest} responses: {ratios[biggest]:.2f}x, {verdict}")
 
 
 if __name__ == "__main__":

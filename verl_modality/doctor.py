@@ -48,6 +48,37 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def _probe(check) -> bool:
+    """A registration check that may need verl modules which refuse to import in a broken set-up: False then."""
+    try:
+        return bool(check())
+    except Exception:
+        return False
+
+
+def _estimator_registered() -> bool:
+    from verl.trainer.ppo import core_algos
+
+    from verl_modality.algorithms.advantage import ESTIMATOR_NAME, mapo_stratified_advantage
+
+    return core_algos.ADV_ESTIMATOR_REGISTRY.get(ESTIMATOR_NAME) is mapo_stratified_advantage
+
+
+def _trainer_installed() -> bool:
+    from verl.trainer.ppo.v1 import get_trainer_cls
+
+    from verl_modality.trainer.modality_trainer import ModalityTrainerSync
+
+    return get_trainer_cls("sync") is ModalityTrainerSync
+
+
+def _rollout_registered() -> bool:
+    from verl.workers.rollout.base import _ROLLOUT_REGISTRY
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+    return ("hf", "async") in _ROLLOUT_REGISTRY and "hf" in RolloutReplicaRegistry._registry
+
+
 def registry_snapshot() -> dict[str, dict[str, bool]]:
     """What verl's registries hold of ours, in *this* process (imports verl, which loads the plugin)."""
     import verl  # noqa: F401  (runs verl's plugin discovery)
@@ -60,18 +91,9 @@ def registry_snapshot() -> dict[str, dict[str, bool]]:
     snap["plugin"] = {"verl_modality._register loaded by verl": "verl_modality._register" in sys.modules}
     snap["platforms"] = {"cpu": PlatformRegistry.get(cpu.PLATFORM_NAME) is cpu.PlatformCPU}
     snap["patches"] = {name: ok for name, ok in qwen2_5_omni.patches_in_place().items()}
-    from verl.trainer.ppo import core_algos
-
-    from verl_modality.algorithms.advantage import ESTIMATOR_NAME, mapo_stratified_advantage
-
-    snap["advantage estimators"] = {
-        ESTIMATOR_NAME: core_algos.ADV_ESTIMATOR_REGISTRY.get(ESTIMATOR_NAME) is mapo_stratified_advantage
-    }
-    from verl.trainer.ppo.v1 import get_trainer_cls
-
-    from verl_modality.trainer.modality_trainer import ModalityTrainerSync
-
-    snap["trainers"] = {"sync -> ModalityTrainerSync": get_trainer_cls("sync") is ModalityTrainerSync}
+    snap["advantage estimators"] = {"mapo_stratified": _probe(_estimator_registered)}
+    snap["trainers"] = {"sync -> ModalityTrainerSync": _probe(_trainer_installed)}
+    snap["rollouts"] = {"hf (replica + async adapter)": _probe(_rollout_registered)}
     if cpu.is_selected():
         from verl.workers.engine.base import EngineRegistry
 

@@ -28,8 +28,29 @@ def test_from_algorithm_config():
         ({"difficulty": "x"}, r"algorithm.mapo.difficulty='x'"),
         ({"history_window": 0}, r"history_window=0"),
         ({"target_accuracy": 1.0}, r"target_accuracy=1.0"),
+        ({"balance": "yes"}, r"algorithm.mapo.balance='yes': expected true or false"),
+        ({"adaptive_weights": 1}, r"algorithm.mapo.adaptive_weights=1"),
+        ({"bins": 2.5}, r"algorithm.mapo.bins=2.5"),
+        ({"history_window": True}, r"algorithm.mapo.history_window=True"),
+        ({"eps": "1e-6"}, r"algorithm.mapo.eps='1e-6'"),
+        ({"beta_a": 0}, r"algorithm.mapo.beta_a=0"),
+        ({"tags": ["V", "V"]}, r"algorithm.mapo.tags=\['V', 'V'\]"),
+        ({"tags": []}, r"algorithm.mapo.tags=\[\]"),
     ],
 )
 def test_bad_options_name_the_key(options, match):
     with pytest.raises(ValueError, match=match):
         MapoConfig.from_algorithm_config({"mapo": options})
+
+
+def test_values_are_normalised_to_plain_python():
+    import json
+
+    import numpy as np
+
+    algo = OmegaConf.create({"mapo": {"history_window": 12, "tags": ["V", "A"], "eps": 1e-8}})
+    cfg = MapoConfig.from_algorithm_config(algo)
+    assert cfg.history_window == 12 and cfg.tags == ("V", "A") and cfg.eps == 1e-8
+    cfg = MapoConfig(history_window=np.int64(5), bins=np.int32(20), beta_a=np.float32(50))
+    assert type(cfg.history_window) is int and type(cfg.bins) is int and type(cfg.beta_a) is float
+    json.dumps(cfg.__dict__)

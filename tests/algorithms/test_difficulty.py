@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 
+from verl_modality.algorithms.config import MapoConfig
 from verl_modality.algorithms.difficulty import (
     bernoulli_kl,
     beta_pdf,
@@ -58,3 +59,28 @@ def test_auto_kind_and_dispatch():
         tag_difficulty(np.array([0.5, 1.0]), "binary")
     with pytest.raises(ValueError, match="at least one"):
         tag_difficulty(np.array([]))
+
+
+def test_histogram_kl_edges_and_a_hand_value():
+    # all rewards exactly 1.0 land in the last bin [0.98, 1]: p = 50 there, D = 50 log((50 + eps) / (q + eps)) / 50
+    q_last = 100 * 0.99**99
+    expected = math.log((50 + 1e-6) / (q_last + 1e-6))
+    assert histogram_beta_kl(np.ones(8)) == pytest.approx(expected, rel=1e-12)
+    # all 0.0 land in the first bin, where Beta(100, 1) has (numerically) no mass: a large D
+    assert histogram_beta_kl(np.zeros(8)) == pytest.approx(math.log((50 + 1e-6) / (100 * 0.01**99 + 1e-6)), rel=1e-12)
+    with pytest.raises(ValueError, match=r"positions \[0\]"):
+        histogram_beta_kl(np.array([float("nan"), 0.5]))
+
+
+def test_tag_difficulty_reads_the_config():
+    cfg = MapoConfig(target_accuracy=0.8, bins=10, beta_a=2.0, beta_b=3.0, eps=1e-9)
+    r = np.array([1.0, 1.0, 0.0, 1.0])
+    assert tag_difficulty(r, "binary", cfg) == pytest.approx(0.75 * math.log(0.75 / 0.8) + 0.25 * math.log(0.25 / 0.2))
+    c = np.array([0.15, 0.55, 0.95])
+    assert tag_difficulty(c, "auto", cfg) == pytest.approx(histogram_beta_kl(c, 10, 2.0, 3.0, 1e-9), rel=1e-12)
+    # a 0/1 batch measured as continuous on request
+    assert tag_difficulty(r, "continuous") == pytest.approx(histogram_beta_kl(r), rel=1e-12)
+    with pytest.raises(ValueError, match="unknown difficulty kind"):
+        tag_difficulty(r, "other")
+    with pytest.raises(ValueError, match="q=1.0"):
+        bernoulli_kl(0.5, 1.0)

@@ -1,10 +1,18 @@
 """Difficulty-adaptive per-tag weights w_M = sigmoid((D_M - mean(H)) / (std(H) + eps)) (MAPLE Eq. 3-4, Alg. 2).
 
-Following Alg. 2 (lines 15-17), this step's D_M is appended to the history H before z_M is computed, so on the very
-first step of a single tag H = [D_M], std(H) = 0, z_M = 0 and w_M = 0.5. std is the population standard deviation.
-With the ``global`` history (the default, App. E) every tag's difficulty goes into one window and each tag is
-compared with all of them; with ``per_tag`` each tag has its own window. The window keeps the entries of the last
-``window`` training steps.
+Choices, where the paper leaves room:
+
+- This step's D values join the history *before* z is computed: Alg. 2 appends D_M to H_M (line 15) and then
+  computes z_M (line 16). With several tags in one batch, all of the step's D values are appended first, then every
+  tag's z is computed against the same H, so the result does not depend on the order of the tags.
+- First step: H holds only this step's values. One tag: H = [D_M], std 0, z = 0, w = 0.5 exactly. A constant
+  history likewise gives z = 0 (eps keeps the division finite).
+- mean and std are the population statistics of H (``math.fsum``, so the order of entries does not matter).
+- ``global`` history (default, App. E.2.2: the window "aggregates KL values across (almost) all modality tags"): one
+  window over every tag's D; ``per_tag``: one window per tag (Eq. 4's H_M read literally).
+- The window counts training steps: an entry from step s is kept while s > step - window. With one tag per batch a
+  step adds one value; with K tags, K values. ``window=None`` keeps everything (the trainer resolves None to
+  steps-per-epoch, App. E.2.2). Calling twice for the same step appends twice.
 """
 
 from __future__ import annotations
@@ -29,30 +37,36 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 class AdaptiveWeightState:
-    """The rolling KL history and the weights it gives; saved exactly with :meth:`state_dict`."""
+    """The rolling KL history and the weights it gives; saved exactly with :meth:`state_dict`.
+
+    ``config`` supplies ``history`` (global/per_tag) and ``eps``; ``window`` (steps) overrides
+    ``config.history_window``.
+    """
 
     def __init__(self, config: MapoConfig | None = None, window: int | None = None):
         self.config = config or MapoConfig()
-        self.window = window if window is not None else self.config.history_window
-        if self.window is not None and int(self.window) < 1:
-            raise ValueError(f"history window must be >= 1 steps, got {self.window}")
+        window = window if window is not None else self.config.history_window
+        if window is not None and (isinstance(window, bool) or int(window) != window or int(window) < 1):
+            raise ValueError(f"history window must be an integer >= 1 (steps) or None, got {window!r}")
+        self.window = None if window is None else int(window)
         self.entries: list[tuple[int, str, float]] = []  # (step, tag, D), oldest first
         self.steps_seen = 0
 
     def weights(self, difficulties: dict[str, float], step: int | None = None) -> dict[str, float]:
-        """Append this step's ``{tag: D_M}`` to the history and return ``{tag: w_M}``.
+        """Append this step's ``{tag: D_M}`` to the history, drop entries outside the window, return ``{tag: w_M}``.
 
-        ``step`` is the training step (verl's global step); without it an internal counter is used. Tags are
-        processed in the order given, which callers keep canonical so that results do not depend on row order.
+        ``step`` is the training step (verl's global step; steps must not go backwards); without it the step after
+        the last one seen is used. Entries are stored in the order given (callers pass canonical tag order).
         """
         if step is None:
             step = self.steps_seen + 1
         step = int(step)
-        if self.entries and step < self.entries[-1][0]:
-            raise ValueError(f"step {step} is older than the history's last step {self.entries[-1][0]}")
+        if step < self.steps_seen:
+            raise ValueError(f"step {step} is older than the history's last step {self.steps_seen}")
         for tag, d in difficulties.items():
             if not math.isfinite(d):
                 raise ValueError(f"difficulty of tag {tag!r} is {d}")
+        for tag, d in difficulties.items():
             self.entries.append((step, str(tag), float(d)))
         if self.window is not None:
             oldest = step - int(self.window) + 1
@@ -84,6 +98,7 @@ class AdaptiveWeightState:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output (also after a JSON round trip); later weights are bit-identical."""
         if state.get("history") != self.config.history:
             raise ValueError(
                 f"saved adaptive-weight history is {state.get('history')!r}, this run uses {self.config.history!r}"

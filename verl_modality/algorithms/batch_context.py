@@ -9,18 +9,28 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from verl_modality.algorithms.adaptive_weights import AdaptiveWeightState
 
 
 @dataclass
 class BatchContext:
-    """``modality_tags`` (N,), ``valid`` (N,) bool (False for verl's synthetic padding rows), state, step, stats."""
+    """What the trainer knows about the N rows of the batch that verl does not pass to estimators.
+
+    ``modality_tags`` (N,): each response's required-modality tag, row-aligned with verl's batch.
+    ``valid`` (N,) bool or None: False for verl's synthetic padding rows (None = all real).
+    ``state``: the run's adaptive-weight history (None: a fresh one per call when adaptive weights are on).
+    ``step``: the training step (verl's ``global_steps``), the clock of the history window.
+    ``stats``: filled in place by the estimator, ``{tag: {statistic: value}}`` (see ``MapoResult.per_tag``).
+    """
 
     modality_tags: Sequence[str]
     valid: np.ndarray | None = None
-    state: Any = None  # AdaptiveWeightState
+    state: AdaptiveWeightState | None = None
     step: int | None = None
     stats: dict[str, dict[str, float]] = field(default_factory=dict)
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
+
+import numpy as np
 
 from verl_modality import TAGS
 
@@ -11,40 +14,70 @@ HISTORY_MODES = ("global", "per_tag")
 DIFFICULTY_MODES = ("auto", "binary", "continuous")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+def _check(name: str, value: Any, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"algorithm.mapo.{name}={value!r}: {expected}")
+
+
 @dataclass(frozen=True)
 class MapoConfig:
-    """``algorithm.mapo.*``; the defaults are MAPLE's basic MAPO (stratified GRPO without adaptive weights)."""
+    """``algorithm.mapo.*``; the defaults are MAPLE's basic MAPO (stratified GRPO without adaptive weights).
+
+    MAPLE's baseline MAPO is Eq. 2 alone (§4.2); the KL-adaptive weights of Eq. 3-4 are evaluated as an add-on
+    (``+adp_w`` in §5.3, Tables 2-3), so ``adaptive_weights`` is off unless asked for. Every value is validated on
+    construction; a bad one raises ``ValueError`` naming ``algorithm.mapo.<key>=<value>``.
+    """
 
     balance: bool = True  # 1/|B_M| stratum balance (MAPLE §4.2, Eq. 2)
-    adaptive_weights: bool = False  # w_M (Eq. 3-4) is the adp_w variant on top of basic MAPO (MAPLE §5.3)
+    adaptive_weights: bool = False  # w_M of Eq. 3-4: the adp_w add-on to basic MAPO, not part of it (MAPLE §5.3)
     history: str = "global"  # one KL window over every tag of a training cycle (MAPLE App. E)
     history_window: int | None = None  # steps kept in the history; None = one epoch of steps (MAPLE App. E)
     difficulty: str = "auto"  # Bernoulli KL for 0/1 rewards, histogram-Beta KL otherwise (MAPLE §4.2, SPEC §2.4)
     target_accuracy: float = 100 / 101  # Bernoulli target q: mean of Beta(100, 1) (MAPLE §4.2)
     beta_a: float = 100.0  # target reward distribution Beta(100, 1), mode 0.99 (MAPLE §4.2)
-    beta_b: float = 1.0
+    beta_b: float = 1.0  # second Beta parameter of that target (MAPLE App. E.2.1)
     bins: int = 50  # histogram bins on [0, 1] for continuous rewards (SPEC §2.4)
-    eps: float = 1e-6  # epsilon of Eq. 4 and of the KL terms
+    eps: float = 1e-6  # epsilon of Eq. 4 and of the KL terms (MAPLE Eq. 6, 9)
     tags: tuple[str, ...] = TAGS  # allowed required-modality tags (MAPLE §3)
     tag_metrics: bool = False  # per-tag validation metrics for runs with other estimators (baselines)
 
     def __post_init__(self) -> None:
-        if self.history not in HISTORY_MODES:
-            raise ValueError(f"algorithm.mapo.history={self.history!r}: expected one of {HISTORY_MODES}")
-        if self.difficulty not in DIFFICULTY_MODES:
-            raise ValueError(f"algorithm.mapo.difficulty={self.difficulty!r}: expected one of {DIFFICULTY_MODES}")
-        if self.history_window is not None and int(self.history_window) < 1:
-            raise ValueError(f"algorithm.mapo.history_window={self.history_window!r}: expected >= 1 or null")
-        if not 0.0 < self.target_accuracy < 1.0:
-            raise ValueError(f"algorithm.mapo.target_accuracy={self.target_accuracy!r}: expected in (0, 1)")
-        if self.beta_a <= 0 or self.beta_b <= 0:
-            raise ValueError(f"algorithm.mapo.beta_a/beta_b must be > 0, got {self.beta_a}, {self.beta_b}")
-        if int(self.bins) < 1:
-            raise ValueError(f"algorithm.mapo.bins={self.bins!r}: expected >= 1")
-        if not self.eps > 0:
-            raise ValueError(f"algorithm.mapo.eps={self.eps!r}: expected > 0")
-        if not self.tags or len(set(self.tags)) != len(self.tags):
-            raise ValueError(f"algorithm.mapo.tags={self.tags!r}: expected distinct tag names")
+        for name in ("balance", "adaptive_weights", "tag_metrics"):
+            _check(name, getattr(self, name), isinstance(getattr(self, name), bool), "expected true or false")
+        _check("history", self.history, self.history in HISTORY_MODES, f"expected one of {HISTORY_MODES}")
+        _check(
+            "difficulty", self.difficulty, self.difficulty in DIFFICULTY_MODES, f"expected one of {DIFFICULTY_MODES}"
+        )
+        w = self.history_window
+        _check("history_window", w, w is None or (_is_int(w) and w >= 1), "expected an integer >= 1 or null")
+        for name in ("target_accuracy", "beta_a", "beta_b", "eps"):
+            _check(name, getattr(self, name), _is_real(getattr(self, name)), "expected a finite number")
+        _check("target_accuracy", self.target_accuracy, 0.0 < self.target_accuracy < 1.0, "expected in (0, 1)")
+        _check("beta_a", self.beta_a, self.beta_a > 0, "expected > 0")
+        _check("beta_b", self.beta_b, self.beta_b > 0, "expected > 0")
+        _check("eps", self.eps, self.eps > 0, "expected > 0")
+        _check("bins", self.bins, _is_int(self.bins) and self.bins >= 1, "expected an integer >= 1")
+        tags = self.tags
+        ok = isinstance(tags, (tuple, list)) and bool(tags) and all(isinstance(t, str) and t for t in tags)
+        _check("tags", tags, ok and len(set(tags)) == len(tags), "expected a non-empty list of distinct tag names")
+        # Plain Python types from here on (numpy scalars would not survive json in the checkpointed state).
+        object.__setattr__(self, "tags", tuple(tags))
+        object.__setattr__(self, "bins", int(self.bins))
+        object.__setattr__(self, "history_window", None if w is None else int(w))
+        for name in ("target_accuracy", "beta_a", "beta_b", "eps"):
+            object.__setattr__(self, name, float(getattr(self, name)))
 
     @classmethod
     def from_dict(cls, options: dict[str, Any] | None) -> MapoConfig:
@@ -54,8 +87,6 @@ class MapoConfig:
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"unknown option(s) algorithm.mapo.{unknown}: known options are {sorted(known)}")
-        if "tags" in options:
-            options["tags"] = tuple(str(t) for t in options["tags"])
         return cls(**options)
 
     @classmethod
