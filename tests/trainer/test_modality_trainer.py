@@ -55,3 +55,19 @@ def test_install_replaces_only_verls_sync_trainer():
     assert get_trainer_cls("sync") is mt.ModalityTrainerSync  # the plugin installed it when verl's module loaded
     assert mt.install() == "trainer/sync"  # idempotent
     assert get_trainer_cls("colocate_async").__name__ == "PPOTrainerColocateAsync"
+
+
+def test_validation_metrics_per_tag_on_top_of_verls():
+    trainer = object.__new__(mt.ModalityTrainerSync)  # only the validation-metrics path, no Ray
+    trainer.tag_metrics = True
+    trainer._val_uid_tags = {"u1": "V", "u2": "V", "u3": "AS"}
+    uids = ["u1", "u1", "u2", "u3"]
+    extra = {"reward": [1.0, 0.0, 0.0, 1.0], "acc": [1.0, None, 0.0, 1.0]}  # a missing acc falls back to reward
+    m = trainer._val_metrics_update(["demo"] * 4, uids, extra, [1, 1, 1, 1])
+    assert m["val-core/tag/V/acc"] == pytest.approx(1 / 3)
+    assert m["val-core/tag/AS/acc"] == 1.0
+    assert m["val-core/tag/pooled/acc"] == 0.5
+    assert any(k.startswith("val-core/demo/") for k in m)  # verl's own metrics are still there
+    trainer._val_uid_tags = {}
+    with pytest.raises(KeyError, match="no modality tag recorded"):
+        trainer._val_metrics_update(["demo"] * 4, uids, extra, [1, 1, 1, 1])

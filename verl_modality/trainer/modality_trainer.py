@@ -213,7 +213,9 @@ class ModalityTrainerSync(PPOTrainerSync):
             data_sources, sample_uids, reward_extra_infos_dict, sample_turns, **kwargs
         )
         if self.tag_metrics:
-            scores = reward_extra_infos_dict.get("acc") or reward_extra_infos_dict["reward"]
+            rewards = reward_extra_infos_dict["reward"]
+            acc = reward_extra_infos_dict.get("acc")  # the reward function's accuracy, where it reports one
+            scores = [r if a is None else a for a, r in zip(acc, rewards, strict=True)] if acc else rewards
             missing = [u for u in sample_uids if str(u) not in self._val_uid_tags]
             if missing:
                 raise KeyError(f"no modality tag recorded for validation uids {missing[:5]} ({len(missing)} in all)")
