@@ -98,6 +98,9 @@ def test_mapo_logs_per_tag_metrics_and_trains(mapo_run, inputs):
     assert any(k.startswith("model.layers.") for k in changed), "no language-model weight changed"
     # weight decay is off in the recipe, so the change comes from policy gradients
     assert any(steps[s]["actor/grad_norm"] > 0 for s in range(1, STEPS + 1))
+    # The hf rollout samples with the actor's current weights (synced after every update): its log-probs match the
+    # actor's recomputation to float precision on every step, which an unsynced server would not after step 1.
+    assert all(steps[s]["training/rollout_probs_diff_max"] < 1e-5 for s in range(1, STEPS + 1))
 
 
 def test_resume_restores_state_and_weights_exactly(mapo_run, inputs, tmp_path):
