@@ -9,16 +9,23 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from verl_modality.algorithms.config import MapoConfig
+from verl_modality.data.modality_view import ModalityView
 from verl_modality.trainer.local_actor import compose_verl_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = [
     ROOT / "examples" / "mapo_cpu_demo.yaml",
+    ROOT / "examples" / "mupo_cpu_demo.yaml",
     ROOT / "recipes" / "maple" / "mapo_qwen2_5_omni_3b.yaml",
     ROOT / "recipes" / "maple" / "mupo_qwen2_5_omni_3b.yaml",
 ]
 # Keys verl's base config does not have but accepts: ours, and free-form dicts verl passes through.
-OPEN_PREFIXES = ("algorithm.mapo.", "ray_kwargs.ray_init.", "actor_rollout_ref.model.override_config.")
+OPEN_PREFIXES = (
+    "algorithm.mapo.",
+    "data.modality.",
+    "ray_kwargs.ray_init.",
+    "actor_rollout_ref.model.override_config.",
+)
 
 
 def _leaf_keys(node, prefix=""):
@@ -37,7 +44,11 @@ def _compose(path: Path):
         return compose(config_name=path.stem)
 
 
-@pytest.mark.parametrize("path", RECIPES + [ROOT / "recipes" / "maple" / "common.yaml"], ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path",
+    RECIPES + [ROOT / "recipes" / "maple" / "common.yaml", ROOT / "examples" / "cpu_demo_common.yaml"],
+    ids=lambda p: p.stem,
+)
 def test_every_key_exists_in_verl(path):
     base = compose_verl_config()
     unknown = []
@@ -58,17 +69,21 @@ def test_recipe_composes_with_valid_mapo_options(path, monkeypatch):
     monkeypatch.setenv("VERL_MODALITY_DEMO_DIR", "/demo")
     cfg = _compose(path)
     mapo = MapoConfig.from_algorithm_config(cfg.algorithm)
+    view = ModalityView.from_config(cfg.data)
     assert cfg.data.custom_cls.name == "OmniRLDataset"
     assert cfg.reward.custom_reward_function.path == "pkg://verl_modality.rewards.choice"
     if path.stem.startswith("mupo"):
         assert cfg.algorithm.adv_estimator == "grpo"  # the baseline is vanilla verl GRPO (SPEC §2.6)
         assert cfg.actor_rollout_ref.actor.loss_agg_mode == "token-mean"
         assert cfg.actor_rollout_ref.actor.clip_ratio_high == cfg.actor_rollout_ref.actor.clip_ratio_low == 0.2
+        assert (view.policy, view.ablation) == ("full", "remove")  # every stream for every sample
+        assert mapo.tag_metrics
     else:
         assert cfg.algorithm.adv_estimator == "mapo_stratified"
         assert mapo.balance
         assert cfg.actor_rollout_ref.actor.loss_agg_mode == "seq-mean-token-mean"
         assert (cfg.actor_rollout_ref.actor.clip_ratio_low, cfg.actor_rollout_ref.actor.clip_ratio_high) == (0.2, 0.3)
+        assert (view.policy, view.ablation) == ("exact", "remove")  # the tag's streams only (MAPLE §4)
     if "maple" in str(path):  # the paper's settings (SPEC §2.6)
         a, r = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
         assert (cfg.data.train_batch_size, a.ppo_mini_batch_size, r.n) == (256, 32, 8)

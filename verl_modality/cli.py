@@ -32,19 +32,20 @@ def _cmd_make_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_validate_data(args: argparse.Namespace) -> int:
-    from verl_modality.data.schema import SchemaError, validate_file
+def _cmd_augment_qa(args: argparse.Namespace) -> int:
+    from verl_modality.data.augmentation import AugmentConfig, augment_file, format_summary
+    from verl_modality.data.prompts import PromptConfig
 
-    status = 0
-    for path in args.files:
-        try:
-            n = validate_file(path, check_media=not args.no_media)
-        except SchemaError as exc:
-            print(f"INVALID {exc}", file=sys.stderr)
-            status = 1
-        else:
-            print(f"ok {path}: {n} rows")
-    return status
+    try:
+        prompt = PromptConfig.from_config(args.prompt_config) if args.prompt_config else None
+        config = AugmentConfig(args.seed, args.rate, args.combinations, args.replace, args.deficit, prompt)
+        summary = augment_file(args.in_path, args.out_path, config)
+    except (OSError, ValueError) as exc:
+        print(f"augment-qa: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out_path}")
+    print(format_summary(summary))
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -64,6 +65,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"[demo] finished in {result.seconds:.0f} s. Per tag (training steps summed; validation before/after):")
     print(format_table(summarize(result.metrics)))
     return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from verl_modality.data.converters import CONVERTERS, ConvertError, convert, layouts
+
+    if args.list or args.layout not in CONVERTERS:
+        if not args.list:
+            print(f"convert: unknown layout {args.layout!r}; the layouts are:", file=sys.stderr)
+        print(layouts(), file=sys.stdout if args.list else sys.stderr)
+        return 0 if args.list else 2
+    if not args.source or not args.out:
+        print("convert: give LAYOUT SOURCE OUT", file=sys.stderr)
+        return 2
+    try:
+        report = convert(args.layout, args.source, args.out, args.media_root, args.on_missing, args.limit)
+    except (ConvertError, OSError) as exc:
+        print(f"convert: {exc}", file=sys.stderr)
+        return 1
+    print(report.format())
+    return 0 if report.rows_written else 1
 
 
 def _cmd_actor_check(args: argparse.Namespace) -> int:
@@ -94,10 +115,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test", type=int, default=28)
     p.set_defaults(func=_cmd_make_demo_data)
 
-    p = sub.add_parser("validate-data", help="check parquet files against the sample schema (and their media)")
-    p.add_argument("files", nargs="+")
-    p.add_argument("--no-media", action="store_true", help="skip opening the media files")
-    p.set_defaults(func=_cmd_validate_data)
+    from verl_modality.data import report as data_report
+
+    p = sub.add_parser(
+        "validate-data",
+        help="report rows per tag/stratum/level and every schema or media problem; exit 1 when there are any",
+    )
+    data_report.add_arguments(p)
+
+    p = sub.add_parser("augment-qa", help="MAPLE-QA+: exact, superset and deficit variants with none-answers")
+    p.add_argument("in_path", metavar="IN.parquet", help="exact QA rows")
+    p.add_argument("out_path", metavar="OUT.parquet")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rate", type=float, default=0.25, help="share of exact/superset items given a none-answer")
+    p.add_argument("--combinations", choices=("all", "one"), default="all", help="every stream set or one per stratum")
+    p.add_argument("--replace", choices=("incorrect", "correct"), default="incorrect", help="option replaced there")
+    p.add_argument("--deficit", choices=("subset", "any"), default="subset", help="deficit sets: tag subsets or any")
+    p.add_argument("--prompt-config", default=None, help="YAML file of a PromptConfig (default: the standard prompt)")
+    p.set_defaults(func=_cmd_augment_qa)
 
     p = sub.add_parser("demo", help="CPU demo: MAPO training with verl's main_ppo on the tiny model and demo data")
     p.add_argument("--work-dir", default="demo_run")
@@ -108,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", help="extra Hydra overrides for main_ppo, e.g. actor_rollout_ref.rollout.n=8"
     )
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("convert", help="convert a public benchmark (MMAU, MMSU, MMAR, Daily-Omni, ...) to the schema")
+    p.add_argument("layout", nargs="?", default=None, metavar="LAYOUT", help="source layout (see --list)")
+    p.add_argument("source", nargs="?", default=None, metavar="SOURCE", help="the benchmark's json/jsonl/parquet")
+    p.add_argument("out", nargs="?", default=None, metavar="OUT", help="schema parquet to write")
+    p.add_argument("--media-root", default=None, help="root of the media paths (default: SOURCE's directory)")
+    p.add_argument("--on-missing", choices=("fail", "skip"), default="fail", help="rows with missing/bad media")
+    p.add_argument("--limit", type=int, default=None, help="convert only the first N records")
+    p.add_argument("--list", action="store_true", help="list the layouts and exit")
+    p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("actor-check", help="one teacher-forced update of verl's actor on demo prompts (no rollout)")
     p.add_argument("--work-dir", default="demo_run")

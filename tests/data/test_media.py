@@ -196,3 +196,180 @@ def test_video_without_audio_track_is_not_audio(tmp_path):
     path = media.write_video(tmp_path / "silent.mp4", colour_frames("red"))
     with pytest.raises(media.MediaError, match="silent.mp4"):
         media.load_audio(path)
+
+
+# --------------------------------------------------------------------------------------------------------- context
+
+
+CONTEXT = "row 12 (id mmau/3)"
+
+
+@pytest.mark.parametrize("reader", [media.load_audio, media.probe_audio, media.load_video, media.probe_video])
+def test_missing_file_error_names_the_callers_row(tmp_path, reader):
+    path = tmp_path / "missing.bin"
+    with pytest.raises(media.MediaError) as info:
+        reader(path, context=CONTEXT)
+    assert str(info.value) == f"{CONTEXT}: {path}: {'audio' if 'audio' in reader.__name__ else 'video'} file not found"
+    assert (info.value.path, info.value.context) == (str(path), CONTEXT)
+    assert info.value.problem.endswith("file not found")
+
+
+@pytest.mark.parametrize(
+    ("name", "reader"),
+    [
+        ("bad.wav", media.load_audio),
+        ("bad.wav", media.probe_audio),
+        ("bad.mp4", media.load_video),
+        ("bad.mp4", media.probe_video),
+    ],
+)
+def test_corrupt_file_error_names_the_callers_row(garbage, name, reader):
+    path = garbage(name)
+    with pytest.raises(media.MediaError) as info:
+        reader(path, context=CONTEXT)
+    assert str(info.value).startswith(f"{CONTEXT}: {path}: unreadable ")
+
+
+def test_truncated_mp4_raises_media_error(tmp_path):
+    path = media.write_video(tmp_path / "clip.mp4", colour_frames("red", n_frames=8))
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(path.read_bytes()[:200])
+    for reader in (media.load_video, media.probe_video):
+        with pytest.raises(media.MediaError, match="cut.mp4"):
+            reader(cut)
+
+
+# --------------------------------------------------------------------------------------------------------- empty
+
+
+@pytest.mark.parametrize("reader", [media.load_audio, media.probe_audio, media.load_video, media.probe_video])
+def test_zero_byte_file_raises_media_error(tmp_path, reader):
+    path = tmp_path / "empty.bin"
+    path.write_bytes(b"")
+    with pytest.raises(media.MediaError, match="empty") as info:
+        reader(path, context=CONTEXT)
+    assert str(path) in str(info.value) and CONTEXT in str(info.value)
+
+
+@pytest.mark.parametrize("reader", [media.load_audio, media.probe_audio])
+def test_zero_length_wav_raises_instead_of_returning_nothing(tmp_path, reader):
+    import soundfile as sf
+
+    path = tmp_path / "zero.wav"
+    with sf.SoundFile(path, "w", samplerate=16000, channels=1, subtype="FLOAT", format="WAV"):
+        pass  # a valid header with no samples
+    assert path.stat().st_size > 0
+    with pytest.raises(media.MediaError, match="no samples") as info:
+        reader(path, context=CONTEXT)
+    assert str(path) in str(info.value) and CONTEXT in str(info.value)
+
+
+@pytest.mark.parametrize("reader", [media.load_audio, media.probe_audio])
+def test_non_finite_audio_raises(tmp_path, reader):
+    wave = _sine(440.0, 16000, 0.2)
+    wave[100] = np.nan
+    path = media.write_audio(tmp_path / "nan.wav", wave)
+    with pytest.raises(media.MediaError, match="non-finite"):
+        reader(path)
+
+
+# --------------------------------------------------------------------------------------------------------- resampling
+
+
+def test_stereo_44k1_ten_seconds_gives_160000_mono_samples(tmp_path):
+    n = 441000
+    stereo = np.stack([_sine(300.0, 44100, 10.0), _sine(300.0, 44100, 10.0)], axis=1)
+    assert stereo.shape == (n, 2)
+    back = media.load_audio(media.write_audio(tmp_path / "st.wav", stereo, sr=44100))
+    assert back.shape == (160000,) and back.dtype == np.float32
+
+
+@pytest.mark.parametrize(("orig", "n"), [(44100, 44100), (8000, 8000), (22050, 11025), (48000, 4801)])
+def test_pyav_resampler_fallback_matches_length_and_pitch(decode, orig, n):
+    wave = _sine(500.0, orig, n / orig)
+    out = media._resample_av(wave, orig, 16000)
+    assert out.dtype == np.float32 and out.shape == (int(round(n * 16000 / orig)),)
+    if n >= orig:
+        assert abs(decode.frequency(out, 16000) - 500.0) <= 2.0
+        np.testing.assert_allclose(out[2000:-2000], media.resample(wave, orig, 16000)[2000:-2000], atol=0.02)
+
+
+def test_resample_rejects_bad_rates():
+    with pytest.raises(ValueError, match="positive"):
+        media.resample(np.zeros(10, np.float32), 0, 16000)
+
+
+# --------------------------------------------------------------------------------------------------------- blanks
+
+
+def test_blank_audio_like_keeps_length_and_dtype():
+    wave = _sine(440.0, 16000, 0.5)
+    blank = media.blank_audio_like(wave)
+    assert blank.shape == wave.shape and blank.dtype == np.float32 and not blank.any()
+    assert blank is not wave and wave.any()  # the input is untouched
+    assert media.blank_audio_like(wave.astype(np.float64)).dtype == np.float64
+    with pytest.raises(ValueError, match="empty"):
+        media.blank_audio_like(np.zeros(0, np.float32))
+
+
+def test_black_frames_like_keeps_shape_as_uint8():
+    frames = colour_frames("green", n_frames=3, size=28)
+    black = media.black_frames_like(frames)
+    assert black.shape == frames.shape and black.dtype == np.uint8 and not black.any()
+    assert media.black_frames_like(frames.astype(np.float32)).dtype == np.uint8
+    assert media.black_frames_like(frames[0]).shape == (28, 28, 3)
+    with pytest.raises(ValueError, match="shape"):
+        media.black_frames_like(np.zeros((4, 28, 28), np.uint8))
+
+
+# --------------------------------------------------------------------------------------------------------- streaming
+
+
+@pytest.fixture
+def ramp_clip(tmp_path):
+    """60 flat grey frames at 10 fps whose level encodes the frame index (4 * i)."""
+    frames = np.repeat((4 * np.arange(60, dtype=np.uint8))[:, None, None, None], 64, axis=1)
+    frames = np.ascontiguousarray(np.broadcast_to(frames[:, :, :1, :], (60, 64, 64, 1)).repeat(3, axis=3))
+    return media.write_video(tmp_path / "ramp.mp4", frames, fps=10, bit_rate=4_000_000)
+
+
+def _indices(frames: np.ndarray) -> list[int]:
+    return [int(round(float(f.mean()) / 4)) for f in frames]
+
+
+def test_load_video_max_frames_picks_evenly_spread_frames(ramp_clip):
+    assert _indices(media.load_video(ramp_clip)) == list(range(60))
+    assert _indices(media.load_video(ramp_clip, max_frames=5)) == np.linspace(0, 59, 5).round().astype(int).tolist()
+    assert _indices(media.load_video(ramp_clip, max_frames=1)) == [0]
+    assert len(media.load_video(ramp_clip, max_frames=100)) == 60
+    with pytest.raises(ValueError, match="max_frames"):
+        media.load_video(ramp_clip, max_frames=0)
+
+
+def test_load_video_fps_then_max_frames_then_size(ramp_clip):
+    at_5 = media.load_video(ramp_clip, fps=5)
+    assert _indices(at_5) == list(range(0, 60, 2))  # 10 fps clip sampled at 5 fps
+    picked = media.load_video(ramp_clip, fps=5, max_frames=4, size=(32, 48))
+    assert picked.shape == (4, 32, 48, 3) and picked.dtype == np.uint8
+    assert _indices(picked) == [2 * i for i in np.linspace(0, 29, 4).round().astype(int)]  # 0, 20, 38, 58
+    assert media.load_video(ramp_clip, fps=2.5, max_frames=8).shape == (8, 64, 64, 3)
+    with pytest.raises(ValueError, match="fps"):
+        media.load_video(ramp_clip, fps=0)
+
+
+def test_load_video_with_max_frames_holds_only_the_kept_frames(tmp_path):
+    import tracemalloc
+
+    frames = np.zeros((90, 240, 320, 3), np.uint8)
+    frames[:, :, :, 0] = np.arange(90, dtype=np.uint8)[:, None, None]
+    path = media.write_video(tmp_path / "long.mp4", frames, fps=30)
+    frame_bytes = 240 * 320 * 3
+    peaks = {}
+    for max_frames in (None, 4):
+        tracemalloc.start()
+        out = media.load_video(path, max_frames=max_frames)
+        peaks[max_frames] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        del out
+    assert peaks[None] > 80 * frame_bytes  # holding every frame
+    assert peaks[4] < 12 * frame_bytes  # the 4 kept frames, their stack, and a few in flight

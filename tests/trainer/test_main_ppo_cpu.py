@@ -1,7 +1,7 @@
 """End to end: verl's real ``python -m verl.trainer.main_ppo`` on the CPU with the tiny Omni model and demo data.
 
-Three runs (about a minute each): MAPO for 4 steps with checkpoints at steps 2 and 4, the same run resumed from its
-step-2 checkpoint, and plain GRPO for 2 steps.
+Four runs (about a minute each): MAPO (``exact`` streams) for 4 steps with checkpoints at steps 2 and 4, the same run
+resumed from its step-2 checkpoint, the MUPO baseline (``full`` streams) for 2 steps, and plain GRPO for 2 steps.
 """
 
 import json
@@ -35,7 +35,7 @@ def inputs(tmp_path_factory, tiny_model_dir):
     return {"model": Path(tiny_model_dir), "data": root / "data"}
 
 
-def _run(work_dir: Path, inputs: dict, extra: list[str]):
+def _run(work_dir: Path, inputs: dict, extra: list[str], config: str = "mapo_cpu_demo"):
     overrides = [
         f"actor_rollout_ref.model.path={inputs['model']}",
         f"data.train_files={inputs['data'] / 'train.parquet'}",
@@ -44,7 +44,7 @@ def _run(work_dir: Path, inputs: dict, extra: list[str]):
         *BASE,
         *extra,
     ]
-    result = run_main_ppo("mapo_cpu_demo", work_dir, overrides, timeout=900)
+    result = run_main_ppo(config, work_dir, overrides, timeout=900)
     assert result.returncode == 0, result.log_tail(80)
     return result
 
@@ -86,6 +86,7 @@ def test_mapo_logs_per_tag_metrics_and_trains(mapo_run, inputs):
             for stat in ("count", "reward_mean", "reward_std", "zero_var_frac", "difficulty", "weight", "adv_abs_mean"):
                 assert f"mapo/{tag}/{stat}" in m, (step, tag, stat)
         assert sum(m[f"mapo/{t}/count"] for t in logged) == 16  # 4 prompts x 4 responses, no padding rows
+        _assert_streams_shown(m, logged, exact=True)
         assert all(0.0 < m[f"mapo/{t}/weight"] < 1.0 for t in logged)  # adaptive weights are on in the demo recipe
     val = steps[STEPS]
     val_tags = set(pd.read_parquet(inputs["data"] / "test.parquet")["modality_tag"])
@@ -101,6 +102,15 @@ def test_mapo_logs_per_tag_metrics_and_trains(mapo_run, inputs):
     # The hf rollout samples with the actor's current weights (synced after every update): its log-probs match the
     # actor's recomputation to float precision on every step, which an unsynced server would not after step 1.
     assert all(steps[s]["training/rollout_probs_diff_max"] < 1e-5 for s in range(1, STEPS + 1))
+
+
+def _assert_streams_shown(m: dict, tags: set[str], exact: bool) -> None:
+    """The rollout's prompt ids held audio / video tokens exactly for the tags that require them (``exact``), or for
+    every tag (``full``, every demo record has all streams)."""
+    for tag in tags:
+        assert m[f"streams/{tag}/prompt_tokens"] > 0
+        assert (m[f"streams/{tag}/audio_tokens"] > 0) == ("A" in tag or not exact), (tag, m)
+        assert (m[f"streams/{tag}/video_tokens"] > 0) == ("V" in tag or not exact), (tag, m)
 
 
 def test_resume_restores_state_and_weights_exactly(mapo_run, inputs, tmp_path):
@@ -134,6 +144,18 @@ def test_resume_restores_state_and_weights_exactly(mapo_run, inputs, tmp_path):
     assert moved > 1e-4 and diff <= 1e-6, (diff, moved)
 
 
+def test_mupo_baseline_shows_every_stream(tmp_path, inputs):
+    result = _run(tmp_path, inputs, ["trainer.total_training_steps=2", "trainer.test_freq=2"], config="mupo_cpu_demo")
+    steps = result.steps()
+    assert not [k for m in steps.values() for k in m if k.startswith("mapo/")]  # vanilla GRPO advantages
+    for step in (1, 2):
+        tags = {k.split("/")[1] for k in steps[step] if k.startswith("streams/")}
+        assert tags, step
+        _assert_streams_shown(steps[step], tags, exact=False)
+    assert "val-core/tag/pooled/acc" in steps[2] and "actor/pg_loss" in steps[2]
+    assert all(steps[s]["training/rollout_probs_diff_max"] < 1e-5 for s in (1, 2))
+
+
 def test_plain_grpo_is_vanilla(tmp_path, inputs):
     result = _run(
         tmp_path,
@@ -141,7 +163,7 @@ def test_plain_grpo_is_vanilla(tmp_path, inputs):
         ["algorithm.adv_estimator=grpo", "trainer.total_training_steps=2", "trainer.test_freq=2"],
     )
     steps = result.steps()
-    assert not [k for m in steps.values() for k in m if k.startswith(("mapo/", "val-core/tag/"))]
+    assert not [k for m in steps.values() for k in m if k.startswith(("mapo/", "val-core/tag/", "streams/"))]
     assert "actor/pg_loss" in steps[2]
     assert not (tmp_path / "ckpt" / "global_step_2" / "verl_modality_state.json").exists()
     before = _initial_weights(inputs["model"])

@@ -26,6 +26,22 @@ def test_stats_to_metrics_names():
     assert flat == {"mapo/VA/weight": 0.5, "mapo/VA/count": 8.0, "mapo/S/weight": 1.0}
 
 
+def test_stream_token_metrics_by_hand():
+    audio, video, pad = 7, 9, -1
+    ids = np.array([[pad, 1, 7, 7, 2], [9, 9, 9, 1, 2], [pad, pad, 7, 9, 2]])
+    m = mt.stream_token_metrics(["A", "V", "A"], ids, ids != pad, audio, video)
+    assert m == {
+        "streams/A/prompt_tokens": (4 + 3) / 2,
+        "streams/A/audio_tokens": (2 + 1) / 2,
+        "streams/A/video_tokens": (0 + 1) / 2,
+        "streams/V/prompt_tokens": 5.0,
+        "streams/V/audio_tokens": 0.0,
+        "streams/V/video_tokens": 3.0,
+    }
+    with pytest.raises(ValueError, match="2 tags"):
+        mt.stream_token_metrics(["A", "V"], ids, ids != pad, audio, video)
+
+
 def test_uid_recorder_sees_uids_assigned_after_yield():
     batches = [{"modality_tag": np.array(["V", "A"], dtype=object)}, {"modality_tag": np.array(["VAS"], dtype=object)}]
     sink = {}

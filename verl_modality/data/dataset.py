@@ -7,7 +7,10 @@ Differences from verl's ``RLHFDataset``, which it extends:
   row, id and field instead of being skipped (verl skips rows it cannot process);
 * audio files are decoded to 16 kHz mono float32 arrays and videos to uint8 frame arrays, which both the Hugging Face
   processor and vLLM accept (verl hands raw paths through);
-* prompts over ``data.max_prompt_length`` are dropped with a warning that names them (verl drops them silently).
+* prompts over ``data.max_prompt_length`` are dropped with a warning that names them (verl drops them silently);
+* ``data.modality`` chooses per sample which streams the policy sees and how the others are dropped
+  (:mod:`verl_modality.data.modality_view`); every row is checked against it when the file is read, and a blanked
+  stream is decoded to silence of the same length or black frames of the same shape.
 """
 
 from __future__ import annotations
@@ -21,8 +24,11 @@ import numpy as np
 from verl.utils.dataset.rl_dataset import RLHFDataset
 
 from verl_modality.data import media, schema
+from verl_modality.data.modality_view import BLANK_KEY, ModalityView, apply_view, plan_views
 
 logger = logging.getLogger(__name__)
+
+SAMPLE_KEY = "sample_id"  # set on every video/audio item of a prompt: the row's id, for error messages
 
 
 def _resolve(path: str, root: Path) -> str:
@@ -37,33 +43,90 @@ def resolve_media_paths(row: dict, root: str | os.PathLike) -> dict:
     for key, field in ((schema.VIDEOS, "video"), (schema.AUDIOS, "audio")):
         items = row.get(key) or []
         row[key] = [{**item, field: _resolve(item[field], root)} for item in items]
+    if row.get(schema.MEDIA):
+        row[schema.MEDIA] = {k: [_resolve(p, root) for p in (v or [])] for k, v in row[schema.MEDIA].items()}
     return row
 
 
+def _context(item: Any) -> str | None:
+    return f"sample {item[SAMPLE_KEY]}" if isinstance(item, dict) and item.get(SAMPLE_KEY) else None
+
+
 def _decode_audio(item: Any, sampling_rate: int) -> np.ndarray:
+    blank = isinstance(item, dict) and bool(item.get(BLANK_KEY))
+    context = _context(item)
     if isinstance(item, dict):
         item = item.get("audio", item.get("audio_url"))
     if isinstance(item, np.ndarray):
-        return item.astype(np.float32, copy=False)
-    return media.load_audio(os.fspath(item), sr=sampling_rate)
+        wave = item.astype(np.float32, copy=False)
+    else:
+        wave = media.load_audio(os.fspath(item), sr=sampling_rate, context=context)
+    return np.zeros_like(wave) if blank else wave  # silence of the same length: same audio token count
 
 
-def _decode_video(item: Any, config: Any) -> np.ndarray:
-    if isinstance(item, np.ndarray):
-        return item
-    get = config.get if config is not None else (lambda key, default=None: default)
-    return media.load_video(
-        os.fspath(item),
-        fps=get("video_fps", None),
-        max_frames=get("video_max_frames", None),
-        size=get("video_size", None),
-    )
+def _decode_video(item: dict, config: Any) -> np.ndarray:
+    value = item["video"]
+    if isinstance(value, np.ndarray):
+        frames = value
+    else:
+        get = config.get if config is not None else (lambda key, default=None: default)
+        frames = media.load_video(
+            os.fspath(value),
+            fps=get("video_fps", None),
+            max_frames=get("video_max_frames", None),
+            size=get("video_size", None),
+            context=_context(item),
+        )
+    return np.zeros_like(frames) if item.get(BLANK_KEY) else frames  # black frames of the same shape
 
 
 class OmniRLDataset(RLHFDataset):
     """Tagged multimodal samples for Qwen2.5-Omni-class models; see the module docstring."""
 
     SAMPLING_RATE = 16000
+
+    @property
+    def modality_view(self) -> ModalityView:
+        view = self.__dict__.get("_modality_view")
+        if view is None:
+            view = self.__dict__["_modality_view"] = ModalityView.from_config(self.config)
+        return view
+
+    def _check_modality_view(self, frame: Any, path: str) -> None:
+        view = self.modality_view
+        if view.is_identity:
+            return
+        columns = [schema.ID, schema.DATA_SOURCE, schema.MODALITY_TAG, schema.MEDIA_STREAMS, schema.AVAILABLE]
+        rows = frame.select_columns(columns).to_list()
+        plan = plan_views(rows, view, source=f"{path}: ")
+        if plan.errors:
+            more = f" (and {len(plan.errors) - 10} more)" if len(plan.errors) > 10 else ""
+            raise ValueError(
+                f"data.modality policy {view.policy!r} cannot be applied to {len(plan.errors)} row(s):\n  "
+                + "\n  ".join(plan.errors[:10])
+                + more
+            )
+        if plan.fallbacks:
+            logger.warning(
+                "%s: %d sample(s) have no stream beyond their tag, so 'superset' shows them exactly: %s",
+                path,
+                len(plan.fallbacks),
+                ", ".join(plan.fallbacks[:10]) + (" ..." if len(plan.fallbacks) > 10 else ""),
+            )
+        logger.info("%s: streams shown per tag under %s: %s", path, view, plan.summary())
+
+    def _build_messages(self, example: dict, key: str):
+        if not self.modality_view.is_identity:
+            example.update(apply_view(example, self.modality_view))
+        # the sample id travels with each media item, so a decoding error in an agent-loop worker names the sample
+        sample_id = example.get(schema.ID)
+        for media_key in (self.video_key, self.audio_key):
+            items = example.get(media_key) or []
+            example[media_key] = [
+                {**item, SAMPLE_KEY: sample_id} if isinstance(item, dict) and sample_id is not None else item
+                for item in items
+            ]
+        return super()._build_messages(example, key)
 
     def _read_files_and_tokenize(self):
         import datasets
@@ -78,6 +141,7 @@ class OmniRLDataset(RLHFDataset):
             schema.validate_file(path, check_media=check_media, root=media_root)
             root = Path(media_root) if media_root else Path(path).resolve().parent
             frame = datasets.load_dataset("parquet", data_files=path)["train"]
+            self._check_modality_view(frame, path)
             frames.append(frame.map(lambda row, _root=root: resolve_media_paths(row, _root)))
         self.dataframe = datasets.concatenate_datasets(frames)
         if self.max_samples > 0 and self.max_samples < len(self.dataframe):
@@ -131,7 +195,7 @@ class OmniRLDataset(RLHFDataset):
                 if not isinstance(item, dict):
                     continue
                 if item.get("type") == "video":
-                    videos.append(_decode_video(item["video"], config))
+                    videos.append(_decode_video(item, config))
                 elif item.get("type") == "audio":
                     audios.append(_decode_audio(item, cls.SAMPLING_RATE))
                 elif item.get("type") == "image":

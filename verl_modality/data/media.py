@@ -1,14 +1,21 @@
 """Media I/O for tagged samples: 16 kHz mono float32 wav audio and short mp4 videos as uint8 frame arrays.
 
 Audio goes through ``soundfile`` (with PyAV as a fallback for containers libsndfile does not read, such as the
-audio track of an mp4); videos through PyAV. Every reader raises :class:`MediaError` with the path in the message
-when a file is missing, corrupt or has no stream of the wanted kind.
+audio track of an mp4); videos through PyAV. Every reader raises :class:`MediaError` naming the file (and the
+caller's ``context``, e.g. ``"row 12 (id mmau/3)"``, when given) when a file is missing, empty, corrupt or has no
+stream of the wanted kind; no reader returns an empty array.
+
+:func:`load_video` streams through the container: with ``max_frames`` it first reads the packet timestamps (no
+decoding) to learn which frames it will keep, then decodes and converts only those, so memory is bounded by the
+frames returned, not by the length of the clip. :func:`blank_audio_like` and :func:`black_frames_like` give the
+silence/blank form of dropping a stream (SPEC section 1): same shapes, so token positions stay identical.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -23,10 +30,26 @@ VIDEO_CODECS = ("mpeg4", "libx264")
 # libsndfile's SFC_SET_ADD_PEAK_CHUNK: float wavs otherwise get a PEAK chunk stamped with the write time, which
 # makes two writes of the same samples differ byte-wise.
 _SFC_SET_ADD_PEAK_CHUNK = 0x1050
+# Frame times closer than this (seconds) count as equal when sampling at a given fps.
+_TIME_EPS = 1e-3
 
 
 class MediaError(ValueError):
-    """A media file is missing, corrupt, or lacks the expected stream."""
+    """A media file is missing, empty, corrupt, or lacks the expected stream.
+
+    ``str()`` reads ``"[context: ]path: problem"``; the parts are kept as ``path``, ``problem`` and ``context``.
+    """
+
+    def __init__(
+        self, message: str, *, path: str | None = None, problem: str | None = None, context: str | None = None
+    ):
+        super().__init__(message)
+        self.path, self.problem, self.context = path, problem if problem is not None else message, context
+
+
+def _error(path: str, problem: str, context: str | None) -> MediaError:
+    head = f"{context}: {path}" if context else path
+    return MediaError(f"{head}: {problem}", path=path, problem=problem, context=context)
 
 
 @dataclass(frozen=True)
@@ -48,13 +71,35 @@ class VideoInfo:
     frames: int | None  # as declared by the container; None when it does not say
 
 
-def _require_file(path: str | os.PathLike, kind: str) -> str:
+def _require_file(path: str | os.PathLike, kind: str, context: str | None = None) -> str:
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise MediaError(f"{path}: {kind} file not found")
+        raise _error(path, f"{kind} file not found", context)
     if not os.path.isfile(path):
-        raise MediaError(f"{path}: {kind} path is not a regular file")
+        raise _error(path, f"{kind} path is not a regular file", context)
+    if os.path.getsize(path) == 0:
+        raise _error(path, f"{kind} file is empty (0 bytes)", context)
     return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# blanks: the silence form of dropping a stream
+
+
+def blank_audio_like(wave: np.ndarray) -> np.ndarray:
+    """Silence of the same length (and shape) and dtype as ``wave``."""
+    wave = np.asarray(wave)
+    if wave.size == 0:
+        raise ValueError("cannot blank an empty audio array")
+    return np.zeros_like(wave)
+
+
+def black_frames_like(frames: np.ndarray) -> np.ndarray:
+    """Black uint8 frames of the same shape as ``frames`` (``(T, H, W, 3)`` or one ``(H, W, 3)`` frame)."""
+    frames = np.asarray(frames)
+    if frames.ndim not in (3, 4) or frames.shape[-1] != 3 or frames.size == 0:
+        raise ValueError(f"frames must be a non-empty (T, H, W, 3) or (H, W, 3) array, got shape {frames.shape}")
+    return np.zeros(frames.shape, dtype=np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -80,70 +125,90 @@ def write_audio(path: str | os.PathLike, wave: np.ndarray, sr: int = SAMPLE_RATE
     return path
 
 
-def probe_audio(path: str | os.PathLike) -> AudioInfo:
+def probe_audio(path: str | os.PathLike, context: str | None = None) -> AudioInfo:
     """Open an audio file and decode its first samples; returns its header facts or raises :class:`MediaError`."""
     import soundfile as sf
 
-    path = _require_file(path, "audio")
+    path = _require_file(path, "audio", context)
     try:
         with sf.SoundFile(path) as f:
             info = AudioInfo(int(f.samplerate), int(f.channels), int(f.frames))
             head = f.read(min(info.frames, info.sample_rate), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         try:
-            wave = _decode_audio_av(path, None)
+            wave = _decode_audio_av(path, None, context)
         except MediaError:
-            raise MediaError(f"{path}: unreadable audio ({exc})") from exc
+            raise _error(path, f"unreadable audio ({exc})", context) from exc
         return AudioInfo(SAMPLE_RATE, 1, int(wave.shape[0]))
     if info.frames <= 0 or head.shape[0] == 0:
-        raise MediaError(f"{path}: audio file holds no samples")
+        raise _error(path, "audio file holds no samples", context)
     if not np.all(np.isfinite(head)):
-        raise MediaError(f"{path}: audio holds non-finite samples")
+        raise _error(path, "audio holds non-finite samples", context)
     return info
 
 
-def load_audio(path: str | os.PathLike, sr: int | None = SAMPLE_RATE) -> np.ndarray:
+def load_audio(path: str | os.PathLike, sr: int | None = SAMPLE_RATE, context: str | None = None) -> np.ndarray:
     """Decode an audio file to a 1-D float32 array, down-mixed to mono and resampled to ``sr`` (None: keep)."""
     import soundfile as sf
 
-    path = _require_file(path, "audio")
+    path = _require_file(path, "audio", context)
     try:
         data, file_sr = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         try:
-            return _decode_audio_av(path, sr)
+            return _decode_audio_av(path, sr, context)
         except MediaError:
-            raise MediaError(f"{path}: unreadable audio ({exc})") from exc
+            raise _error(path, f"unreadable audio ({exc})", context) from exc
     if data.shape[0] == 0:
-        raise MediaError(f"{path}: audio file holds no samples")
+        raise _error(path, "audio file holds no samples", context)
     wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if not np.all(np.isfinite(wave)):
+        raise _error(path, "audio holds non-finite samples", context)
     if sr is not None and int(file_sr) != int(sr):
         wave = resample(wave, int(file_sr), int(sr))
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 
 def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Polyphase resampling of a 1-D signal (scipy); linear interpolation when scipy is unavailable."""
+    """Band-limited resampling of a 1-D signal to ``round(n * target_sr / orig_sr)`` samples.
+
+    scipy's polyphase filter when scipy is installed, else libswresample through PyAV.
+    """
     wave = np.asarray(wave, dtype=np.float32)
     if orig_sr == target_sr:
         return wave
+    if orig_sr <= 0 or target_sr <= 0:
+        raise ValueError(f"sampling rates must be positive, got {orig_sr} -> {target_sr}")
     try:
         from scipy.signal import resample_poly
     except ImportError:
-        n_out = int(round(len(wave) * target_sr / orig_sr))
-        t_out = np.arange(n_out) * (orig_sr / target_sr)
-        return np.interp(t_out, np.arange(len(wave)), wave).astype(np.float32)
+        return _resample_av(wave, orig_sr, target_sr)
     g = math.gcd(orig_sr, target_sr)
     return resample_poly(wave, target_sr // g, orig_sr // g).astype(np.float32)
 
 
-def _decode_audio_av(path: str, sr: int | None) -> np.ndarray:
+def _resample_av(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    import av
+
+    n_out = int(round(len(wave) * target_sr / orig_sr))
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=target_sr)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave[None, :]), format="flt", layout="mono")
+    frame.sample_rate = orig_sr
+    chunks = [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
+    chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+    out = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    if len(out) < n_out:
+        out = np.pad(out, (0, n_out - len(out)))
+    return np.ascontiguousarray(out[:n_out], dtype=np.float32)
+
+
+def _decode_audio_av(path: str, sr: int | None, context: str | None = None) -> np.ndarray:
     import av
 
     try:
         with av.open(path) as container:
             if not container.streams.audio:
-                raise MediaError(f"{path}: no audio stream")
+                raise _error(path, "no audio stream", context)
             stream = container.streams.audio[0]
             rate = sr or stream.codec_context.sample_rate or SAMPLE_RATE
             resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
@@ -156,10 +221,13 @@ def _decode_audio_av(path: str, sr: int | None) -> np.ndarray:
     except MediaError:
         raise
     except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise MediaError(f"{path}: unreadable audio ({exc})") from exc
-    if not chunks:
-        raise MediaError(f"{path}: audio stream holds no samples")
-    return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+        raise _error(path, f"unreadable audio ({exc})", context) from exc
+    if not chunks or sum(len(c) for c in chunks) == 0:
+        raise _error(path, "audio stream holds no samples", context)
+    wave = np.concatenate(chunks)
+    if not np.all(np.isfinite(wave)):
+        raise _error(path, "audio holds non-finite samples", context)
+    return np.ascontiguousarray(wave, dtype=np.float32)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -208,25 +276,64 @@ def write_video(
     return path
 
 
-def probe_video(path: str | os.PathLike) -> VideoInfo:
+def probe_video(path: str | os.PathLike, context: str | None = None) -> VideoInfo:
     """Open a video and decode its first frame; returns its header facts or raises :class:`MediaError`."""
     import av
 
-    path = _require_file(path, "video")
+    path = _require_file(path, "video", context)
     try:
         with av.open(path) as container:
             if not container.streams.video:
-                raise MediaError(f"{path}: no video stream")
+                raise _error(path, "no video stream", context)
             stream = container.streams.video[0]
             first = next(iter(container.decode(stream)), None)
             if first is None:
-                raise MediaError(f"{path}: video stream holds no frames")
+                raise _error(path, "video stream holds no frames", context)
             rate = stream.average_rate
             return VideoInfo(first.width, first.height, float(rate) if rate else None, int(stream.frames) or None)
     except MediaError:
         raise
     except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise MediaError(f"{path}: unreadable video ({exc})") from exc
+        raise _error(path, f"unreadable video ({exc})", context) from exc
+
+
+class _FpsSampler:
+    """Keeps a frame when at least ``1 / fps`` seconds passed since the previous kept one (never duplicates)."""
+
+    def __init__(self, fps: float | None):
+        if fps is not None and fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.step = 1.0 / float(fps) if fps else None
+        self.next_time: float | None = None
+
+    def keep(self, t: float) -> bool:
+        if self.step is None:
+            return True
+        if self.next_time is not None and t < self.next_time - _TIME_EPS:
+            return False
+        self.next_time = (self.next_time if self.next_time is not None else t) + self.step
+        while self.next_time <= t + _TIME_EPS:
+            self.next_time += self.step
+        return True
+
+
+def _count_sampled_frames(path: str, fps: float | None, context: str | None) -> int:
+    """Number of frames the fps sampler keeps, from the packet timestamps alone (demuxing, no decoding)."""
+    import av
+
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise _error(path, "no video stream", context)
+        stream = container.streams.video[0]
+        base = stream.time_base
+        rate = float(stream.average_rate) if stream.average_rate else 1.0
+        pts = [p.pts for p in container.demux(stream) if p.size]
+    if any(p is None for p in pts) or base is None:
+        times: Sequence[float] = [i / rate for i in range(len(pts))]
+    else:
+        times = sorted(float(p * base) for p in pts)
+    sampler = _FpsSampler(fps)
+    return sum(1 for t in times if sampler.keep(t))
 
 
 def load_video(
@@ -234,46 +341,55 @@ def load_video(
     fps: float | None = None,
     max_frames: int | None = None,
     size: int | tuple[int, int] | None = None,
+    context: str | None = None,
 ) -> np.ndarray:
     """Decode a video to uint8 RGB frames ``(T, H, W, 3)``.
 
     ``fps`` keeps frames at most that often (frames are dropped, never duplicated); ``max_frames`` then picks that
-    many frames evenly spread over the clip; ``size`` (an int for a square, or ``(H, W)``) resizes each frame.
+    many frames evenly spread over the clip; ``size`` (an int for a square, or ``(H, W)``) resizes each frame. Only
+    the frames returned are converted and held; decoding stops after the last of them.
     """
     import av
 
-    path = _require_file(path, "video")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    path = _require_file(path, "video", context)
     if size is not None:
         height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    step = 1.0 / float(fps) if fps else None
+        if height < 1 or width < 1:
+            raise ValueError(f"size must be positive, got {size}")
+    sampler = _FpsSampler(fps)
     arrays = []
     try:
+        wanted: set[int] | None = None
+        if max_frames is not None:
+            n_kept = _count_sampled_frames(path, fps, context)
+            if n_kept > max_frames:
+                wanted = set(np.linspace(0, n_kept - 1, max_frames).round().astype(int).tolist())
+        last_wanted = max(wanted) if wanted else None
         with av.open(path) as container:
             if not container.streams.video:
-                raise MediaError(f"{path}: no video stream")
+                raise _error(path, "no video stream", context)
             stream = container.streams.video[0]
-            rate = float(stream.average_rate) if stream.average_rate else None
-            next_time = None
+            rate = float(stream.average_rate) if stream.average_rate else 1.0
+            kept = -1
             for index, frame in enumerate(container.decode(stream)):
-                if step is not None:
-                    t = frame.time if frame.time is not None else index / (rate or 1.0)
-                    if next_time is not None and t < next_time - 1e-3:
-                        continue
-                    next_time = (next_time if next_time is not None else t) + step
-                    while next_time <= t + 1e-3:
-                        next_time += step
+                if not sampler.keep(frame.time if frame.time is not None else index / rate):
+                    continue
+                kept += 1
+                if wanted is not None and kept not in wanted:
+                    if kept > last_wanted:
+                        break
+                    continue
                 if size is not None:
                     frame = frame.reformat(width=width, height=height, format="rgb24")
                 arrays.append(frame.to_ndarray(format="rgb24"))
+                if max_frames is not None and len(arrays) >= max_frames:
+                    break
     except MediaError:
         raise
     except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise MediaError(f"{path}: unreadable video ({exc})") from exc
+        raise _error(path, f"unreadable video ({exc})", context) from exc
     if not arrays:
-        raise MediaError(f"{path}: video stream holds no frames")
-    if max_frames is not None and len(arrays) > max_frames:
-        if max_frames < 1:
-            raise ValueError(f"max_frames must be >= 1, got {max_frames}")
-        keep = np.linspace(0, len(arrays) - 1, max_frames).round().astype(int)
-        arrays = [arrays[i] for i in keep]
+        raise _error(path, "video stream holds no frames", context)
     return np.stack(arrays).astype(np.uint8, copy=False)

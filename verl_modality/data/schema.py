@@ -70,9 +70,20 @@ LETTERS = "ABCDEF"
 MIN_CHOICES, MAX_CHOICES = 2, len(LETTERS)
 STRATA = ("exact", "superset", "deficit")
 LEVELS = ("uni", "bi", "tri")
-TASKS = ("qa",)
+TASKS = ("qa", "caption")
+#: Tasks of multiple-choice rows (2-6 choices, letter answer, "rule" reward). A "caption" row has no choices, the
+#: reference caption as its answer and a "judge" reward (scored by an LLM judge).
+CHOICE_TASKS = ("qa",)
 ROLES = ("system", "user", "assistant")
 REWARD_STYLE = "rule"
+JUDGE_STYLE = "judge"
+CAPTION_INSTRUCTION = "Describe the clip in a few sentences, using every input you are given."
+
+
+def reward_style(task: str) -> str:
+    """``reward_model.style`` of a row of ``task``: ``"judge"`` for captions, ``"rule"`` otherwise."""
+    return JUDGE_STYLE if task == "caption" else REWARD_STYLE
+
 
 ANSWER_INSTRUCTION = (
     "Reason briefly if you need to, then end your reply with the letter of the chosen option in square brackets, "
@@ -144,7 +155,17 @@ def build_prompt(
     subtitle: str | None = None,
     instruction: str = ANSWER_INSTRUCTION,
 ) -> list[dict[str, str]]:
-    """The standard single-turn user prompt: media placeholders, subtitle (when shown), question, options, format."""
+    """The standard single-turn user prompt: media placeholders, subtitle (when shown), question, options, format.
+    The default wording of :mod:`verl_modality.data.prompts` (other styles and templates: ``render_messages``)."""
+    from verl_modality.data.prompts import render_messages
+
+    return render_messages(question, choices, n_videos, n_audios, subtitle, instruction=instruction)
+
+
+def build_caption_prompt(
+    instruction: str = CAPTION_INSTRUCTION, n_videos: int = 0, n_audios: int = 0, subtitle: str | None = None
+) -> list[dict[str, str]]:
+    """The caption prompt: media placeholders, subtitle (when shown), then the caption instruction (no options)."""
     parts = []
     if n_videos:
         parts.append("Video: " + " ".join([VIDEO_PLACEHOLDER] * n_videos))
@@ -152,9 +173,7 @@ def build_prompt(
         parts.append("Audio: " + " ".join([AUDIO_PLACEHOLDER] * n_audios))
     if subtitle:
         parts.append(f'Subtitles: "{subtitle}"')
-    options = "\n".join(f"{letter(i)}. {text}" for i, text in enumerate(choices))
-    parts.append(f"Question: {question}\nOptions:\n{options}")
-    parts.append(instruction)
+    parts.append(instruction or CAPTION_INSTRUCTION)
     return [{"role": "user", "content": "\n\n".join(parts)}]
 
 
@@ -246,9 +265,11 @@ class Sample:
             raise ValueError(f"{self.id}: cannot show {shown!r}, the record has media for {self.media_streams!r} only")
         videos = list(self.all_videos) if "V" in shown else []
         audios = list(self.all_audios) if "A" in shown else []
-        prompt = build_prompt(
-            self.question, self.choices, len(videos), len(audios), self.subtitle if "S" in shown else None
-        )
+        subtitle = self.subtitle if "S" in shown else None
+        if self.task == "caption":
+            prompt = build_caption_prompt(self.question, len(videos), len(audios), subtitle)
+        else:
+            prompt = build_prompt(self.question, self.choices, len(videos), len(audios), subtitle)
         return replace(self, available=shown, videos=videos, audios=audios, prompt=prompt)
 
     def to_row(self) -> dict[str, Any]:
@@ -268,7 +289,7 @@ class Sample:
             AVAILABLE: self.available,
             STRATUM: self.stratum,
             TASK: self.task,
-            REWARD_MODEL: {"style": REWARD_STYLE, "ground_truth": self.answer},
+            REWARD_MODEL: {"style": reward_style(self.task), "ground_truth": self.answer},
             EXTRA_INFO: {
                 **self.extra_info,
                 "index": int(self.index),
@@ -507,8 +528,12 @@ def _check_row(
     c.string(QUESTION)
     subtitle = c.string(SUBTITLE, allow_empty=True)
     task = c.string(TASK)
+    caption = task == "caption"
     if task is not None and task not in TASKS:
         c.add(TASK, f"{task!r} is not one of {', '.join(TASKS)}")
+    elif caption and _is_list(row.get(CHOICES)) and len(row.get(CHOICES)):
+        c.add(TASK, f"{task!r} is not one of {', '.join(CHOICE_TASKS)}, the tasks of rows with choices")
+        caption = False  # check the rest as the multiple-choice row it looks like
 
     # prompt
     prompt = row.get(PROMPT)
@@ -528,7 +553,10 @@ def _check_row(
     # choices and answer
     choices = row.get(CHOICES)
     n_choices = None
-    if not _is_list(choices):
+    if caption:
+        if not _is_list(choices):
+            c.add(CHOICES, f"expected an empty list for a caption row, got {type(choices).__name__}")
+    elif not _is_list(choices):
         c.add(CHOICES, f"expected a list of option strings, got {type(choices).__name__}")
     else:
         choices = _as_list(choices)
@@ -551,8 +579,9 @@ def _check_row(
     if not isinstance(reward, Mapping):
         c.add(REWARD_MODEL, f"expected {{'style': 'rule', 'ground_truth': letter}}, got {type(reward).__name__}")
     else:
-        if reward.get("style") != REWARD_STYLE:
-            c.add(REWARD_MODEL, f"style {reward.get('style')!r} is not {REWARD_STYLE!r}")
+        style = JUDGE_STYLE if caption else REWARD_STYLE
+        if reward.get("style") != style:
+            c.add(REWARD_MODEL, f"style {reward.get('style')!r} is not {style!r}")
         if answer is not None and reward.get("ground_truth") != answer:
             c.add(REWARD_MODEL, f"ground_truth {reward.get('ground_truth')!r} differs from answer {answer!r}")
 

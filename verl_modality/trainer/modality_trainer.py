@@ -8,6 +8,8 @@ unchanged. When active it:
 * hands each row's ``modality_tag`` (a dataset column, stored per trajectory in TransferQueue) and the padding flags
   to the registered estimator through :mod:`verl_modality.algorithms.batch_context`;
 * keeps the adaptive-weight history and logs per-tag statistics as ``mapo/<tag>/<stat>``;
+* logs per tag what the rollout's prompts held (``streams/<tag>/{prompt,audio,video}_tokens``, the mean per response),
+  which shows the ``data.modality`` policy at work (e.g. no audio tokens for V-tagged samples under ``exact``);
 * reports validation accuracy per tag (``val-core/tag/<tag>/acc``) plus the pooled and tag-averaged accuracy;
 * saves its state next to verl's checkpoint (``global_step_N/verl_modality_state.json``) and restores it on resume.
 """
@@ -66,6 +68,26 @@ def tag_accuracy_metrics(tags: list[str], scores: list[float]) -> dict[str, floa
         out["val-core/tag/pooled/acc"] = float(np.mean([s for v in by_tag.values() for s in v]))
         out["val-core/tag/tag_mean/acc"] = float(np.mean([np.mean(v) for v in by_tag.values()]))
     return out
+
+
+def stream_token_metrics(
+    tags: list[str], prompt_ids: Any, prompt_mask: Any, audio_id: int, video_id: int
+) -> dict[str, float]:
+    """Mean prompt / audio / video token counts per tag. Shapes: ``prompt_ids``, ``prompt_mask`` ``(N, P)``."""
+    ids, mask = np.asarray(prompt_ids), np.asarray(prompt_mask).astype(bool)
+    if ids.shape != mask.shape or len(tags) != ids.shape[0]:
+        raise ValueError(f"{len(tags)} tags, prompt ids {ids.shape}, mask {mask.shape}")
+    counts = {
+        "prompt_tokens": mask.sum(1),
+        "audio_tokens": ((ids == audio_id) & mask).sum(1),
+        "video_tokens": ((ids == video_id) & mask).sum(1),
+    }
+    tags_arr = np.asarray(tags)
+    return {
+        f"streams/{tag}/{name}": float(values[tags_arr == tag].mean())
+        for tag in sorted(set(tags))
+        for name, values in counts.items()
+    }
 
 
 def stats_to_metrics(per_tag: dict[str, dict[str, float]], prefix: str = "mapo") -> dict[str, float]:
@@ -178,18 +200,39 @@ class ModalityTrainerSync(PPOTrainerSync):
         return result
 
     # ------------------------------------------------------------------------------------------- advantages
-    def _compute_advantage(self, batch, metrics: dict):
-        if not self.mapo_active:
-            return super()._compute_advantage(batch, metrics)
+    def _read_tags(self, batch) -> list[str]:
         try:
             data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[TAG_FIELD])
             raw = data[TAG_FIELD]
         except Exception as err:  # TransferQueue raises its own types for unknown fields
             raise KeyError(
-                f"{ESTIMATOR_NAME} needs a '{TAG_FIELD}' column in the training data (see docs/data_schema.md): {err}"
+                f"per-tag training needs a '{TAG_FIELD}' column in the training data (see docs/data_schema.md): {err}"
             ) from err
-        tags = [str(t) for t in (raw.tolist() if hasattr(raw, "tolist") else list(raw))]
+        return [str(t) for t in (raw.tolist() if hasattr(raw, "tolist") else list(raw))]
+
+    def _stream_metrics(self, batch, tags: list[str], valid: np.ndarray) -> dict[str, float]:
+        from verl_modality.models.qwen2_5_omni import placeholder_token_ids
+
+        try:
+            ids = placeholder_token_ids(self.tokenizer)
+        except ValueError:
+            return {}  # not an Omni tokenizer: there are no stream tokens to count
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["prompts"])
+        pad = -1
+        prompts = data["prompts"].to_padded_tensor(padding=pad).cpu().numpy()
+        keep = np.flatnonzero(valid)
+        return stream_token_metrics(
+            [tags[i] for i in keep], prompts[keep], prompts[keep] != pad, ids["audio"], ids["video"]
+        )
+
+    def _compute_advantage(self, batch, metrics: dict):
+        if not self.tag_metrics:
+            return super()._compute_advantage(batch, metrics)
+        tags = self._read_tags(batch)
         valid = np.array([not tag.get("is_padding", False) for tag in batch.tags], dtype=bool)
+        metrics.update(self._stream_metrics(batch, tags, valid))
+        if not self.mapo_active:
+            return super()._compute_advantage(batch, metrics)
         ctx = BatchContext(modality_tags=tags, valid=valid, state=self._ensure_mapo_state(), step=self.global_steps)
         with batch_context(ctx):
             out = super()._compute_advantage(batch, metrics)

@@ -1,0 +1,143 @@
+"""The per-sample modality view (SPEC section 1): policies, ablation forms, and the row transform."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+from omegaconf import OmegaConf
+
+from verl_modality import TAGS
+from verl_modality.data import schema
+from verl_modality.data.modality_view import (
+    BLANK_KEY,
+    ModalityView,
+    apply_view,
+    choose_streams,
+    parse_policy,
+    plan_views,
+)
+
+
+@pytest.fixture(scope="module")
+def rows(demo_data):
+    out, _ = demo_data
+    return schema.read_rows(out / "train.parquet")
+
+
+def _by_tag(rows, tag):
+    return next(r for r in rows if r[schema.MODALITY_TAG] == tag)
+
+
+def test_parse_policy_normalises_and_rejects():
+    assert parse_policy("exact") == "exact"
+    assert parse_policy("av") == "VA"
+    assert parse_policy("SAV") == "VAS"
+    assert parse_policy("none") == ""
+    with pytest.raises(ValueError, match="unknown modality policy 'everything'"):
+        parse_policy("everything")
+    with pytest.raises(ValueError, match="ablation='mute'"):
+        ModalityView(policy="exact", ablation="mute")
+
+
+@pytest.mark.parametrize("tag", TAGS)
+def test_exact_full_and_explicit_sets(tag):
+    assert choose_streams(tag, "VAS", tag, "exact") == (tag, True)
+    assert choose_streams(tag, "VAS", tag, "full") == ("VAS", True)
+    assert choose_streams(tag, "VAS", "VA", "as_stored") == ("VA", True)
+    assert choose_streams(tag, "VS", tag if set(tag) <= {"V", "S"} else "V", "VA")[0] == "V"  # A not in the record
+
+
+@pytest.mark.parametrize("tag", TAGS)
+def test_superset_and_deficit_respect_the_stratum_definition(tag):
+    seen_super, seen_deficit = set(), set()
+    for i in range(60):
+        shown, honoured = choose_streams(tag, "VAS", tag, "superset", seed=1, sample_id=f"s{i}")
+        if tag == "VAS":
+            assert (shown, honoured) == ("VAS", False)  # nothing to add: shown exactly, reported as a fallback
+        else:
+            assert honoured and schema.stratum_of(tag, shown) == "superset"
+        seen_super.add(shown)
+        shown, honoured = choose_streams(tag, "VAS", tag, "deficit", seed=1, sample_id=f"s{i}")
+        assert honoured and schema.stratum_of(tag, shown) == "deficit"
+        seen_deficit.add(shown)
+    # every admissible set is reachable: supersets of the tag / sets missing a required stream
+    subsets = {"".join(c) for k in range(4) for c in itertools.combinations("VAS", k)}
+    assert seen_super == ({s for s in subsets if set(s) > set(tag)} or {"VAS"})
+    assert seen_deficit == {s for s in subsets if not set(tag) <= set(s)}
+
+
+def test_choice_is_seeded_per_sample_id():
+    a = [choose_streams("V", "VAS", "V", "superset", seed=3, sample_id=f"x{i}") for i in range(20)]
+    b = [choose_streams("V", "VAS", "V", "superset", seed=3, sample_id=f"x{i}") for i in range(20)]
+    c = [choose_streams("V", "VAS", "V", "superset", seed=4, sample_id=f"x{i}") for i in range(20)]
+    assert a == b and a != c
+
+
+def test_exact_without_the_required_media_names_the_sample():
+    with pytest.raises(ValueError, match="sample 'q7'.*tag 'VA'.*only has 'V'"):
+        choose_streams("VA", "V", "V", "exact", sample_id="q7")
+
+
+def test_remove_drops_placeholders_items_and_subtitle(rows):
+    row = _by_tag(rows, "V")
+    snapshot = copy.deepcopy(row)
+    full = apply_view(row, ModalityView(policy="full"))
+    assert row == snapshot  # pure
+    assert schema.count_placeholders(full[schema.PROMPT])["<audio>"] == 1
+    assert row[schema.SUBTITLE] in full[schema.PROMPT][0]["content"]
+    assert (full[schema.AVAILABLE], full[schema.STRATUM]) == ("VAS", "superset")
+
+    only_a = apply_view(row, ModalityView(policy="A"))
+    counts = schema.count_placeholders(only_a[schema.PROMPT])
+    assert (counts["<video>"], counts["<audio>"]) == (0, 1)
+    assert only_a[schema.VIDEOS] == [] and len(only_a[schema.AUDIOS]) == 1
+    assert row[schema.SUBTITLE] not in only_a[schema.PROMPT][0]["content"]
+    assert (only_a[schema.AVAILABLE], only_a[schema.STRATUM]) == ("A", "deficit")
+    # the stored exact view is left as it is
+    assert apply_view(row, ModalityView(policy="exact")) == row
+
+
+def test_blank_keeps_every_slot_and_marks_the_hidden_items(rows):
+    row = _by_tag(rows, "VS")
+    full = apply_view(row, ModalityView(policy="full"))
+    blank = apply_view(row, ModalityView(policy="exact", ablation="blank"))
+    assert schema.count_placeholders(blank[schema.PROMPT]) == schema.count_placeholders(full[schema.PROMPT])
+    assert [bool(item.get(BLANK_KEY)) for item in blank[schema.VIDEOS]] == [False]
+    assert [bool(item.get(BLANK_KEY)) for item in blank[schema.AUDIOS]] == [True]
+    assert blank[schema.SUBTITLE] in blank[schema.PROMPT][0]["content"]  # S is shown
+    assert (blank[schema.AVAILABLE], blank[schema.STRATUM]) == ("VS", "exact")
+
+    hidden_s = apply_view(row, ModalityView(policy="VA", ablation="blank"))
+    text = hidden_s[schema.PROMPT][0]["content"]
+    assert row[schema.SUBTITLE] not in text and 'Subtitles: ""' in text and "\x00" not in text
+    assert not any(item.get(BLANK_KEY) for item in hidden_s[schema.AUDIOS] + hidden_s[schema.VIDEOS])
+
+
+def test_by_source_overrides_the_default(rows):
+    row = _by_tag(rows, "A")
+    view = ModalityView(policy="exact", by_source={row[schema.DATA_SOURCE]: "full"})
+    assert apply_view(row, view)[schema.AVAILABLE] == "VAS"
+    assert apply_view(row, ModalityView(policy="exact", by_source={"other": "full"}))[schema.AVAILABLE] == "A"
+
+
+def test_from_config_reads_the_data_section():
+    cfg = OmegaConf.create({"modality": {"policy": "full", "ablation": "blank", "seed": 5, "by_source": {"x": "A"}}})
+    view = ModalityView.from_config(cfg)
+    assert view == ModalityView(policy="full", ablation="blank", seed=5, by_source={"x": "A"})
+    assert ModalityView.from_config(OmegaConf.create({"max_prompt_length": 8})).is_identity
+    with pytest.raises(ValueError, match=r"unknown data.modality option\(s\) \['polcy'\]"):
+        ModalityView.from_config(OmegaConf.create({"modality": {"polcy": "exact"}}))
+
+
+def test_plan_views_counts_fallbacks_and_lists_infeasible_rows(rows):
+    plan = plan_views(rows, ModalityView(policy="superset"))
+    n_vas = sum(r[schema.MODALITY_TAG] == "VAS" for r in rows)
+    assert len(plan.fallbacks) == n_vas and not plan.errors
+    assert sum(plan.shown.values()) == len(rows)
+
+    bad = dict(rows[0], **{schema.MODALITY_TAG: "VA", schema.MEDIA_STREAMS: "V", schema.AVAILABLE: "V"})
+    plan = plan_views([rows[1], bad], ModalityView(policy="exact"), source="f.parquet: ")
+    assert len(plan.errors) == 1 and plan.errors[0].startswith(f"f.parquet: row 1 (id {bad[schema.ID]}): ")
+    assert "needs media for its tag 'VA'" in plan.errors[0]

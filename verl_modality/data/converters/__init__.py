@@ -1,0 +1,85 @@
+"""Converters from public benchmark layouts to the tagged-sample schema (``docs/converters.md``).
+
+``convert(name, source, out)`` reads ``source`` in the layout ``name`` (one of :data:`CONVERTERS`), checks that
+every referenced media file opens, and writes a schema parquet to ``out``; it returns a :class:`ConvertReport`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from verl_modality.data.converters.audiomcq import AudioMCQConverter
+from verl_modality.data.converters.base import (
+    BadRow,
+    Converter,
+    ConvertError,
+    ConvertReport,
+    InvalidRow,
+    Record,
+    read_records,
+    run_conversion,
+)
+from verl_modality.data.converters.daily_omni import DailyOmniConverter
+from verl_modality.data.converters.maple_bench import (
+    MapleCaptionConverter,
+    MapleQAAllConverter,
+    MapleQAExactConverter,
+)
+from verl_modality.data.converters.mmar import MMARConverter
+from verl_modality.data.converters.mmau import MMAUConverter
+from verl_modality.data.converters.mmsu import MMSUConverter
+
+#: Layout name -> converter.
+CONVERTERS: dict[str, Converter] = {
+    c.name: c
+    for c in (
+        MMAUConverter(),
+        MMSUConverter(),
+        MMARConverter(),
+        AudioMCQConverter(),
+        DailyOmniConverter(),
+        MapleQAExactConverter(),
+        MapleQAAllConverter(),
+        MapleCaptionConverter(),
+    )
+}
+
+
+def layouts() -> str:
+    """One line per layout: name and description."""
+    width = max(len(n) for n in CONVERTERS)
+    return "\n".join(f"{name:<{width}}  {c.description}" for name, c in CONVERTERS.items())
+
+
+def convert(
+    name: str,
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    media_root: str | os.PathLike | None = None,
+    on_missing: str = "fail",
+    limit: int | None = None,
+    progress: bool = True,
+) -> ConvertReport:
+    """Convert ``source`` (layout ``name``) to the schema parquet ``out``.
+
+    ``media_root``: where the source's relative media paths start (default: the source file's directory).
+    ``on_missing``: ``"fail"`` raises one :class:`ConvertError` listing every row with a missing or unreadable
+    media file; ``"skip"`` drops those rows and counts them in the report. ``limit``: convert the first N records.
+    """
+    if name not in CONVERTERS:
+        raise KeyError(f"unknown layout {name!r}; known layouts:\n{layouts()}")
+    return run_conversion(CONVERTERS[name], source, out, media_root, on_missing, limit, progress)
+
+
+__all__ = [
+    "CONVERTERS",
+    "BadRow",
+    "ConvertError",
+    "ConvertReport",
+    "Converter",
+    "InvalidRow",
+    "Record",
+    "convert",
+    "layouts",
+    "read_records",
+]
