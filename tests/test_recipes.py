@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from verl_modality.algorithms.config import MapoConfig
+from verl_modality.data.curriculum import CurriculumConfig
 from verl_modality.data.modality_view import ModalityView
 from verl_modality.trainer.local_actor import compose_verl_config
 
@@ -18,10 +19,12 @@ RECIPES = [
     ROOT / "examples" / "mupo_cpu_demo.yaml",
     ROOT / "recipes" / "maple" / "mapo_qwen2_5_omni_3b.yaml",
     ROOT / "recipes" / "maple" / "mupo_qwen2_5_omni_3b.yaml",
+    ROOT / "recipes" / "maple" / "mapo_adaptive_qwen2_5_omni_3b.yaml",
 ]
 # Keys verl's base config does not have but accepts: ours, and free-form dicts verl passes through.
 OPEN_PREFIXES = (
     "algorithm.mapo.",
+    "data.curriculum.",
     "data.modality.",
     "ray_kwargs.ray_init.",
     "actor_rollout_ref.model.override_config.",
@@ -84,6 +87,16 @@ def test_recipe_composes_with_valid_mapo_options(path, monkeypatch):
         assert cfg.actor_rollout_ref.actor.loss_agg_mode == "seq-mean-token-mean"
         assert (cfg.actor_rollout_ref.actor.clip_ratio_low, cfg.actor_rollout_ref.actor.clip_ratio_high) == (0.2, 0.3)
         assert (view.policy, view.ablation) == ("exact", "remove")  # the tag's streams only (MAPLE §4)
+    curriculum = CurriculumConfig.from_config(cfg.data)
+    expected_order = {
+        "mapo_qwen2_5_omni_3b": "static",  # the full recipe (SPEC §2.6)
+        "mapo_adaptive_qwen2_5_omni_3b": "adaptive",  # adp_w + adp_cur
+    }.get(path.stem, "none")
+    assert curriculum.order == expected_order
+    if curriculum.order == "adaptive":
+        assert mapo.adaptive_weights and cfg.trainer.val_before_train and curriculum.window == 5
+    if path.stem.startswith("mapo_qwen"):
+        assert cfg.algorithm.filter_groups.enable and cfg.algorithm.filter_groups.metric == "acc"
     if "maple" in str(path):  # the paper's settings (SPEC §2.6)
         a, r = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
         assert (cfg.data.train_batch_size, a.ppo_mini_batch_size, r.n) == (256, 32, 8)

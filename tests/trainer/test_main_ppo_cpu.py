@@ -1,7 +1,8 @@
 """End to end: verl's real ``python -m verl.trainer.main_ppo`` on the CPU with the tiny Omni model and demo data.
 
-Four runs (about a minute each): MAPO (``exact`` streams) for 4 steps with checkpoints at steps 2 and 4, the same run
-resumed from its step-2 checkpoint, the MUPO baseline (``full`` streams) for 2 steps, and plain GRPO for 2 steps.
+Five runs (about a minute each): MAPO (``exact`` streams, adaptive curriculum) for 4 steps with checkpoints at steps 2
+and 4, the same run resumed from its step-2 checkpoint, MAPO with the static curriculum and group filtering, the MUPO
+baseline (``full`` streams, mixed batches) for 2 steps, and plain GRPO for 2 steps.
 """
 
 import json
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from verl_modality import TAGS
 from verl_modality.trainer.launch import run_main_ppo
 
 pytestmark = pytest.mark.slow
@@ -69,7 +71,20 @@ def _initial_weights(model_dir: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def mapo_run(tmp_path_factory, inputs):
     work = tmp_path_factory.mktemp("mapo")
-    return _run(work, inputs, [f"trainer.total_training_steps={STEPS}", f"trainer.test_freq={STEPS}"])
+    extra = [f"trainer.total_training_steps={STEPS}", f"trainer.test_freq={STEPS}", "trainer.val_before_train=True"]
+    return _run(work, inputs, [*extra, "data.curriculum.order=adaptive"])
+
+
+def _step_tags(steps: dict, n: int) -> list[str]:
+    """The one tag of each training step 1..n, read from the per-tag metrics (asserting there is exactly one)."""
+    out = []
+    for step in range(1, n + 1):
+        tags = {k.split("/")[1] for k in steps[step] if k.startswith(("mapo/", "streams/"))}
+        assert len(tags) == 1, (step, tags)
+        (tag,) = tags
+        assert steps[step]["curriculum/tag_index"] == TAGS.index(tag)
+        out.append(tag)
+    return out
 
 
 def test_mapo_logs_per_tag_metrics_and_trains(mapo_run, inputs):
@@ -88,6 +103,10 @@ def test_mapo_logs_per_tag_metrics_and_trains(mapo_run, inputs):
         assert sum(m[f"mapo/{t}/count"] for t in logged) == 16  # 4 prompts x 4 responses, no padding rows
         _assert_streams_shown(m, logged, exact=True)
         assert all(0.0 < m[f"mapo/{t}/weight"] < 1.0 for t in logged)  # adaptive weights are on in the demo recipe
+    # adaptive curriculum, first epoch: one tag per batch, lowest zero-shot (step-0 validation) accuracy first
+    zero_shot = {t: steps[0][f"val-core/tag/{t}/acc"] for t in train_tags}
+    expected = sorted(train_tags, key=lambda t: (zero_shot[t], TAGS.index(t)))[:STEPS]  # one batch per tag here
+    assert _step_tags(steps, STEPS) == expected
     val = steps[STEPS]
     val_tags = set(pd.read_parquet(inputs["data"] / "test.parquet")["modality_tag"])
     assert {k.split("/")[2] for k in val if k.startswith("val-core/tag/")} == val_tags | {"pooled", "tag_mean"}
@@ -124,16 +143,22 @@ def test_resume_restores_state_and_weights_exactly(mapo_run, inputs, tmp_path):
     resumed = _run(
         tmp_path,
         inputs,
-        [f"trainer.total_training_steps={STEPS}", "trainer.test_freq=-1", "trainer.resume_mode=auto"],
+        [
+            f"trainer.total_training_steps={STEPS}",
+            "trainer.test_freq=-1",
+            "trainer.resume_mode=auto",
+            "data.curriculum.order=adaptive",  # its zero-shot accuracies come from the checkpoint
+        ],
     )
     assert sorted(resumed.steps()) == [3, 4]
     for step in (3, 4):  # the same per-tag statistics, step by step
-        a = {k: v for k, v in mapo_run.steps()[step].items() if k.startswith("mapo/")}
-        b = {k: v for k, v in resumed.steps()[step].items() if k.startswith("mapo/")}
+        a = {k: v for k, v in mapo_run.steps()[step].items() if k.startswith(("mapo/", "curriculum/"))}
+        b = {k: v for k, v in resumed.steps()[step].items() if k.startswith(("mapo/", "curriculum/"))}
+        assert any(k.startswith("curriculum/") for k in a)
         assert a == b, step
     state_a = json.loads((ckpt_a / f"global_step_{STEPS}" / "verl_modality_state.json").read_text())
     state_b = json.loads((ckpt_b / f"global_step_{STEPS}" / "verl_modality_state.json").read_text())
-    assert state_a == state_b
+    assert state_a == state_b and state_a["curriculum"]["steps"] == STEPS
     # Weights: equal up to float summation order. verl orders a batch's rows by when their rollouts finish (async),
     # so micro-batch sums may round differently in the last bit; the difference must stay far below a step's change.
     wa = _actor_weights(ckpt_a / f"global_step_{STEPS}")
@@ -144,8 +169,30 @@ def test_resume_restores_state_and_weights_exactly(mapo_run, inputs, tmp_path):
     assert moved > 1e-4 and diff <= 1e-6, (diff, moved)
 
 
+def test_static_curriculum_with_group_filtering(tmp_path, inputs):
+    reward = Path(__file__).with_name("biased_reward.py")
+    extra = [
+        "trainer.total_training_steps=3",
+        "trainer.test_freq=-1",
+        "trainer.save_freq=-1",
+        "data.curriculum.order=static",
+        "algorithm.filter_groups.enable=True",
+        "algorithm.filter_groups.metric=acc",
+        f"reward.custom_reward_function.path={reward}",
+    ]
+    steps = _run(tmp_path, inputs, extra).steps()
+    tags = _step_tags(steps, 3)
+    assert all(len(t) == 1 for t in tags)  # 8 uni-tag prompts = 3 batches of 4 (one padded): uni first
+    for step in (1, 2, 3):  # full batches of kept groups, all of the step's tag
+        assert steps[step][f"mapo/{tags[step - 1]}/count"] == 16
+        assert steps[step][f"mapo/{tags[step - 1]}/zero_var_frac"] == 0.0  # filtering kept only groups with variance
+    evicted = sum(steps[s].get("training/filter_groups/evicted_samples", 0) for s in (1, 2, 3))
+    assert evicted > 0  # ~40 % of groups of 4 have no variance under this reward
+
+
 def test_mupo_baseline_shows_every_stream(tmp_path, inputs):
-    result = _run(tmp_path, inputs, ["trainer.total_training_steps=2", "trainer.test_freq=2"], config="mupo_cpu_demo")
+    extra = ["trainer.total_training_steps=2", "trainer.test_freq=2", "data.curriculum.order=mixed"]
+    result = _run(tmp_path, inputs, extra, config="mupo_cpu_demo")
     steps = result.steps()
     assert not [k for m in steps.values() for k in m if k.startswith("mapo/")]  # vanilla GRPO advantages
     for step in (1, 2):
@@ -153,6 +200,7 @@ def test_mupo_baseline_shows_every_stream(tmp_path, inputs):
         assert tags, step
         _assert_streams_shown(steps[step], tags, exact=False)
     assert "val-core/tag/pooled/acc" in steps[2] and "actor/pg_loss" in steps[2]
+    assert all(steps[s]["curriculum/tag_index"] == -1 for s in (1, 2))  # mixed: batches of any tags
     assert all(steps[s]["training/rollout_probs_diff_max"] < 1e-5 for s in (1, 2))
 
 

@@ -336,6 +336,53 @@ def _patch_model_config_module(module) -> None:
         cls.__post_init__ = _patched_post_init(cls.__post_init__)
 
 
+def repack_equal_length_position_ids(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """Multimodal RoPE position ids ``(bs, 4, j)`` packed with the wrong ragged dimension, repacked; else None.
+
+    TransferQueue packs per-row ``(4, L_i)`` tensors with ``torch.nested.as_nested_tensor``. When every row of a
+    batch has the same length L, torch makes the *first* component dimension (the 4) the ragged one: values
+    ``(4 * bs, L)``, offsets ``0, 4, 8, ...``. verl's ``maybe_fix_3d_position_ids`` then only relabels the ragged
+    dimension as 2, and the mini-batch split fails (``split_with_sizes expects split_sizes to sum exactly to L``).
+    """
+    if not (position_ids.is_nested and position_ids.dim() == 3 and getattr(position_ids, "_ragged_idx", 2) == 1):
+        return None
+    values, offsets = position_ids.values(), position_ids.offsets()
+    if values.dim() != 2 or int(offsets[-1]) != values.shape[0]:
+        return None  # ragged along the sequence already (e.g. only the label was lost in pickling)
+    from verl.utils.tensordict_utils import nested_tensor_from_tensor_list
+
+    return nested_tensor_from_tensor_list(list(position_ids.unbind()), ragged_idx=2)
+
+
+def _fixed_3d_position_ids(original):
+    @functools.wraps(original)
+    def maybe_fix_3d_position_ids(data):
+        if "position_ids" in data.keys():
+            repacked = repack_equal_length_position_ids(data["position_ids"])
+            if repacked is not None:
+                data["position_ids"] = repacked
+                return None
+        return original(data)
+
+    maybe_fix_3d_position_ids.__verl_modality__ = True
+    maybe_fix_3d_position_ids.__wrapped_original__ = original
+    return maybe_fix_3d_position_ids
+
+
+def _patch_tensordict_utils(module) -> None:
+    if not getattr(module.maybe_fix_3d_position_ids, "__verl_modality__", False):
+        module.maybe_fix_3d_position_ids = _fixed_3d_position_ids(module.maybe_fix_3d_position_ids)
+
+
+def _rebind_position_id_fix(module) -> None:
+    """Modules that imported ``maybe_fix_3d_position_ids`` by name get the fixed one."""
+    from verl.utils import tensordict_utils
+
+    _patch_tensordict_utils(tensordict_utils)
+    if not getattr(getattr(module, "maybe_fix_3d_position_ids", None), "__verl_modality__", True):
+        module.maybe_fix_3d_position_ids = tensordict_utils.maybe_fix_3d_position_ids
+
+
 def _patch_fsdp_engine_module(module) -> None:
     engine = module.FSDPEngine
     if not getattr(engine._build_module, "__verl_modality__", False):
@@ -352,6 +399,13 @@ PATCHES = (
         _patch_fsdp_engine_module,
         "FSDPEngine._build_module: leaf-layer FSDP wrapping for the thinker",
     ),
+    (
+        "verl.utils.tensordict_utils",
+        _patch_tensordict_utils,
+        "maybe_fix_3d_position_ids: repacks multimodal RoPE ids of equal-length batches",
+    ),
+    ("verl.workers.engine.base", _rebind_position_id_fix, "engine base: the repacking position-id fix"),
+    ("verl.workers.engine_workers", _rebind_position_id_fix, "engine workers: the repacking position-id fix"),
     (
         "verl.workers.rollout.vllm_rollout.vllm_async_server",
         _patch_vllm_server,

@@ -11,6 +11,9 @@ unchanged. When active it:
 * logs per tag what the rollout's prompts held (``streams/<tag>/{prompt,audio,video}_tokens``, the mean per response),
   which shows the ``data.modality`` policy at work (e.g. no audio tokens for V-tagged samples under ``exact``);
 * reports validation accuracy per tag (``val-core/tag/<tag>/acc``) plus the pooled and tag-averaged accuracy;
+* with ``data.curriculum.order`` set, draws each step's prompts from :class:`~verl_modality.data.curriculum.TagCurriculum`
+  instead of verl's dataloader (one tag per batch, refills of filtered groups from the same tag), feeds it the step's
+  difficulties and logs ``curriculum/*``;
 * saves its state next to verl's checkpoint (``global_step_N/verl_modality_state.json``) and restores it on resume.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 from collections import defaultdict
 from typing import Any
 
@@ -26,17 +30,20 @@ import numpy as np
 import transfer_queue as tq
 from omegaconf import OmegaConf
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils import tensordict_utils as tu
 from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
+from verl.utils.dataset.rl_dataset import collate_fn
 
 from verl_modality.algorithms.adaptive_weights import AdaptiveWeightState
 from verl_modality.algorithms.advantage import ESTIMATOR_NAME
 from verl_modality.algorithms.batch_context import BatchContext, batch_context
 from verl_modality.algorithms.config import MapoConfig
+from verl_modality.data.curriculum import ALL, CurriculumConfig, TagCurriculum
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "verl_modality_state.json"
-STATE_VERSION = 1
+STATE_VERSION = 2
 TAG_FIELD = "modality_tag"
 
 
@@ -135,6 +142,57 @@ class ModalityTrainerSync(PPOTrainerSync):
         self._val_uid_tags: dict[str, str] = {}
         if self.mapo_active:
             self.mapo_config = MapoConfig.from_algorithm_config(config.algorithm)  # fail before Ray work starts
+        self.curriculum_config = CurriculumConfig.from_config(config.data)
+        self.curriculum: TagCurriculum | None = None
+        if self.curriculum_config.order == "adaptive" and not self.mapo_active:
+            raise ValueError(
+                "data.curriculum.order=adaptive orders tags by the difficulties of algorithm.adv_estimator="
+                f"{ESTIMATOR_NAME}; with {config.algorithm.adv_estimator!r} use 'static' or 'mixed'"
+            )
+
+    @property
+    def has_state(self) -> bool:
+        """Whether this run keeps state of its own in checkpoints."""
+        return self.mapo_active or self.curriculum_config.enabled
+
+    # ------------------------------------------------------------------------------------------- curriculum
+    def _init_dataloader(self):
+        super()._init_dataloader()
+        if self.curriculum_config.enabled:
+            tags = [str(t) for t in self.train_dataset.dataframe[TAG_FIELD]]
+            self.curriculum = TagCurriculum(tags, int(self.config.data.train_batch_size), self.curriculum_config)
+            logger.warning(
+                "curriculum %s: %d steps per curriculum epoch over %d prompts (verl counts %d)",
+                self.curriculum_config.order,
+                self.curriculum.steps_per_epoch,
+                len(tags),
+                self.steps_per_epoch,
+            )
+
+    def _fetch_one_gen_batch(self):
+        if self.curriculum is None:
+            return super()._fetch_one_gen_batch()
+        gen_batch_size = self.config.data.get("gen_batch_size", None) or self.config.data.train_batch_size
+        indices = self.curriculum.take(int(gen_batch_size))
+        batch_dict = collate_fn([self.train_dataset[i] for i in indices])
+        batch_dict["uid"] = np.array([str(uuid.uuid4()) for _ in indices], dtype=object)
+        return tu.get_tensordict(batch_dict)
+
+    def _end_curriculum_step(self, tags: list[str], valid: np.ndarray, ctx: BatchContext | None, metrics: dict):
+        cur = self.curriculum
+        step_tag = cur.step_tag
+        held = sorted({t for t, v in zip(tags, valid, strict=True) if v})
+        if step_tag != ALL and held != [step_tag]:
+            raise RuntimeError(f"curriculum step {self.global_steps} should hold tag {step_tag!r} only, got {held}")
+        metrics.update(cur.metrics())
+        difficulties = {t: s["difficulty"] for t, s in ctx.stats.items()} if ctx is not None else None
+        cur.end_step(difficulties)
+        prio = {t: round(p, 4) for t, p in cur.priorities().items() if p == p}
+        print(
+            f"[verl-modality] step {self.global_steps}: curriculum {cur.config.order}, epoch {cur.epoch}, "
+            f"tag {step_tag}, priorities {prio}",
+            flush=True,
+        )
 
     # ------------------------------------------------------------------------------------------------ state
     def _ensure_mapo_state(self) -> AdaptiveWeightState:
@@ -147,11 +205,12 @@ class ModalityTrainerSync(PPOTrainerSync):
 
     def mapo_state_dict(self) -> dict:
         """Everything this trainer adds to a checkpoint, as JSON-serialisable data."""
-        return {
-            "version": STATE_VERSION,
-            "global_steps": int(self.global_steps),
-            "adaptive_weights": self._ensure_mapo_state().state_dict(),
-        }
+        state = {"version": STATE_VERSION, "global_steps": int(self.global_steps)}
+        if self.mapo_active:
+            state["adaptive_weights"] = self._ensure_mapo_state().state_dict()
+        if self.curriculum is not None:
+            state["curriculum"] = self.curriculum.state_dict()
+        return state
 
     def load_mapo_state_dict(self, state: dict, source: str) -> None:
         if state.get("version") != STATE_VERSION:
@@ -160,10 +219,16 @@ class ModalityTrainerSync(PPOTrainerSync):
             raise ValueError(
                 f"{source}: saved at global step {state.get('global_steps')}, but verl resumed step {self.global_steps}"
             )
-        self._ensure_mapo_state().load_state_dict(state["adaptive_weights"])
+        for key, wanted in (("adaptive_weights", self.mapo_active), ("curriculum", self.curriculum is not None)):
+            if wanted and key not in state:
+                raise ValueError(f"{source}: no '{key}' state; the checkpoint was written with other settings")
+        if self.mapo_active:
+            self._ensure_mapo_state().load_state_dict(state["adaptive_weights"])
+        if self.curriculum is not None:
+            self.curriculum.load_state_dict(state["curriculum"])
 
     def _save_checkpoint(self):
-        if self.mapo_active:
+        if self.has_state:
             # Written before verl's tracker file, so a checkpoint that verl considers complete always has our state.
             folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
             os.makedirs(folder, exist_ok=True)
@@ -183,16 +248,17 @@ class ModalityTrainerSync(PPOTrainerSync):
 
     def _load_checkpoint(self):
         result = super()._load_checkpoint()
-        if self.mapo_active:
-            self._ensure_mapo_state()
+        if self.has_state:
+            if self.mapo_active:
+                self._ensure_mapo_state()
             if self.global_steps > 0:
                 folder = self._resumed_folder()
                 path = os.path.join(folder, STATE_FILE) if folder else None
                 if path is None or not os.path.exists(path):
                     raise FileNotFoundError(
-                        f"resuming step {self.global_steps} with {ESTIMATOR_NAME}, but the checkpoint has no "
-                        f"{STATE_FILE} (looked in {folder}); it was not written by a {ESTIMATOR_NAME} run, so the "
-                        "adaptive-weight history cannot be restored"
+                        f"resuming step {self.global_steps} with {ESTIMATOR_NAME} or data.curriculum, but the "
+                        f"checkpoint has no {STATE_FILE} (looked in {folder}); it was not written by such a run, so "
+                        "the adaptive-weight history / curriculum position cannot be restored"
                     )
                 with open(path) as f:
                     self.load_mapo_state_dict(json.load(f), path)
@@ -226,17 +292,22 @@ class ModalityTrainerSync(PPOTrainerSync):
         )
 
     def _compute_advantage(self, batch, metrics: dict):
-        if not self.tag_metrics:
+        if not (self.tag_metrics or self.curriculum is not None):
             return super()._compute_advantage(batch, metrics)
         tags = self._read_tags(batch)
         valid = np.array([not tag.get("is_padding", False) for tag in batch.tags], dtype=bool)
-        metrics.update(self._stream_metrics(batch, tags, valid))
-        if not self.mapo_active:
-            return super()._compute_advantage(batch, metrics)
-        ctx = BatchContext(modality_tags=tags, valid=valid, state=self._ensure_mapo_state(), step=self.global_steps)
-        with batch_context(ctx):
+        if self.tag_metrics:
+            metrics.update(self._stream_metrics(batch, tags, valid))
+        ctx = None
+        if self.mapo_active:
+            ctx = BatchContext(modality_tags=tags, valid=valid, state=self._ensure_mapo_state(), step=self.global_steps)
+            with batch_context(ctx):
+                out = super()._compute_advantage(batch, metrics)
+            metrics.update(stats_to_metrics(ctx.stats))
+        else:
             out = super()._compute_advantage(batch, metrics)
-        metrics.update(stats_to_metrics(ctx.stats))
+        if self.curriculum is not None:  # the step's batch is final here, before any checkpoint of this step
+            self._end_curriculum_step(tags, valid, ctx, metrics)
         return out
 
     # ------------------------------------------------------------------------------------------- validation
@@ -247,9 +318,22 @@ class ModalityTrainerSync(PPOTrainerSync):
         loader = self.val_dataloader
         self.val_dataloader = _UidTagRecorder(loader, self._val_uid_tags)
         try:
-            return super()._validate()
+            metrics = super()._validate()
         finally:
             self.val_dataloader = loader
+        cur = self.curriculum
+        if cur is not None and cur.config.order == "adaptive" and cur.zero_shot is None and self.global_steps == 0:
+            prefix, suffix = "val-core/tag/", "/acc"
+            acc = {
+                k[len(prefix) : -len(suffix)]: v
+                for k, v in metrics.items()
+                if k.startswith(prefix)
+                and k.endswith(suffix)
+                and k[len(prefix) : -len(suffix)] not in ("pooled", "tag_mean")
+            }
+            cur.set_zero_shot(acc)  # first-epoch order (MAPLE §4.2): lowest zero-shot accuracy first
+            print(f"[verl-modality] curriculum zero-shot accuracy from validation: {acc}", flush=True)
+        return metrics
 
     def _val_metrics_update(self, data_sources, sample_uids, reward_extra_infos_dict, sample_turns, **kwargs):
         metrics = super()._val_metrics_update(
