@@ -24,6 +24,7 @@ RECIPES = [
 # Keys verl's base config does not have but accepts: ours, and free-form dicts verl passes through.
 OPEN_PREFIXES = (
     "algorithm.mapo.",
+    "algorithm.mapo_at.",
     "data.curriculum.",
     "data.modality.",
     "ray_kwargs.ray_init.",

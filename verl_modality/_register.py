@@ -20,6 +20,7 @@ REGISTERED: dict[str, list[str]] = {
     "patches": [],
     "rollouts": [],
     "advantage_estimators": [],
+    "policy_losses": [],
     "trainers": [],
 }
 #: Tracebacks of failed registrations in this process; empty when the plugin loaded cleanly.
@@ -51,14 +52,17 @@ def _register() -> None:
 
     when_imported("verl.trainer.ppo.core_algos", _register_estimators)
     REGISTERED["advantage_estimators"].append("mapo_stratified")
+    REGISTERED["policy_losses"].append("mapo_relevance")
     when_imported("verl.trainer.ppo.v1.trainer_sync", _install_trainer)
     REGISTERED["trainers"].append("sync -> verl_modality.trainer.modality_trainer.ModalityTrainerSync")
 
 
 def _register_estimators(core_algos) -> None:
     from verl_modality.algorithms.advantage import ESTIMATOR_NAME, mapo_stratified_advantage
+    from verl_modality.algorithms.relevance import LOSS_MODE, compute_policy_loss_mapo_relevance
 
     core_algos.register_adv_est(ESTIMATOR_NAME)(mapo_stratified_advantage)
+    core_algos.register_policy_loss(LOSS_MODE)(compute_policy_loss_mapo_relevance)
 
 
 def _install_trainer(trainer_sync) -> None:

@@ -64,6 +64,14 @@ def _estimator_registered() -> bool:
     return core_algos.ADV_ESTIMATOR_REGISTRY.get(ESTIMATOR_NAME) is mapo_stratified_advantage
 
 
+def _policy_loss_registered() -> bool:
+    from verl.trainer.ppo import core_algos
+
+    from verl_modality.algorithms.relevance import LOSS_MODE, compute_policy_loss_mapo_relevance
+
+    return core_algos.POLICY_LOSS_REGISTRY.get(LOSS_MODE) is compute_policy_loss_mapo_relevance
+
+
 def _trainer_installed() -> bool:
     from verl.trainer.ppo.v1 import get_trainer_cls
 
@@ -92,6 +100,7 @@ def registry_snapshot() -> dict[str, dict[str, bool]]:
     snap["platforms"] = {"cpu": PlatformRegistry.get(cpu.PLATFORM_NAME) is cpu.PlatformCPU}
     snap["patches"] = {name: ok for name, ok in qwen2_5_omni.patches_in_place().items()}
     snap["advantage estimators"] = {"mapo_stratified": _probe(_estimator_registered)}
+    snap["policy losses"] = {"mapo_relevance": _probe(_policy_loss_registered)}
     snap["trainers"] = {"sync -> ModalityTrainerSync": _probe(_trainer_installed)}
     snap["rollouts"] = {"hf (replica + async adapter)": _probe(_rollout_registered)}
     if cpu.is_selected():

@@ -54,3 +54,22 @@ def test_values_are_normalised_to_plain_python():
     cfg = MapoConfig(history_window=np.int64(5), bins=np.int32(20), beta_a=np.float32(50))
     assert type(cfg.history_window) is int and type(cfg.bins) is int and type(cfg.beta_a) is float
     json.dumps(cfg.__dict__)
+
+
+def test_mapo_at_defaults_follow_the_release_and_bad_values_raise():
+    from omegaconf import OmegaConf
+
+    from verl_modality.algorithms.config import MapoATConfig
+
+    c = MapoATConfig()
+    assert (c.tau_base, c.c_mask, c.eta, c.kappa, c.layers) == (1.0, 5.0, 0.05, 1.0, (-3, -2, -1))  # SPEC §5
+    assert not c.enabled
+    cfg = OmegaConf.create({"mapo_at": {"relevance_mask": True, "c_mask": 3, "layers": [-1]}})
+    c = MapoATConfig.from_algorithm_config(cfg)
+    assert c.enabled and c.c_mask == 3.0 and c.layers == (-1,)
+    with pytest.raises(ValueError, match=r"algorithm.mapo_at.c_mask=0"):
+        MapoATConfig(c_mask=0)
+    with pytest.raises(ValueError, match="ablation='mute'"):
+        MapoATConfig(ablation="mute")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) algorithm.mapo_at.\['eta2'\]"):
+        MapoATConfig.from_algorithm_config(OmegaConf.create({"mapo_at": {"eta2": 1}}))

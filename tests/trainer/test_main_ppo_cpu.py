@@ -6,6 +6,7 @@ baseline (``full`` streams, mixed batches) for 2 steps, and plain GRPO for 2 ste
 """
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -188,6 +189,25 @@ def test_static_curriculum_with_group_filtering(tmp_path, inputs):
         assert steps[step][f"mapo/{tags[step - 1]}/zero_var_frac"] == 0.0  # filtering kept only groups with variance
     evicted = sum(steps[s].get("training/filter_groups/evicted_samples", 0) for s in (1, 2, 3))
     assert evicted > 0  # ~40 % of groups of 4 have no variance under this reward
+
+
+def test_relevance_mask_from_an_audio_ablated_pass(tmp_path, inputs):
+    extra = [
+        "trainer.total_training_steps=2",
+        "trainer.test_freq=-1",
+        "trainer.save_freq=-1",
+        "algorithm.mapo_at.relevance_mask=true",
+        "actor_rollout_ref.actor.policy_loss.loss_mode=mapo_relevance",
+    ]
+    steps = _run(tmp_path, inputs, extra).steps()
+    for step in (1, 2):
+        m = steps[step]
+        for key in ("dh_mean", "dh_p10", "dh_p50", "dh_p90", "audio_fraction"):
+            assert f"mapo_at/{key}" in m, (step, key)
+        assert "actor/pg_loss" in m and math.isfinite(m["actor/pg_loss"])
+        if m["mapo_at/audio_fraction"] > 0:  # removing the audio changes the entropies of those responses
+            assert m["mapo_at/dh_abs_mean"] > 0 and m["mapo_at/mask_entropy"] > 0
+    assert any(steps[s]["mapo_at/audio_fraction"] > 0 for s in (1, 2))
 
 
 def test_mupo_baseline_shows_every_stream(tmp_path, inputs):

@@ -107,3 +107,60 @@ class MapoConfig:
         if not isinstance(mapo, dict):
             raise ValueError(f"algorithm.mapo must be a mapping, got {type(mapo).__name__}")
         return cls.from_dict(mapo)
+
+
+ABLATIONS = ("remove", "blank")
+
+
+@dataclass(frozen=True)
+class MapoATConfig:
+    """``algorithm.mapo_at.*``: MAPO-AT's relevance mask and attention loss (SPEC §5; defaults of the public release).
+
+    Independent of the advantage estimator. The relevance mask also needs
+    ``actor_rollout_ref.actor.policy_loss.loss_mode=mapo_relevance``.
+    """
+
+    relevance_mask: bool = False  # entropy-difference mask on the policy loss (SPEC §5)
+    tau_base: float = 1.0  # tau_i = tau_base log(max(T_i, 2))
+    c_mask: float = 5.0  # cap of the mask weights (C_mask)
+    ablation: str = "remove"  # how the reference pass drops the audio: removed features, or silence (option)
+    attention_loss: bool = False  # temporally scaled audio-attention loss (SPEC §5)
+    eta: float = 0.05  # coefficient of L_attn
+    kappa: float = 1.0  # temporal exponent of (t / T_i)^kappa
+    layers: tuple[int, ...] = (-3, -2, -1)  # decoder layers whose attention counts (the last three)
+
+    def __post_init__(self) -> None:
+        for name in ("relevance_mask", "attention_loss"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"algorithm.mapo_at.{name}={value!r}: expected true or false")
+        for name in ("tau_base", "c_mask", "eta", "kappa"):
+            value = getattr(self, name)
+            if not _is_real(value) or value <= 0:
+                raise ValueError(f"algorithm.mapo_at.{name}={value!r}: expected a finite number > 0")
+            object.__setattr__(self, name, float(value))
+        if self.ablation not in ABLATIONS:
+            raise ValueError(f"algorithm.mapo_at.ablation={self.ablation!r}: expected one of {ABLATIONS}")
+        layers = self.layers
+        if not isinstance(layers, (tuple, list)) or not layers or not all(_is_int(i) for i in layers):
+            raise ValueError(f"algorithm.mapo_at.layers={layers!r}: expected a non-empty list of layer indices")
+        object.__setattr__(self, "layers", tuple(int(i) for i in layers))
+
+    @property
+    def enabled(self) -> bool:
+        return self.relevance_mask or self.attention_loss
+
+    @classmethod
+    def from_algorithm_config(cls, algorithm_config: Any) -> MapoATConfig:
+        """From verl's ``algorithm`` section; unknown keys raise with the list of known ones."""
+        node = algorithm_config.get("mapo_at", None) if algorithm_config is not None else None
+        if node is None:
+            return cls()
+        from omegaconf import DictConfig, OmegaConf
+
+        options = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown option(s) algorithm.mapo_at.{unknown}: known options are {sorted(known)}")
+        return cls(**options)

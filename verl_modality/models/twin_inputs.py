@@ -36,6 +36,19 @@ def twin_row(row: Mapping[str, Any], drop: str, ablation: str = "remove") -> dic
     return apply_view(row, ModalityView(policy=target or "none", ablation=ablation))
 
 
+def shown_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``row`` with its prompt and media lists rebuilt from the record for the streams it shows (removal form).
+
+    verl's dataset drops the ``videos``/``audios`` columns from what it hands on; this restores them from ``media``.
+    """
+    sample = schema.Sample.from_row(row).with_available(str(row[schema.AVAILABLE]))
+    out = dict(row)
+    out[schema.VIDEOS] = [{"video": p} for p in sample.videos]
+    out[schema.AUDIOS] = [{"audio": p} for p in sample.audios]
+    out[schema.PROMPT] = sample.prompt
+    return out
+
+
 def structured_messages(row: Mapping[str, Any], processor: Any) -> list[dict]:
     """The chat messages verl's dataset builds for ``row`` (its own ``RLHFDataset._build_messages``)."""
     from verl.utils.dataset.rl_dataset import RLHFDataset

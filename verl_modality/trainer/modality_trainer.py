@@ -14,6 +14,9 @@ unchanged. When active it:
 * with ``data.curriculum.order`` set, draws each step's prompts from :class:`~verl_modality.data.curriculum.TagCurriculum`
   instead of verl's dataloader (one tag per batch, refills of filtered groups from the same tag), feeds it the step's
   difficulties and logs ``curriculum/*``;
+* with ``algorithm.mapo_at.relevance_mask``, scores each step's responses once more without their audio (one no-grad
+  actor pass, :mod:`verl_modality.trainer.relevance_pass`) and writes the relevance weights for the
+  ``mapo_relevance`` policy loss (``mapo_at/*`` metrics);
 * saves its state next to verl's checkpoint (``global_step_N/verl_modality_state.json``) and restores it on resume.
 """
 
@@ -27,6 +30,7 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
+import torch
 import transfer_queue as tq
 from omegaconf import OmegaConf
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
@@ -37,7 +41,8 @@ from verl.utils.dataset.rl_dataset import collate_fn
 from verl_modality.algorithms.adaptive_weights import AdaptiveWeightState
 from verl_modality.algorithms.advantage import ESTIMATOR_NAME
 from verl_modality.algorithms.batch_context import BatchContext, batch_context
-from verl_modality.algorithms.config import MapoConfig
+from verl_modality.algorithms.config import MapoATConfig, MapoConfig
+from verl_modality.algorithms.relevance import LOSS_MODE, relevance_metrics, relevance_weights
 from verl_modality.data.curriculum import ALL, CurriculumConfig, TagCurriculum
 
 logger = logging.getLogger(__name__)
@@ -142,12 +147,33 @@ class ModalityTrainerSync(PPOTrainerSync):
         self._val_uid_tags: dict[str, str] = {}
         if self.mapo_active:
             self.mapo_config = MapoConfig.from_algorithm_config(config.algorithm)  # fail before Ray work starts
+        self.mapo_at = MapoATConfig.from_algorithm_config(config.algorithm)
+        self._check_mapo_at(config)
         self.curriculum_config = CurriculumConfig.from_config(config.data)
         self.curriculum: TagCurriculum | None = None
         if self.curriculum_config.order == "adaptive" and not self.mapo_active:
             raise ValueError(
                 "data.curriculum.order=adaptive orders tags by the difficulties of algorithm.adv_estimator="
                 f"{ESTIMATOR_NAME}; with {config.algorithm.adv_estimator!r} use 'static' or 'mixed'"
+            )
+
+    def _check_mapo_at(self, config) -> None:
+        loss_mode = OmegaConf.select(config, "actor_rollout_ref.actor.policy_loss.loss_mode", default="vanilla")
+        if self.mapo_at.relevance_mask != (loss_mode == LOSS_MODE):
+            raise ValueError(
+                f"algorithm.mapo_at.relevance_mask={self.mapo_at.relevance_mask} needs "
+                f"actor_rollout_ref.actor.policy_loss.loss_mode={LOSS_MODE} and the other way round "
+                f"(loss_mode is {loss_mode!r})"
+            )
+        if self.mapo_at.relevance_mask and OmegaConf.select(config, "algorithm.rollout_correction.rollout_is"):
+            raise ValueError(
+                "algorithm.mapo_at.relevance_mask passes its weights as rollout_is_weights; it cannot be combined "
+                "with algorithm.rollout_correction.rollout_is"
+            )
+        if self.mapo_at.attention_loss:
+            raise NotImplementedError(
+                "algorithm.mapo_at.attention_loss is not wired into verl's actor yet (the loss math is in "
+                "verl_modality.algorithms.attention_loss); only relevance_mask can be used in training"
             )
 
     @property
@@ -264,6 +290,83 @@ class ModalityTrainerSync(PPOTrainerSync):
                     self.load_mapo_state_dict(json.load(f), path)
                 logger.info("restored verl-modality state from %s", path)
         return result
+
+    # ---------------------------------------------------------------------------------------- MAPO-AT pass
+    def _compute_old_log_prob(self, batch, metrics: dict):
+        batch = super()._compute_old_log_prob(batch, metrics)
+        if self.mapo_at.relevance_mask:
+            self._relevance_pass(batch, metrics)
+        return batch
+
+    def _relevance_pass(self, batch, metrics: dict) -> None:
+        from transfer_queue import KVBatchMeta
+        from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+        from verl.workers.utils.padding import response_from_nested, response_to_nested
+
+        from verl_modality.data import schema
+        from verl_modality.trainer import relevance_pass as rp
+
+        fields = [*rp.ROW_FIELDS, "responses", "response_mask", "entropy"]
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        columns = {f: rp.as_list(data[f]) for f in rp.ROW_FIELDS}
+        rows = [{f: columns[f][i] for f in rp.ROW_FIELDS} for i in range(len(batch))]
+        responses = data["responses"].unbind()
+        masks = data["response_mask"].unbind()
+        h_full = data["entropy"].unbind()
+        dh = [torch.zeros_like(h, dtype=torch.float32) for h in h_full]
+        audio = [i for i, row in enumerate(rows) if "A" in str(row[schema.AVAILABLE])]
+        if audio:
+            # every row goes through the pass (verl's micro-batching needs the batch's size); rows without audio are
+            # scored as they are and keep dh = 0
+            cache: dict = {}
+            twins = [
+                rp.twin_trajectory(
+                    rows[i],
+                    responses[i].tolist(),
+                    masks[i],
+                    self.processor,
+                    self.config.data,
+                    self.mapo_at.ablation,
+                    cache,
+                    drop="A" if i in set(audio) else "",
+                )
+                for i in range(len(rows))
+            ]
+            keys = list(batch.keys)
+            tags = [{"status": "success"} for _ in keys]
+            tq.kv_batch_put(
+                keys=keys, partition_id=rp.TWIN_PARTITION, fields=list_of_dict_to_tensordict(twins), tags=tags
+            )
+            try:
+                meta = KVBatchMeta(
+                    keys=keys,
+                    tags=tags,
+                    partition_id=rp.TWIN_PARTITION,
+                    extra_info={
+                        "calculate_entropy": True,
+                        "compute_loss": False,
+                        "temperature": self.config.actor_rollout_ref.rollout.temperature,
+                    },
+                )
+                self.actor_rollout_wg.compute_log_prob(meta)
+                out = tq.kv_batch_get(
+                    keys=keys, partition_id=rp.TWIN_PARTITION, select_fields=["entropy", "response_mask"]
+                )
+                h_ablated = response_from_nested(out["entropy"], out["response_mask"]).unbind()
+            finally:
+                tq.kv_clear(keys=keys, partition_id=rp.TWIN_PARTITION)
+            for i in audio:
+                dh[i] = (h_ablated[i].float() - h_full[i].float()).detach()
+        mask_nested = data["response_mask"]
+        dh_padded = torch.nested.as_nested_tensor(dh, layout=torch.jagged).to_padded_tensor(0.0)
+        mask_padded = mask_nested.to_padded_tensor(0)
+        weights = relevance_weights(dh_padded, mask_padded, self.mapo_at.tau_base, self.mapo_at.c_mask)
+        from tensordict import TensorDict
+
+        output = TensorDict({"rollout_is_weights": response_to_nested(weights, mask_nested)}, batch_size=len(batch))
+        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
+        metrics.update(relevance_metrics(dh_padded, weights, mask_padded))
+        metrics["mapo_at/audio_fraction"] = len(audio) / max(1, len(batch))
 
     # ------------------------------------------------------------------------------------------- advantages
     def _read_tags(self, batch) -> list[str]:

@@ -1,0 +1,204 @@
+"""MAPO-AT attention loss math: chunked audio mass vs the materialised one, token weights, gate, loss by hand."""
+
+import math
+
+import pytest
+import torch
+
+from verl_modality.algorithms.attention_loss import (
+    STOPWORDS,
+    attention_loss,
+    audio_attention_mass,
+    complementary_weights,
+    content_mask_from_strings,
+    content_token_mask,
+    naive_audio_attention_mass,
+    reduce_heads_layers,
+    sequence_gate,
+    sequence_tau,
+    temporal_weights,
+)
+
+
+def _case(b, h, hk, tq, tk, d, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn((b, h, tq, d), generator=g, dtype=dtype).requires_grad_()
+    k = torch.randn((b, hk, tk, d), generator=g, dtype=dtype).requires_grad_()
+    audio = torch.rand((b, tk), generator=g) < 0.3
+    return q, k, audio
+
+
+@pytest.mark.parametrize(
+    ("b", "h", "hk", "tq", "tk", "chunk", "causal"),
+    [
+        (2, 4, 4, 6, 6, 4, True),  # MHA, queries = keys
+        (2, 4, 2, 5, 11, 2, True),  # GQA, causal offset (queries are the last 5 of 11 positions)
+        (1, 6, 1, 7, 9, 3, False),  # MQA, no causal mask
+        (3, 2, 2, 4, 4, 256, True),  # one chunk
+    ],
+)
+def test_chunked_equals_naive_values_and_gradients(b, h, hk, tq, tk, chunk, causal):
+    q, k, audio = _case(b, h, hk, tq, tk, 8, seed=tq * 100 + tk)
+    pad = torch.ones((b, tk), dtype=torch.bool)
+    pad[0, :2] = False  # left padding in the first row
+    fast = audio_attention_mass(q, k, audio, causal=causal, query_chunk=chunk, key_padding_mask=pad)
+    slow = naive_audio_attention_mass(q, k, audio, causal=causal, key_padding_mask=pad)
+    assert fast.shape == (b, h, tq) and fast.dtype == torch.float64
+    assert torch.allclose(fast, slow, atol=1e-12)
+    w = torch.randn(fast.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    g_fast = torch.autograd.grad((fast * w).sum(), (q, k))
+    g_slow = torch.autograd.grad((slow * w).sum(), (q, k))
+    for x, y in zip(g_fast, g_slow, strict=True):
+        assert torch.allclose(x, y, atol=1e-12)
+
+
+def test_gradcheck_and_float32_inputs():
+    q, k, audio = _case(1, 4, 2, 3, 5, 4, seed=3)
+    audio[0, 1] = True
+    assert torch.autograd.gradcheck(lambda q, k: audio_attention_mass(q, k, audio, query_chunk=2), (q, k))
+    q32, k32 = q.detach().float().requires_grad_(), k.detach().float().requires_grad_()
+    a32 = audio_attention_mass(q32, k32, audio)
+    assert a32.dtype == torch.float32 and torch.allclose(
+        a32.double(), naive_audio_attention_mass(q, k, audio), atol=1e-6
+    )
+    a32.sum().backward()
+    assert q32.grad.dtype == torch.float32 and k32.grad.shape == k32.shape
+
+
+def test_row_without_audio_keys_is_zero_without_nan():
+    q, k, audio = _case(2, 2, 2, 4, 6, 4, seed=5)
+    audio[:] = False
+    audio[1, 4] = True  # row 1: audio only at key 4, visible to the last two queries (positions 4 and 5)
+    a = audio_attention_mass(q, k, audio, query_chunk=3)
+    assert torch.equal(a[0], torch.zeros_like(a[0]))
+    assert torch.equal(a[1, :, :2], torch.zeros_like(a[1, :, :2])) and bool((a[1, :, 2:] > 0).all())
+    pad = torch.ones((2, 6), dtype=torch.bool)
+    pad[1, :3] = False  # the first query of row 1 sees only padding: no allowed key at all
+    a = audio_attention_mass(q, k, audio, key_padding_mask=pad)
+    a.sum().backward()
+    assert torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()
+    assert torch.equal(q.grad[0], torch.zeros_like(q.grad[0]))  # no audio, no gradient
+    assert torch.allclose(a, naive_audio_attention_mass(q, k, audio, key_padding_mask=pad), atol=1e-12)
+
+
+def test_batch_without_any_audio_key():
+    q, k, audio = _case(2, 2, 1, 3, 4, 4, seed=6)
+    a = audio_attention_mass(q, k, torch.zeros_like(audio))
+    a.sum().backward()
+    assert torch.equal(a, torch.zeros_like(a)) and torch.equal(k.grad, torch.zeros_like(k))
+
+
+def test_all_keys_audio_gives_mass_one():
+    q, k, audio = _case(1, 2, 1, 3, 3, 4, seed=7)
+    a = audio_attention_mass(q, k, torch.ones_like(audio))
+    assert torch.allclose(a, torch.ones_like(a))
+
+
+def test_shape_errors():
+    q, k, audio = _case(1, 3, 2, 3, 5, 4, seed=0)
+    with pytest.raises(ValueError, match="multiple"):
+        audio_attention_mass(q, k, audio)
+    q, k, audio = _case(1, 2, 1, 6, 5, 4, seed=0)
+    with pytest.raises(ValueError, match="last Tq"):
+        audio_attention_mass(q, k, audio)
+
+
+def test_reduce_heads_layers():
+    l1 = torch.tensor([[[0.1, 0.5], [0.3, 0.2]]])  # (B=1, H=2, T=2)
+    l2 = torch.tensor([[[0.4, 0.0], [0.2, 0.6]]])
+    assert torch.allclose(reduce_heads_layers([l1, l2]), torch.tensor([[(0.3 + 0.4) / 2, (0.5 + 0.6) / 2]]))
+
+
+def test_temporal_weights_by_hand():
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]])
+    assert torch.allclose(temporal_weights(mask), torch.tensor([[0.25, 0.5, 0.75, 1.0, 0], [0.5, 1.0, 0, 0, 0]]))
+    assert torch.allclose(temporal_weights(mask, kappa=2.0)[1], torch.tensor([0.25, 1.0, 0, 0, 0]))
+    assert torch.equal(temporal_weights(torch.zeros((1, 3))), torch.zeros((1, 3)))
+    assert torch.allclose(sequence_tau(mask, 2.0), torch.tensor([2 * math.log(4), 2 * math.log(2)]))
+
+
+def test_complementary_weights_by_hand():
+    dh = torch.tensor([[0.0, 1.0, -2.0, 5.0], [0.3, 0.0, 0.0, 0.0]])
+    content = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    v = complementary_weights(dh, content, tau=torch.tensor([1.0, 1.0]), c_mask=100.0)
+    e = torch.exp(-torch.tensor([0.0, 1.0, 2.0]))
+    assert torch.allclose(v[0, :3], 3 * e / e.sum()) and v[0, 3] == 0
+    assert torch.allclose(v[0, :3].mean(), torch.tensor(1.0))  # mean 1 over content tokens before the cap
+    assert torch.allclose(v[1], torch.tensor([1.0, 0, 0, 0]))
+    capped = complementary_weights(dh, content, tau=0.1, c_mask=2.0)  # sharp: the first token takes ~all
+    assert capped[0, 0] == 2.0 and float(capped.max()) <= 2.0
+    assert torch.equal(complementary_weights(dh, torch.zeros_like(content), 1.0), torch.zeros_like(dh))
+
+
+def test_sequence_gate_cases():
+    reward = torch.tensor([0.0, 1.0, 0.0, 0.5, 1.0])
+    adv = torch.tensor([0.8, 0.8, -5.0, 2.0, 40.0])
+    # failed: |A|; succeeded (any nonzero reward): 0.1 |A|; capped at 3
+    assert torch.allclose(sequence_gate(reward, adv), torch.tensor([0.8, 0.08, 3.0, 0.2, 3.0]))
+
+
+def test_content_words():
+    rows = [["The", " dog", " bark", "s", " 3", " times", ".", "<|im_end|>"], ["It", " is", " very", " loud", "!", " "]]
+    mask = content_mask_from_strings(rows[:1], special=["<|im_end|>"]).tolist()[0]
+    assert mask == [False, True, True, True, True, True, False, False]
+    assert content_mask_from_strings([rows[1]]).tolist()[0] == [False, False, False, True, False, False]
+    assert content_mask_from_strings([["x2", " ab", " cat_dog"]]).tolist()[0] == [True, False, True]
+    assert {"the", "and", "is", "of", "which"} <= STOPWORDS
+
+
+def test_content_token_mask_with_the_tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = tok.encode("The dog barks 3 times.<|im_end|>")
+    mask = content_token_mask(torch.tensor([ids]), tok)
+    pieces = [tok.decode([i]) for i in ids]
+    assert "".join(p for p, m in zip(pieces, mask[0].tolist(), strict=True) if m).replace(" ", "") == "dogbarks3times"
+    for p, m in zip(pieces, mask[0].tolist(), strict=True):
+        assert m == (p.strip() not in {"The", ".", "", "<|im_end|>"}), p
+    resp = torch.ones((1, len(ids)), dtype=torch.long)
+    resp[0, :2] = 0
+    assert not content_token_mask(torch.tensor([ids]), tok, mask=resp)[0, :2].any()
+
+
+def test_attention_loss_by_hand():
+    a = torch.tensor([[0.5, 0.2, 0.1, 0.9], [0.4, 0.8, 0.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    content = torch.tensor([[True, False, True, True], [True, True, False, False]])  # (0, 3) is outside the response
+    dh = torch.tensor([[0.2, 9.0, -0.4, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    reward = torch.tensor([0.0, 1.0])
+    adv = torch.tensor([-1.5, 2.0])
+    eps = 1e-6
+    loss, metrics = attention_loss(a, mask, content, dh, reward, adv, kappa=1.0, tau_base=1.0, c_mask=5.0, eps=eps)
+
+    # row 0: T=3, tau=log 3, content t=1,3; gate = 1.5 (failed)
+    tau0 = math.log(3)
+    e0 = [math.exp(-0.2 / tau0), math.exp(-0.4 / tau0)]
+    v0 = [2 * x / sum(e0) for x in e0]
+    row0 = 1.5 * ((1 / 3) * v0[0] * -math.log(0.5 + eps) + 1.0 * v0[1] * -math.log(0.1 + eps))
+    # row 1: T=2, tau=log 2, content t=1,2; gate = 0.1 * 2 (succeeded)
+    tau1 = math.log(2)
+    e1 = [1.0, math.exp(-1.0 / tau1)]
+    v1 = [2 * x / sum(e1) for x in e1]
+    row1 = 0.2 * (0.5 * v1[0] * -math.log(0.4 + eps) + 1.0 * v1[1] * -math.log(0.8 + eps))
+    expected = (row0 + row1) / 4  # four content tokens in the batch
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert metrics["attn/loss"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["attn/content_tokens"] == 4
+    # thirds: row 0 first = t=1 (0.5), last = t=3 (0.1); row 1 (T=2) first = none, last = t=2 (0.8)
+    assert metrics["attn/audio_mass_first_third"] == pytest.approx(0.5)
+    assert metrics["attn/audio_mass_last_third"] == pytest.approx((0.1 + 0.8) / 2)
+    loss.backward()
+    assert a.grad[0, 1] == 0 and a.grad[0, 3] == 0 and a.grad[1, 2] == 0  # non-content / outside the response
+    assert a.grad[0, 0] == pytest.approx(-1.5 * (1 / 3) * v0[0] / (0.5 + eps) / 4, rel=1e-5)
+
+
+def test_attention_loss_without_content_tokens_is_zero():
+    a = torch.full((1, 3), 0.3, requires_grad=True)
+    mask = torch.ones((1, 3))
+    loss, metrics = attention_loss(
+        a, mask, torch.zeros((1, 3), dtype=torch.bool), torch.zeros((1, 3)), *[torch.zeros(1)] * 2
+    )
+    assert loss.item() == 0.0 and metrics["attn/content_tokens"] == 0
+    loss.backward()
+    assert torch.equal(a.grad, torch.zeros_like(a))
