@@ -8,7 +8,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from verl_modality.algorithms.config import MapoConfig
+from verl_modality.algorithms.config import MapoATConfig, MapoConfig
 from verl_modality.data.curriculum import CurriculumConfig
 from verl_modality.data.modality_view import ModalityView
 from verl_modality.trainer.local_actor import compose_verl_config
@@ -20,6 +20,7 @@ RECIPES = [
     ROOT / "recipes" / "maple" / "mapo_qwen2_5_omni_3b.yaml",
     ROOT / "recipes" / "maple" / "mupo_qwen2_5_omni_3b.yaml",
     ROOT / "recipes" / "maple" / "mapo_adaptive_qwen2_5_omni_3b.yaml",
+    ROOT / "recipes" / "maple" / "mapo_at_qwen2_5_omni_3b.yaml",
 ]
 # Keys verl's base config does not have but accepts: ours, and free-form dicts verl passes through.
 OPEN_PREFIXES = (
@@ -76,7 +77,13 @@ def test_recipe_composes_with_valid_mapo_options(path, monkeypatch):
     view = ModalityView.from_config(cfg.data)
     assert cfg.data.custom_cls.name == "OmniRLDataset"
     assert cfg.reward.custom_reward_function.path == "pkg://verl_modality.rewards.choice"
-    if path.stem.startswith("mupo"):
+    if path.stem.startswith("mapo_at"):  # SPEC §5: GRPO + relevance mask + attention loss, beta 0.02
+        at = MapoATConfig.from_algorithm_config(cfg.algorithm)
+        assert cfg.algorithm.adv_estimator == "grpo" and at.relevance_mask and at.attention_loss
+        assert (at.eta, at.kappa, at.c_mask, at.tau_base, at.layers) == (0.05, 1.0, 5.0, 1.0, (-3, -2, -1))
+        assert cfg.actor_rollout_ref.actor.policy_loss.loss_mode == "mapo_relevance"
+        assert cfg.actor_rollout_ref.actor.use_kl_loss and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.02
+    elif path.stem.startswith("mupo"):
         assert cfg.algorithm.adv_estimator == "grpo"  # the baseline is vanilla verl GRPO (SPEC §2.6)
         assert cfg.actor_rollout_ref.actor.loss_agg_mode == "token-mean"
         assert cfg.actor_rollout_ref.actor.clip_ratio_high == cfg.actor_rollout_ref.actor.clip_ratio_low == 0.2

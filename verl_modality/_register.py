@@ -42,13 +42,19 @@ def _register() -> None:
 
     REGISTERED["patches"].extend(qwen2_5_omni.apply_patches())
 
+    from verl_modality.models.import_hooks import when_imported
+    from verl_modality.trainer import actor_attention_loss
+
+    for module_name, patch, what in actor_attention_loss.PATCHES:
+        when_imported(module_name, patch)
+        REGISTERED["patches"].append(f"{module_name}: {what}")
+
     from verl_modality.rollout import hf_rollout
 
     REGISTERED["rollouts"].extend(hf_rollout.register())
 
     # Algorithms and the trainer layer: registered when verl imports the modules that hold its registries, so that
     # loading the plugin stays cheap and nothing happens in processes that never train.
-    from verl_modality.models.import_hooks import when_imported
 
     when_imported("verl.trainer.ppo.core_algos", _register_estimators)
     REGISTERED["advantage_estimators"].append("mapo_stratified")

@@ -9,7 +9,7 @@
 #   RAY_ADDRESS=http://<head-ip>:8265 NNODES=2 TRAIN=/data/maple_qa/train.parquet VAL=/data/maple_qa/test.parquet \
 #       bash recipes/maple/launch_ray_cluster.sh mapo_qwen2_5_omni_3b [extra hydra overrides...]
 #
-# RECIPE is mapo_qwen2_5_omni_3b or mupo_qwen2_5_omni_3b. Checkpoints go to CKPT_DIR (a path shared by all nodes).
+# RECIPE is mapo_qwen2_5_omni_3b, mapo_adaptive_qwen2_5_omni_3b, mupo_qwen2_5_omni_3b or mapo_at_qwen2_5_omni_3b. Checkpoints go to CKPT_DIR (a path shared by all nodes).
 set -euo pipefail
 RECIPE="${1:?usage: launch_ray_cluster.sh RECIPE [hydra overrides...]}"
 shift

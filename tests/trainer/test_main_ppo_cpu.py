@@ -191,12 +191,13 @@ def test_static_curriculum_with_group_filtering(tmp_path, inputs):
     assert evicted > 0  # ~40 % of groups of 4 have no variance under this reward
 
 
-def test_relevance_mask_from_an_audio_ablated_pass(tmp_path, inputs):
+def test_mapo_at_relevance_mask_and_attention_loss(tmp_path, inputs):
     extra = [
         "trainer.total_training_steps=2",
         "trainer.test_freq=-1",
         "trainer.save_freq=-1",
         "algorithm.mapo_at.relevance_mask=true",
+        "algorithm.mapo_at.attention_loss=true",
         "actor_rollout_ref.actor.policy_loss.loss_mode=mapo_relevance",
     ]
     steps = _run(tmp_path, inputs, extra).steps()
@@ -207,6 +208,9 @@ def test_relevance_mask_from_an_audio_ablated_pass(tmp_path, inputs):
         assert "actor/pg_loss" in m and math.isfinite(m["actor/pg_loss"])
         if m["mapo_at/audio_fraction"] > 0:  # removing the audio changes the entropies of those responses
             assert m["mapo_at/dh_abs_mean"] > 0 and m["mapo_at/mask_entropy"] > 0
+            # the attention loss ran inside the actor's update, on the captured q/k of the last layers
+            assert math.isfinite(m["actor/mapo_at/loss"]) and m["actor/mapo_at/loss"] >= 0
+            assert 0 <= m["actor/mapo_at/audio_mass_mean"] <= 1
     assert any(steps[s]["mapo_at/audio_fraction"] > 0 for s in (1, 2))
 
 

@@ -170,11 +170,6 @@ class ModalityTrainerSync(PPOTrainerSync):
                 "algorithm.mapo_at.relevance_mask passes its weights as rollout_is_weights; it cannot be combined "
                 "with algorithm.rollout_correction.rollout_is"
             )
-        if self.mapo_at.attention_loss:
-            raise NotImplementedError(
-                "algorithm.mapo_at.attention_loss is not wired into verl's actor yet (the loss math is in "
-                "verl_modality.algorithms.attention_loss); only relevance_mask can be used in training"
-            )
 
     @property
     def has_state(self) -> bool:
@@ -294,9 +289,44 @@ class ModalityTrainerSync(PPOTrainerSync):
     # ---------------------------------------------------------------------------------------- MAPO-AT pass
     def _compute_old_log_prob(self, batch, metrics: dict):
         batch = super()._compute_old_log_prob(batch, metrics)
-        if self.mapo_at.relevance_mask:
+        if self.mapo_at.enabled:
             self._relevance_pass(batch, metrics)
         return batch
+
+    def _update_actor(self, batch, metrics: dict):
+        if self.mapo_at.attention_loss:
+            from verl_modality.models.qwen2_5_omni import placeholder_token_ids
+
+            at = self.mapo_at
+            batch.extra_info["mapo_at"] = {
+                "layers": list(at.layers),
+                "eta": at.eta,
+                "kappa": at.kappa,
+                "tau_base": at.tau_base,
+                "c_mask": at.c_mask,
+                "audio_token_id": placeholder_token_ids(self.tokenizer)["audio"],
+            }
+        return super()._update_actor(batch, metrics)
+
+    def _attention_loss_inputs(self, batch):
+        """Task reward and |A_i| per response, repeated over its tokens, for the actor's attention loss; returns the
+        batch meta that lists the new fields (the actor reads the fields a meta lists)."""
+        from tensordict import TensorDict
+
+        data = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=["rm_scores", "advantages", "response_mask"]
+        )
+        reward = [float(r.sum()) for r in data["rm_scores"].unbind()]
+        adv = [float(a.abs().max()) if a.numel() else 0.0 for a in data["advantages"].unbind()]
+        masks = data["response_mask"].unbind()
+        fields = {
+            "mapo_attn_reward": [torch.full((m.numel(),), r) for m, r in zip(masks, reward, strict=True)],
+            "mapo_attn_adv": [torch.full((m.numel(),), a) for m, a in zip(masks, adv, strict=True)],
+        }
+        out = TensorDict(
+            {k: torch.nested.as_nested_tensor(v, layout=torch.jagged) for k, v in fields.items()}, batch_size=len(batch)
+        )
+        return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=out)
 
     def _relevance_pass(self, batch, metrics: dict) -> None:
         from transfer_queue import KVBatchMeta
@@ -363,7 +393,17 @@ class ModalityTrainerSync(PPOTrainerSync):
         weights = relevance_weights(dh_padded, mask_padded, self.mapo_at.tau_base, self.mapo_at.c_mask)
         from tensordict import TensorDict
 
-        output = TensorDict({"rollout_is_weights": response_to_nested(weights, mask_nested)}, batch_size=len(batch))
+        fields = {}
+        if self.mapo_at.relevance_mask:
+            fields["rollout_is_weights"] = response_to_nested(weights, mask_nested)
+        if self.mapo_at.attention_loss:
+            from verl_modality.algorithms.attention_loss import content_token_mask
+
+            responses_padded = data["responses"].to_padded_tensor(self.tokenizer.pad_token_id or 0)
+            content = content_token_mask(responses_padded, self.tokenizer, mask_padded.bool()).float()
+            fields["mapo_dh"] = response_to_nested(dh_padded, mask_nested)
+            fields["mapo_attn_content"] = response_to_nested(content, mask_nested)
+        output = TensorDict(fields, batch_size=len(batch))
         tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
         metrics.update(relevance_metrics(dh_padded, weights, mask_padded))
         metrics["mapo_at/audio_fraction"] = len(audio) / max(1, len(batch))
@@ -395,7 +435,7 @@ class ModalityTrainerSync(PPOTrainerSync):
         )
 
     def _compute_advantage(self, batch, metrics: dict):
-        if not (self.tag_metrics or self.curriculum is not None):
+        if not (self.tag_metrics or self.curriculum is not None or self.mapo_at.attention_loss):
             return super()._compute_advantage(batch, metrics)
         tags = self._read_tags(batch)
         valid = np.array([not tag.get("is_padding", False) for tag in batch.tags], dtype=bool)
@@ -409,6 +449,8 @@ class ModalityTrainerSync(PPOTrainerSync):
             metrics.update(stats_to_metrics(ctx.stats))
         else:
             out = super()._compute_advantage(batch, metrics)
+        if self.mapo_at.attention_loss:
+            out = self._attention_loss_inputs(out)
         if self.curriculum is not None:  # the step's batch is final here, before any checkpoint of this step
             self._end_curriculum_step(tags, valid, ctx, metrics)
         return out
