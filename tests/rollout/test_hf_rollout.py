@@ -120,3 +120,20 @@ def test_registered_with_verl():
     from verl_modality.rollout.hf_rollout import HFServerAdapter
 
     assert issubclass(HFServerAdapter, BaseRollout)
+
+
+def test_unsupported_settings_are_refused_before_any_work():
+    from types import SimpleNamespace
+
+    from verl_modality.rollout.hf_rollout import check_supported
+
+    naive = SimpleNamespace(checkpoint_engine=SimpleNamespace(backend="naive"))
+    check_supported(naive, SimpleNamespace(lora_rank=0, lora={}, lora_adapter_path=None))
+    with pytest.raises(ValueError, match="model.lora_rank=0"):
+        check_supported(naive, SimpleNamespace(lora_rank=8, lora={}, lora_adapter_path=None))
+    with pytest.raises(ValueError, match="model.lora_rank=0"):
+        check_supported(naive, {"lora": {"rank": 4}})
+    with pytest.raises(ValueError, match="lora_adapter_path"):
+        check_supported(naive, SimpleNamespace(lora_rank=0, lora={}, lora_adapter_path="/a"))
+    with pytest.raises(ValueError, match="checkpoint_engine.backend='nccl'"):
+        check_supported(SimpleNamespace(checkpoint_engine=SimpleNamespace(backend="nccl")), {})

@@ -372,6 +372,7 @@ def _replica_class():
         async def launch_servers(self):
             import ray
 
+            check_supported(self.config, self.model_config)
             name = server_actor_name(self.replica_rank, self.name_suffix)
             actor_cls = ray.remote(HFServer)
             server = actor_cls.options(name=name, num_cpus=0, max_concurrency=self.max_concurrency).remote(
@@ -383,6 +384,31 @@ def _replica_class():
             self._server_address = f"{NAME}://{name}"
 
     return HFReplica
+
+
+def check_supported(config: Any, model_config: Any) -> None:
+    """Refuse, before any work starts, the settings the hf rollout does not serve: it loads full weights from the
+    actor through verl's in-process ``naive`` checkpoint engine, and has no LoRA adapters."""
+
+    def get(node: Any, key: str, default: Any = None) -> Any:
+        if node is None:
+            return default
+        return node.get(key, default) if isinstance(node, dict) else getattr(node, key, default)
+
+    lora = get(model_config, "lora", {}) or {}
+    if int(get(model_config, "lora_rank", 0) or 0) > 0 or int(get(lora, "rank", 0) or 0) > 0:
+        raise ValueError(
+            "actor_rollout_ref.rollout.name=hf does not serve LoRA adapters: set actor_rollout_ref.model.lora_rank=0 "
+            "(and model.lora.rank=0), or use the vllm rollout"
+        )
+    if get(model_config, "lora_adapter_path"):
+        raise ValueError("actor_rollout_ref.rollout.name=hf does not load actor_rollout_ref.model.lora_adapter_path")
+    backend = get(get(config, "checkpoint_engine"), "backend", "naive") or "naive"
+    if backend != "naive":
+        raise ValueError(
+            f"actor_rollout_ref.rollout.checkpoint_engine.backend={backend!r}: the hf rollout takes the actor's "
+            "full weights through the in-process 'naive' engine only"
+        )
 
 
 def _adapter_base():
@@ -398,6 +424,7 @@ def make_adapter_class():
         """Lives in verl's actor worker: ships the actor's weights to this replica's :class:`HFServer`."""
 
         def __init__(self, config, model_config, device_mesh, *args: Any, replica_rank: int | None = None, **kwargs):
+            check_supported(config, model_config)
             super().__init__(config, model_config, device_mesh)
             world = (
                 self.config.tensor_model_parallel_size
@@ -423,10 +450,8 @@ def make_adapter_class():
             return None
 
         async def update_weights(self, weights: Iterable, wire_format: str = "named_tensors", **kwargs: Any):
-            if wire_format != "named_tensors":
-                raise NotImplementedError(f"hf rollout: wire format {wire_format!r} is not supported")
-            if kwargs.get("peft_config"):
-                raise NotImplementedError("hf rollout: LoRA weight sync is not supported")
+            if wire_format != "named_tensors" or kwargs.get("peft_config"):  # excluded by check_supported at start-up
+                raise ValueError(f"hf rollout receives full named tensors only, got {wire_format!r} / LoRA")
             state = {}
             for name, tensor in weights:  # every rank drains it: full_tensor() is a collective
                 if self.has_server:

@@ -19,6 +19,7 @@ Nothing is dropped silently: every skipped row is counted by reason in the :clas
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import re
@@ -415,7 +416,7 @@ class Context:
         return next((c for c in candidates if c and self.exists(c)), None)
 
 
-class Converter:
+class Converter(abc.ABC):
     """One public layout. Subclasses set ``name``/``data_source``/``description`` and implement :meth:`convert`."""
 
     name: ClassVar[str] = ""
@@ -425,8 +426,9 @@ class Converter:
     def read(self, source: str | os.PathLike) -> list[dict[str, Any]]:
         return read_records(source)
 
-    def convert(self, record: Mapping[str, Any], index: int, ctx: Context) -> Record:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def convert(self, record: Mapping[str, Any], index: int, ctx: Context) -> Record:
+        """Map one source record (row ``index``) to a :class:`Record`."""
 
     def run(self, source, out, media_root=None, on_missing="fail", limit=None, progress=True) -> ConvertReport:
         return run_conversion(self, source, out, media_root, on_missing, limit, progress)
