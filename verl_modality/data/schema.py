@@ -166,13 +166,10 @@ def build_caption_prompt(
     instruction: str = CAPTION_INSTRUCTION, n_videos: int = 0, n_audios: int = 0, subtitle: str | None = None
 ) -> list[dict[str, str]]:
     """The caption prompt: media placeholders, subtitle (when shown), then the caption instruction (no options)."""
-    parts = []
-    if n_videos:
-        parts.append("Video: " + " ".join([VIDEO_PLACEHOLDER] * n_videos))
-    if n_audios:
-        parts.append("Audio: " + " ".join([AUDIO_PLACEHOLDER] * n_audios))
-    if subtitle:
-        parts.append(f'Subtitles: "{subtitle}"')
+    from verl_modality.data.prompts import media_block
+
+    block = media_block(n_videos, n_audios, subtitle)
+    parts = [block] if block else []
     parts.append(instruction or CAPTION_INSTRUCTION)
     return [{"role": "user", "content": "\n\n".join(parts)}]
 

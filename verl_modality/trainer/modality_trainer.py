@@ -409,38 +409,47 @@ class ModalityTrainerSync(PPOTrainerSync):
         metrics["mapo_at/audio_fraction"] = len(audio) / max(1, len(batch))
 
     # ------------------------------------------------------------------------------------------- advantages
-    def _read_tags(self, batch) -> list[str]:
+    def _read_step_fields(self, batch, with_prompts: bool) -> tuple[list[str], Any]:
+        """The rows' tags, and their prompt ids (nested) when asked, in one TransferQueue read."""
+        fields = [TAG_FIELD, "prompts"] if with_prompts else [TAG_FIELD]
         try:
-            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[TAG_FIELD])
+            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
             raw = data[TAG_FIELD]
         except Exception as err:  # TransferQueue raises its own types for unknown fields
             raise KeyError(
                 f"per-tag training needs a '{TAG_FIELD}' column in the training data (see docs/data_schema.md): {err}"
             ) from err
-        return [str(t) for t in (raw.tolist() if hasattr(raw, "tolist") else list(raw))]
+        tags = [str(t) for t in (raw.tolist() if hasattr(raw, "tolist") else list(raw))]
+        return tags, (data["prompts"] if with_prompts else None)
 
-    def _stream_metrics(self, batch, tags: list[str], valid: np.ndarray) -> dict[str, float]:
-        from verl_modality.models.qwen2_5_omni import placeholder_token_ids
-
-        try:
-            ids = placeholder_token_ids(self.tokenizer)
-        except ValueError:
-            return {}  # not an Omni tokenizer: there are no stream tokens to count
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["prompts"])
+    def _stream_metrics(self, prompts: Any, tags: list[str], valid: np.ndarray) -> dict[str, float]:
         pad = -1
-        prompts = data["prompts"].to_padded_tensor(padding=pad).cpu().numpy()
+        ids = prompts.to_padded_tensor(padding=pad).cpu().numpy()
         keep = np.flatnonzero(valid)
-        return stream_token_metrics(
-            [tags[i] for i in keep], prompts[keep], prompts[keep] != pad, ids["audio"], ids["video"]
-        )
+        tokens = self._stream_token_ids
+        return stream_token_metrics([tags[i] for i in keep], ids[keep], ids[keep] != pad, tokens[0], tokens[1])
+
+    @property
+    def _stream_token_ids(self) -> tuple[int, int] | None:
+        """(audio, video) placeholder ids; None for a tokenizer without them (no stream tokens to count)."""
+        if not hasattr(self, "_stream_ids_cache"):
+            from verl_modality.models.qwen2_5_omni import placeholder_token_ids
+
+            try:
+                ids = placeholder_token_ids(self.tokenizer)
+                self._stream_ids_cache = (ids["audio"], ids["video"])
+            except ValueError:
+                self._stream_ids_cache = None
+        return self._stream_ids_cache
 
     def _compute_advantage(self, batch, metrics: dict):
         if not (self.tag_metrics or self.curriculum is not None or self.mapo_at.attention_loss):
             return super()._compute_advantage(batch, metrics)
-        tags = self._read_tags(batch)
+        count_streams = self.tag_metrics and self._stream_token_ids is not None
+        tags, prompts = self._read_step_fields(batch, with_prompts=count_streams)
         valid = np.array([not tag.get("is_padding", False) for tag in batch.tags], dtype=bool)
-        if self.tag_metrics:
-            metrics.update(self._stream_metrics(batch, tags, valid))
+        if count_streams:
+            metrics.update(self._stream_metrics(prompts, tags, valid))
         ctx = None
         if self.mapo_active:
             ctx = BatchContext(modality_tags=tags, valid=valid, state=self._ensure_mapo_state(), step=self.global_steps)

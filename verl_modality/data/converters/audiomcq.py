@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from verl_modality.data.converters.base import Context, Converter, Record, extra_info, get, mcq, options, text
+from verl_modality.data.converters.base import Context, Converter, Record, audio_mcq, get, options
 from verl_modality.data.converters.mmsu import audio_path
 
 META = ("source_dataset", "audio_contribution", "ac_split", "question_type", "audio_type")
@@ -29,14 +29,11 @@ class AudioMCQConverter(Converter):
     description = "AudioMCQ records (source_dataset, id, audio_path, question, choices, answer); tag A"
 
     def convert(self, record: Mapping[str, Any], index: int, ctx: Context) -> Record:
-        choices, letter, info = mcq(options(get(record, "choices", "options")), get(record, "answer", "answer_gt"))
-        return Record(
-            id=text(record, "id"),
-            question=text(record, "question"),
-            choices=choices,
-            answer=letter,
-            modality_tag="A",
-            audios=[audio_path(record)],
-            split=text(record, "split", default="train") or "train",
-            extra_info={**info, **extra_info(record, META)},
+        return audio_mcq(
+            record,
+            options(get(record, "choices", "options")),
+            get(record, "answer", "answer_gt"),
+            audio_path(record),
+            META,
+            split="train",
         )

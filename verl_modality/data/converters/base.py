@@ -359,6 +359,30 @@ def info_value(value: Any) -> str | None:
     return str(value)
 
 
+def audio_mcq(
+    record: Mapping[str, Any],
+    choices: Sequence[str],
+    answer: Any,
+    audio: str,
+    meta: Iterable[str],
+    split: str | None = None,
+) -> Record:
+    """The record of an audio-only multiple-choice item (tag A): ``mcq`` mapping, the source's ``id`` and
+    ``question``, one audio file, the ``meta`` fields as extra_info, and the source ``split`` (else ``split``)."""
+    kept, letter, info = mcq(choices, answer)
+    kwargs = {} if split is None else {"split": text(record, "split", default=split) or split}
+    return Record(
+        id=text(record, "id"),
+        question=text(record, "question"),
+        choices=kept,
+        answer=letter,
+        modality_tag="A",
+        audios=[audio],
+        extra_info={**info, **extra_info(record, meta)},
+        **kwargs,
+    )
+
+
 def extra_info(record: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
     """Selected source fields as extra_info (``sub-category`` becomes ``sub_category``); absent ones are left out."""
     reserved = {"index", "split", "modality_tag", "id"}
@@ -429,9 +453,6 @@ class Converter(abc.ABC):
     @abc.abstractmethod
     def convert(self, record: Mapping[str, Any], index: int, ctx: Context) -> Record:
         """Map one source record (row ``index``) to a :class:`Record`."""
-
-    def run(self, source, out, media_root=None, on_missing="fail", limit=None, progress=True) -> ConvertReport:
-        return run_conversion(self, source, out, media_root, on_missing, limit, progress)
 
 
 def _probe(path: Path, kind: str) -> tuple[str, str] | None:

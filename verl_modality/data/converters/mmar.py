@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from verl_modality.data.converters.base import Context, Converter, Record, extra_info, mcq, options, text
+from verl_modality.data.converters.base import Context, Converter, Record, audio_mcq, options, text
 
 META = ("modality", "category", "sub-category", "language", "source", "url", "timestamp")
 
@@ -27,13 +27,6 @@ class MMARConverter(Converter):
     description = "MMAR-meta.json (audio MCQ, answer = option text, modality -> extra_info); tag A"
 
     def convert(self, record: Mapping[str, Any], index: int, ctx: Context) -> Record:
-        choices, letter, info = mcq(options(record.get("choices")), record.get("answer"))
-        return Record(
-            id=text(record, "id"),
-            question=text(record, "question"),
-            choices=choices,
-            answer=letter,
-            modality_tag="A",
-            audios=[text(record, "audio_path", "audio_id")],
-            extra_info={**info, **extra_info(record, META)},
+        return audio_mcq(
+            record, options(record.get("choices")), record.get("answer"), text(record, "audio_path", "audio_id"), META
         )

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from verl_modality.data.converters.base import Context, Converter, Record, extra_info, mcq, options, text
+from verl_modality.data.converters.base import Context, Converter, Record, audio_mcq, options, text
 
 META = ("dataset", "task", "category", "sub-category", "difficulty")
 
@@ -28,14 +28,11 @@ class MMAUConverter(Converter):
     description = "MMAU test-mini JSON (audio MCQ, answer = option text); tag A"
 
     def convert(self, record: Mapping[str, Any], index: int, ctx: Context) -> Record:
-        choices, letter, info = mcq(options(record.get("choices")), record.get("answer"))
-        return Record(
-            id=text(record, "id"),
-            question=text(record, "question"),
-            choices=choices,
-            answer=letter,
-            modality_tag="A",
-            audios=[text(record, "audio_id", "audio_path")],
-            split=text(record, "split", default="test-mini") or "test-mini",
-            extra_info={**info, **extra_info(record, META)},
+        return audio_mcq(
+            record,
+            options(record.get("choices")),
+            record.get("answer"),
+            text(record, "audio_id", "audio_path"),
+            META,
+            split="test-mini",
         )

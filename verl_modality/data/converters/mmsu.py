@@ -20,11 +20,9 @@ from verl_modality.data.converters.base import (
     Converter,
     InvalidRow,
     Record,
-    extra_info,
+    audio_mcq,
     get,
-    mcq,
     options,
-    text,
 )
 
 META = ("task_name", "category", "sub-category", "sub-sub-category", "linguistics_sub_discipline")
@@ -50,13 +48,4 @@ class MMSUConverter(Converter):
             raw = options(record["choices"])
         else:
             raw = [str(record[k]).strip() for k in sorted(record) if k.startswith("choice_") and record[k] is not None]
-        choices, letter, info = mcq(raw, get(record, "answer_gt", "answer"))
-        return Record(
-            id=text(record, "id"),
-            question=text(record, "question"),
-            choices=choices,
-            answer=letter,
-            modality_tag="A",
-            audios=[audio_path(record)],
-            extra_info={**info, **extra_info(record, META)},
-        )
+        return audio_mcq(record, raw, get(record, "answer_gt", "answer"), audio_path(record), META)
