@@ -30,6 +30,7 @@ OPEN_PREFIXES = (
     "data.modality.",
     "ray_kwargs.ray_init.",
     "actor_rollout_ref.model.override_config.",
+    "reward.custom_reward_function.reward_kwargs.",
 )
 
 
@@ -51,7 +52,10 @@ def _compose(path: Path):
 
 @pytest.mark.parametrize(
     "path",
-    RECIPES + [ROOT / "recipes" / "maple" / "common.yaml", ROOT / "examples" / "cpu_demo_common.yaml"],
+    RECIPES
+    + [ROOT / "recipes" / "maple" / "common.yaml", ROOT / "examples" / "cpu_demo_common.yaml"]
+    # the SFT recipe composes on verl's sft_trainer_engine: checked in tests/data/test_weak_to_strong.py
+    + [ROOT / "recipes" / "audio_contribution" / "grpo_strong_qwen2_5_omni_3b.yaml"],
     ids=lambda p: p.stem,
 )
 def test_every_key_exists_in_verl(path):

@@ -22,6 +22,7 @@ REGISTERED: dict[str, list[str]] = {
     "advantage_estimators": [],
     "policy_losses": [],
     "trainers": [],
+    "reward_managers": [],
 }
 #: Tracebacks of failed registrations in this process; empty when the plugin loaded cleanly.
 LOAD_ERRORS: list[str] = []
@@ -49,9 +50,10 @@ def _register() -> None:
         when_imported(module_name, patch)
         REGISTERED["patches"].append(f"{module_name}: {what}")
 
-    from verl_modality.rollout import hf_rollout
+    from verl_modality.rollout import deficit_agent_loop, hf_rollout
 
     REGISTERED["rollouts"].extend(hf_rollout.register())
+    REGISTERED["rollouts"].extend(deficit_agent_loop.register())
 
     # Algorithms and the trainer layer: registered when verl imports the modules that hold its registries, so that
     # loading the plugin stays cheap and nothing happens in processes that never train.
@@ -61,6 +63,8 @@ def _register() -> None:
     REGISTERED["policy_losses"].append("mapo_relevance")
     when_imported("verl.trainer.ppo.v1.trainer_sync", _install_trainer)
     REGISTERED["trainers"].append("sync -> verl_modality.trainer.modality_trainer.ModalityTrainerSync")
+    when_imported("verl.experimental.reward_loop.reward_manager", _register_reward_manager)
+    REGISTERED["reward_managers"].append("modality")
 
 
 def _register_estimators(core_algos) -> None:
@@ -69,6 +73,15 @@ def _register_estimators(core_algos) -> None:
 
     core_algos.register_adv_est(ESTIMATOR_NAME)(mapo_stratified_advantage)
     core_algos.register_policy_loss(LOSS_MODE)(compute_policy_loss_mapo_relevance)
+
+
+def _register_reward_manager(_registry) -> None:
+    name = "verl_modality.rewards.reward_manager"
+    if name in sys.modules and not hasattr(sys.modules[name], "register_manager"):
+        return  # that module is importing verl's registry right now and registers itself when it finishes
+    from verl_modality.rewards.reward_manager import register_manager
+
+    register_manager()
 
 
 def _install_trainer(trainer_sync) -> None:

@@ -27,7 +27,9 @@ def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
 def _cmd_make_demo_data(args: argparse.Namespace) -> int:
     from verl_modality.data.synthetic import make_demo_data
 
-    summary = make_demo_data(args.out_dir, seed=args.seed, n_train=args.n_train, n_test=args.n_test)
+    summary = make_demo_data(
+        args.out_dir, seed=args.seed, n_train=args.n_train, n_test=args.n_test, caption_every=args.caption_every
+    )
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -95,6 +97,42 @@ def _cmd_actor_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_acf(args: argparse.Namespace) -> int:
+    from verl_modality.data.audio_contribution import ACFConfig, format_report, run_acf
+    from verl_modality.data.voters import VoterError, load_voter_specs
+
+    try:
+        config = ACFConfig(args.min_votes, args.silence_seconds, with_audio=args.with_audio, limit=args.limit)
+        report = run_acf(args.data, load_voter_specs(args.voters), args.out_dir, config)
+    except (OSError, ValueError, VoterError) as exc:
+        print(f"acf: {exc}", file=sys.stderr)
+        return 1
+    print(format_report(report))
+    print(f"wrote {report['files']['weak']}, {report['files']['strong']} and {args.out_dir}/report.json")
+    return 0
+
+
+def _cmd_w2s(args: argparse.Namespace) -> int:
+    from verl_modality.data.weak_to_strong import W2SConfig, build_w2s
+
+    try:
+        config = W2SConfig(
+            paradigm=args.paradigm,
+            answer_content=args.answer_content,
+            system_prompt=args.system_prompt,
+            audio=args.sft_audio,
+            disjoint=args.disjoint,
+            sft_strong_fraction=args.sft_strong_fraction,
+            seed=args.seed,
+        )
+        summary = build_w2s(args.weak, args.strong, args.out_dir, config)
+    except (OSError, ValueError) as exc:
+        print(f"w2s: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="verl-modality", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-train", type=int, default=56)
     p.add_argument("--n-test", type=int, default=28)
+    p.add_argument("--caption-every", type=int, default=0, help="every k-th record is a caption row (0: none)")
     p.set_defaults(func=_cmd_make_demo_data)
 
     from verl_modality.data import report as data_report
@@ -122,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="report rows per tag/stratum/level and every schema or media problem; exit 1 when there are any",
     )
     data_report.add_arguments(p)
+
+    from verl_modality.evaluation import report as eval_report
+
+    p = sub.add_parser(
+        "report", help="evaluation report: pass@1 per tag/stratum, modality gap, decay; or recompute a published table"
+    )
+    eval_report.add_arguments(p)
 
     p = sub.add_parser("augment-qa", help="MAPLE-QA+: exact, superset and deficit variants with none-answers")
     p.add_argument("in_path", metavar="IN.parquet", help="exact QA rows")
@@ -154,11 +200,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the layouts and exit")
     p.set_defaults(func=_cmd_convert)
 
+    from verl_modality.evaluation import runner as eval_runner
+
+    p = sub.add_parser("eval", help="sample k responses per query of a test parquet, score them, write RESULTS.jsonl")
+    eval_runner.add_arguments(p)
+
     p = sub.add_parser("actor-check", help="one teacher-forced update of verl's actor on demo prompts (no rollout)")
     p.add_argument("--work-dir", default="demo_run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=4)
     p.set_defaults(func=_cmd_actor_check)
+
+    p = sub.add_parser("acf", help="audio-contribution filtering: voters answer under silence; weak / strong split")
+    p.add_argument("--data", required=True, metavar="IN.parquet", help="multiple-choice rows in the schema")
+    p.add_argument("--voters", required=True, metavar="VOTERS.yaml", help="voters file (YAML or JSON)")
+    p.add_argument("--out-dir", required=True, help="answers, silent wav, weak/strong/all parquet, report.json")
+    p.add_argument("--min-votes", type=int, default=2, help="voters right under silence that make an item weak")
+    p.add_argument("--silence-seconds", type=float, default=30.0, help="length of the silence replacing the audio")
+    p.add_argument("--with-audio", action="store_true", help="also ask with the real audio and report AC")
+    p.add_argument("--limit", type=int, default=None, help="only the first N rows")
+    p.set_defaults(func=_cmd_acf)
+
+    p = sub.add_parser("w2s", help="Weak-to-Strong / Mixed-to-Strong: SFT and RL parquet files from an ACF split")
+    p.add_argument("--weak", required=True, metavar="weak.parquet")
+    p.add_argument("--strong", required=True, metavar="strong.parquet")
+    p.add_argument("--paradigm", choices=("weak_to_strong", "mixed_to_strong"), default="weak_to_strong")
+    p.add_argument("--out-dir", required=True, help="sft.parquet, rl.parquet, summary.json")
+    p.add_argument("--answer-content", choices=("letter", "text"), default="letter", help="inside <answer> in SFT")
+    p.add_argument("--system-prompt", default=None, help="system turn for both files")
+    p.add_argument("--sft-audio", choices=("keep", "drop"), default="keep", help="drop: text/video-only SFT rows")
+    p.add_argument("--disjoint", action="store_true", help="mixed_to_strong: no item in both SFT and RL")
+    p.add_argument("--sft-strong-fraction", type=float, default=0.5, help="with --disjoint: strong share for SFT")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_w2s)
     return parser
 
 

@@ -87,6 +87,22 @@ def _rollout_registered() -> bool:
     return ("hf", "async") in _ROLLOUT_REGISTRY and "hf" in RolloutReplicaRegistry._registry
 
 
+def _reward_manager_registered() -> bool:
+    from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
+
+    from verl_modality.rewards.reward_manager import ModalityRewardManager
+
+    return get_reward_manager_cls("modality") is ModalityRewardManager
+
+
+def _agent_loop_registered() -> bool:
+    from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
+
+    from verl_modality.rollout.deficit_agent_loop import AGENT_NAME
+
+    return AGENT_NAME in _agent_loop_registry
+
+
 def registry_snapshot() -> dict[str, dict[str, bool]]:
     """What verl's registries hold of ours, in *this* process (imports verl, which loads the plugin)."""
     import verl  # noqa: F401  (runs verl's plugin discovery)
@@ -103,6 +119,8 @@ def registry_snapshot() -> dict[str, dict[str, bool]]:
     snap["policy losses"] = {"mapo_relevance": _probe(_policy_loss_registered)}
     snap["trainers"] = {"sync -> ModalityTrainerSync": _probe(_trainer_installed)}
     snap["rollouts"] = {"hf (replica + async adapter)": _probe(_rollout_registered)}
+    snap["agent loops"] = {"modality_agent": _probe(_agent_loop_registered)}
+    snap["reward managers"] = {"modality": _probe(_reward_manager_registered)}
     if cpu.is_selected():
         from verl.workers.engine.base import EngineRegistry
 

@@ -77,7 +77,14 @@ def test_sample_create_derives_streams_prompt_and_stratum():
     assert list(row)[: len(schema.REQUIRED_FIELDS)] == list(schema.REQUIRED_FIELDS)
     assert row["videos"] == [{"video": "media/clip.mp4"}] and row["audios"] == [{"audio": "media/clip.wav"}]
     assert row["reward_model"] == {"style": "rule", "ground_truth": "A"}
-    assert row["extra_info"] == {"index": 3, "split": "test", "modality_tag": "VA", "id": "s-0"}
+    assert row["extra_info"] == {
+        "index": 3,
+        "split": "test",
+        "modality_tag": "VA",
+        "id": "s-0",
+        "sample_task": "qa",
+        "choices": list(s.choices),
+    }
     content = row["prompt"][0]["content"]
     assert content.count("<video>") == 1 and content.count("<audio>") == 1
     assert "A fox runs by." not in content  # S is not shown for a VA record

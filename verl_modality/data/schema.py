@@ -293,6 +293,9 @@ class Sample:
                 "split": self.split,
                 "modality_tag": self.modality_tag,
                 "id": self.id,
+                # the reward function sees only extra_info: it needs the task and option texts (SPEC section 4)
+                "sample_task": self.task,
+                "choices": list(self.choices),
             },
             MEDIA: {"videos": list(self.all_videos), "audios": list(self.all_audios)},
         }
@@ -325,9 +328,13 @@ class Sample:
             task=row.get(TASK, "qa"),
             index=int(info.pop("index", 0)),
             split=str(info.pop("split", "train")),
-            extra_info={k: v for k, v in info.items() if k not in ("modality_tag", "id")},
+            extra_info={k: v for k, v in info.items() if k not in _DERIVED_INFO},
             extra={k: v for k, v in row.items() if k not in known},
         )
+
+
+#: extra_info keys that to_row derives from the record's fields (dropped again by from_row).
+_DERIVED_INFO = ("modality_tag", "id", "sample_task", "choices")
 
 
 def _is_list(value: Any) -> bool:

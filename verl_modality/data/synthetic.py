@@ -212,6 +212,45 @@ def _make_record(rng: np.random.Generator, root: Path, split: str, index: int, t
     )
 
 
+def caption_facts(tag: str, colour: str, beeps: int, pitch: str, animal: str) -> dict[str, str]:
+    """Uni-modal reference captions of a clip's streams (only the tag's)."""
+    facts = {
+        "V": f"The screen shows a plain {colour} picture.",
+        "A": f"There {'is' if beeps == 1 else 'are'} {beeps} {pitch}-pitched beep{'' if beeps == 1 else 's'}.",
+        "S": f"The subtitle talks about a {animal}.",
+    }
+    return {s: facts[s] for s in tag}
+
+
+def _make_caption_record(rng: np.random.Generator, root: Path, split: str, index: int, tag: str) -> schema.Sample:
+    colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+    beeps = int(BEEP_COUNTS[int(rng.integers(len(BEEP_COUNTS)))])
+    pitch = list(PITCHES)[int(rng.integers(len(PITCHES)))]
+    animal = ANIMALS[int(rng.integers(len(ANIMALS)))]
+    subtitle = subtitle_for(animal, int(rng.integers(len(SUBTITLE_TEMPLATES))))
+    references = caption_facts(tag, colour, beeps, pitch, animal)
+    rid = f"demo-{split}-{index:04d}"
+    video_rel = f"media/{split}/{rid}.mp4"
+    audio_rel = f"media/{split}/{rid}.wav"
+    media.write_video(root / video_rel, colour_frames(colour), fps=FPS)
+    media.write_audio(root / audio_rel, beep_wave(beeps, pitch))
+    return schema.Sample.create(
+        id=rid,
+        question=schema.CAPTION_INSTRUCTION,
+        choices=[],
+        answer=" ".join(references.values()),
+        modality_tag=tag,
+        videos=[video_rel],
+        audios=[audio_rel],
+        subtitle=subtitle,
+        data_source=DATA_SOURCE,
+        task="caption",
+        index=index,
+        split=split,
+        extra_info={"reference_captions": references},
+    )
+
+
 def _remove_stale_media(media_dir: Path, split: str, keep: set[str]) -> None:
     """Drop media of an earlier, larger run so the folder matches the parquet."""
     if not media_dir.is_dir():
@@ -222,13 +261,22 @@ def _remove_stale_media(media_dir: Path, split: str, keep: set[str]) -> None:
 
 
 def make_demo_data(
-    out_dir: str | Path, seed: int = 0, n_train: int = 56, n_test: int = 28, progress: bool = True
+    out_dir: str | Path,
+    seed: int = 0,
+    n_train: int = 56,
+    n_test: int = 28,
+    progress: bool = True,
+    caption_every: int = 0,
 ) -> dict[str, Any]:
     """Write ``train.parquet``, ``test.parquet`` and their media under ``out_dir/media/``; returns a summary.
 
     All seven tags appear in equal numbers when a split's size is a multiple of seven (otherwise the first tags
-    get one more). The same seed gives identical rows and media.
+    get one more). The same seed gives identical rows and media. With ``caption_every=k > 0`` every k-th record
+    (indices k-1, 2k-1, ...) is a caption row (``task="caption"``, the reference caption as its answer and
+    per-stream ``extra_info["reference_captions"]``) instead of a QA row.
     """
+    if caption_every < 0:
+        raise ValueError(f"caption_every must be >= 0, got {caption_every}")
     from tqdm.auto import tqdm
 
     if n_train < 1 or n_test < 0:
@@ -246,7 +294,9 @@ def make_demo_data(
             rng = np.random.default_rng([seed, split_no])
             rows = []
             for index, tag in enumerate(_balanced_tags(n, rng)):
-                rows.append(_make_record(rng, out, split, index, tag).to_row())
+                caption = caption_every > 0 and index % caption_every == caption_every - 1
+                make = _make_caption_record if caption else _make_record
+                rows.append(make(rng, out, split, index, tag).to_row())
                 bar.update()
             written = {Path(f).name for r in rows for files in r[schema.MEDIA].values() for f in files}
             _remove_stale_media(media_dir, split, written)
@@ -258,6 +308,7 @@ def make_demo_data(
                 "tags": dict(
                     sorted(Counter(r["modality_tag"] for r in rows).items(), key=lambda kv: TAGS.index(kv[0]))
                 ),
+                "captions": sum(r[schema.TASK] == "caption" for r in rows),
                 "media_dir": str(media_dir),
                 "media_files": 2 * len(rows),
             }

@@ -10,13 +10,18 @@ unchanged. When active it:
 * keeps the adaptive-weight history and logs per-tag statistics as ``mapo/<tag>/<stat>``;
 * logs per tag what the rollout's prompts held (``streams/<tag>/{prompt,audio,video}_tokens``, the mean per response),
   which shows the ``data.modality`` policy at work (e.g. no audio tokens for V-tagged samples under ``exact``);
-* reports validation accuracy per tag (``val-core/tag/<tag>/acc``) plus the pooled and tag-averaged accuracy;
+* reports validation accuracy per tag (``val-core/tag/<tag>/acc``) plus the pooled and tag-averaged accuracy, per
+  uni/bi/tri level with the modality gap (``val-aux/level/*``, ``val-aux/modality_gap/*``) and per stratum
+  (``val-aux/stratum/*``), as ``verl-modality report`` computes them;
 * with ``data.curriculum.order`` set, draws each step's prompts from :class:`~verl_modality.data.curriculum.TagCurriculum`
   instead of verl's dataloader (one tag per batch, refills of filtered groups from the same tag), feeds it the step's
   difficulties and logs ``curriculum/*``;
 * with ``algorithm.mapo_at.relevance_mask``, scores each step's responses once more without their audio (one no-grad
   actor pass, :mod:`verl_modality.trainer.relevance_pass`) and writes the relevance weights for the
   ``mapo_relevance`` policy loss (``mapo_at/*`` metrics);
+* with one of our reward functions, replaces the scores of samples whose reward failed and was marked
+  (``judge_failed``, the caption judge's ``on_failure: mark``) by their group's mean valid score, so they get zero
+  advantage (:mod:`verl_modality.rewards.failed_scores`), and logs ``reward/failed``;
 * saves its state next to verl's checkpoint (``global_step_N/verl_modality_state.json``) and restores it on resume.
 """
 
@@ -50,6 +55,9 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "verl_modality_state.json"
 STATE_VERSION = 2
 TAG_FIELD = "modality_tag"
+STRATUM_FIELD = "stratum"
+#: reward functions that can mark a sample's reward as failed (``judge_failed``)
+FAILING_REWARD_MODULES = ("verl_modality.rewards.score", "verl_modality.rewards.caption_judge")
 
 
 def uses_mapo(config: Any) -> bool:
@@ -62,23 +70,50 @@ def wants_tag_metrics(config: Any) -> bool:
     return uses_mapo(config) or bool(OmegaConf.select(config, "algorithm.mapo.tag_metrics", default=False))
 
 
-def tag_accuracy_metrics(tags: list[str], scores: list[float]) -> dict[str, float]:
-    """Validation accuracy per tag, pooled over all responses, and averaged over tags (each tag counts once).
+def tag_accuracy_metrics(
+    tags: list[str], scores: list[float | None], strata: list[str] | None = None
+) -> dict[str, float]:
+    """Validation accuracy per tag, pooled over all responses, averaged over tags (each tag counts once), per
+    uni/bi/tri level with the modality gap, and per stratum: the numbers of ``verl-modality report`` (SPEC section 8,
+    :mod:`verl_modality.evaluation.metrics`).
 
-    Shapes: ``tags`` and ``scores`` are parallel lists of length N (one entry per validation response).
+    Shapes: ``tags``, ``scores`` (and ``strata``) are parallel lists of length N (one entry per validation response).
+    A score of None or NaN (a caption whose judge failed) is left out and counted in ``val-aux/tag/unscored``.
     """
-    if len(tags) != len(scores):
-        raise ValueError(f"{len(tags)} tags for {len(scores)} validation scores")
+    from verl_modality.evaluation.metrics import gap_from_levels, pool_levels, pooled
+
+    if len(tags) != len(scores) or (strata is not None and len(strata) != len(tags)):
+        raise ValueError(f"{len(tags)} tags for {len(scores)} validation scores and {len(strata or [])} strata")
     by_tag: dict[str, list[float]] = defaultdict(list)
-    for tag, score in zip(tags, scores, strict=True):
+    by_stratum: dict[str, list[float]] = defaultdict(list)
+    unscored = 0
+    for i, (tag, score) in enumerate(zip(tags, scores, strict=True)):
+        if score is None or not np.isfinite(float(score)):
+            unscored += 1
+            continue
         by_tag[tag].append(float(score))
+        if strata is not None:
+            by_stratum[str(strata[i])].append(float(score))
     out: dict[str, float] = {}
-    for tag in sorted(by_tag):
-        out[f"val-core/tag/{tag}/acc"] = float(np.mean(by_tag[tag]))
-        out[f"val-aux/tag/{tag}/count"] = float(len(by_tag[tag]))
-    if by_tag:
-        out["val-core/tag/pooled/acc"] = float(np.mean([s for v in by_tag.values() for s in v]))
-        out["val-core/tag/tag_mean/acc"] = float(np.mean([np.mean(v) for v in by_tag.values()]))
+    per_tag = {tag: (float(np.mean(v)), len(v)) for tag, v in by_tag.items()}
+    for tag in sorted(per_tag):
+        out[f"val-core/tag/{tag}/acc"] = per_tag[tag][0]
+        out[f"val-aux/tag/{tag}/count"] = float(per_tag[tag][1])
+    if per_tag:
+        out["val-core/tag/pooled/acc"] = float(pooled(per_tag))
+        out["val-core/tag/tag_mean/acc"] = float(np.mean([a for a, _ in per_tag.values()]))
+        levels = pool_levels(per_tag)
+        for name, lvl in levels.items():
+            if lvl is not None:
+                out[f"val-aux/level/{name}/acc"] = lvl.accuracy
+        gap = gap_from_levels(levels)
+        for term in ("u_b", "u_t", "b_t", "gap"):
+            if getattr(gap, term) is not None:
+                out[f"val-aux/modality_gap/{term}"] = float(getattr(gap, term))
+    for stratum in sorted(by_stratum):
+        out[f"val-aux/stratum/{stratum}/acc"] = float(np.mean(by_stratum[stratum]))
+    if unscored:
+        out["val-aux/tag/unscored"] = float(unscored)
     return out
 
 
@@ -108,13 +143,13 @@ def stats_to_metrics(per_tag: dict[str, dict[str, float]], prefix: str = "mapo")
 
 
 class _UidTagRecorder:
-    """Wraps the validation dataloader and remembers ``uid -> modality_tag`` for every batch verl processes.
+    """Wraps the validation dataloader and remembers ``uid -> (modality_tag, stratum)`` for every batch verl processes.
 
     verl's ``_validate`` assigns ``batch_dict["uid"]`` after the loader yields the batch, so each batch is read back
     when the next one is requested (and the last one when the loop ends).
     """
 
-    def __init__(self, loader: Any, sink: dict[str, str]):
+    def __init__(self, loader: Any, sink: dict[str, tuple[str, str | None]]):
         self._loader = loader
         self._sink = sink
 
@@ -131,8 +166,9 @@ class _UidTagRecorder:
             raise KeyError(
                 f"validation data has no '{TAG_FIELD}' column; per-tag metrics need it (see docs/data_schema.md)"
             )
-        for uid, tag in zip(batch_dict["uid"], batch_dict[TAG_FIELD], strict=True):
-            self._sink[str(uid)] = str(tag)
+        strata = batch_dict.get(STRATUM_FIELD)
+        for i, (uid, tag) in enumerate(zip(batch_dict["uid"], batch_dict[TAG_FIELD], strict=True)):
+            self._sink[str(uid)] = (str(tag), None if strata is None else str(strata[i]))
 
 
 class ModalityTrainerSync(PPOTrainerSync):
@@ -144,11 +180,14 @@ class ModalityTrainerSync(PPOTrainerSync):
         self.tag_metrics = wants_tag_metrics(config)
         self.mapo_config: MapoConfig | None = None
         self.mapo_state: AdaptiveWeightState | None = None
-        self._val_uid_tags: dict[str, str] = {}
+        self._val_uid_tags: dict[str, tuple[str, str | None]] = {}
         if self.mapo_active:
             self.mapo_config = MapoConfig.from_algorithm_config(config.algorithm)  # fail before Ray work starts
         self.mapo_at = MapoATConfig.from_algorithm_config(config.algorithm)
         self._check_mapo_at(config)
+        # only the caption judge (directly or through the router) marks failed rewards; otherwise verl's flow is untouched
+        reward_path = str(OmegaConf.select(config, "reward.custom_reward_function.path", default="") or "")
+        self.checks_failed_rewards = reward_path.replace("/", ".").endswith(FAILING_REWARD_MODULES)
         self.curriculum_config = CurriculumConfig.from_config(config.data)
         self.curriculum: TagCurriculum | None = None
         if self.curriculum_config.order == "adaptive" and not self.mapo_active:
@@ -442,7 +481,52 @@ class ModalityTrainerSync(PPOTrainerSync):
                 self._stream_ids_cache = None
         return self._stream_ids_cache
 
+    def _neutralize_failed_rewards(self, batch, metrics: dict) -> None:
+        """Scores of samples the reward function marked failed (``judge_failed``) become their group's mean valid
+        score before any advantage is computed (:mod:`verl_modality.rewards.failed_scores`)."""
+        from verl_modality.rewards.failed_scores import neutralize_failed
+
+        data = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=["rm_scores", "extra_fields"]
+        )
+        infos = [getattr(e, "data", e) for e in list(data["extra_fields"])]
+        failed = np.array(
+            [bool((e or {}).get("reward_extra_info", {}).get("judge_failed", 0)) for e in infos], dtype=bool
+        )
+        if not failed.any():
+            metrics["reward/failed"] = 0.0
+            return
+        rows = [r.detach().clone() for r in data["rm_scores"].unbind()]
+        groups = [str(k).split("_")[0] for k in batch.keys]
+        totals = np.array([float(r.sum()) if not torch.isnan(r).any() else float("nan") for r in rows])
+        new, stats = neutralize_failed(totals, groups, failed)
+        for i in np.flatnonzero(failed):
+            r = rows[i]
+            where = torch.isnan(r)
+            if not where.any():  # a failure marked with a finite score: the score sits at the last non-zero entry
+                nz = torch.nonzero(r).flatten()
+                where = torch.zeros_like(r, dtype=torch.bool)
+                where[int(nz[-1]) if nz.numel() else r.numel() - 1] = True
+            rows[i] = torch.where(where, torch.as_tensor(new[i], dtype=r.dtype), torch.zeros_like(r))
+        from tensordict import TensorDict
+
+        scores = data["rm_scores"]
+        value = (
+            torch.nested.as_nested_tensor(rows, layout=torch.jagged)
+            if getattr(scores, "is_nested", False)
+            else torch.stack(rows)
+        )
+        tq.kv_batch_put(
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            fields=TensorDict({"rm_scores": value}, batch_size=len(batch)),
+        )
+        metrics.update(stats)
+        logger.warning("%d sample(s) with a failed reward got their group's mean score", int(failed.sum()))
+
     def _compute_advantage(self, batch, metrics: dict):
+        if self.checks_failed_rewards:
+            self._neutralize_failed_rewards(batch, metrics)
         if not (self.tag_metrics or self.curriculum is not None or self.mapo_at.attention_loss):
             return super()._compute_advantage(batch, metrics)
         count_streams = self.tag_metrics and self._stream_token_ids is not None
@@ -496,12 +580,17 @@ class ModalityTrainerSync(PPOTrainerSync):
         if self.tag_metrics:
             rewards = reward_extra_infos_dict["reward"]
             acc = reward_extra_infos_dict.get("acc")  # the reward function's accuracy, where it reports one
-            scores = [r if a is None else a for a, r in zip(acc, rewards, strict=True)] if acc else rewards
+            if acc:  # a row without acc (None: e.g. a caption whose judge failed) is unscored, not its NaN reward
+                failed = reward_extra_infos_dict.get("judge_failed") or [None] * len(acc)
+                scores = [None if f else (r if a is None else a) for a, r, f in zip(acc, rewards, failed, strict=True)]
+            else:
+                scores = rewards
             missing = [u for u in sample_uids if str(u) not in self._val_uid_tags]
             if missing:
                 raise KeyError(f"no modality tag recorded for validation uids {missing[:5]} ({len(missing)} in all)")
-            tags = [self._val_uid_tags[str(u)] for u in sample_uids]
-            metrics.update(tag_accuracy_metrics(tags, scores))
+            tags = [self._val_uid_tags[str(u)][0] for u in sample_uids]
+            strata = [self._val_uid_tags[str(u)][1] for u in sample_uids]
+            metrics.update(tag_accuracy_metrics(tags, scores, None if None in strata else strata))
         return metrics
 
 

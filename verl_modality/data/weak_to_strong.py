@@ -1,0 +1,215 @@
+"""Weak-to-Strong and Mixed-to-Strong data: the SFT and RL parquet files of the two-stage paradigms (SPEC section 6).
+
+From the weak / strong split of audio-contribution filtering (:mod:`verl_modality.data.audio_contribution`):
+
+* ``weak_to_strong``: SFT on the weak items, then GRPO on the strong items;
+* ``mixed_to_strong``: SFT on all items, then GRPO on the strong items. With ``disjoint`` the strong items are split
+  instead (a seeded ``sft_strong_fraction`` of them joins the SFT set, the rest is the RL set), so that no item is
+  trained on twice, as in the paper's comparison at a fixed SFT size.
+
+SFT file (``sft.parquet``), for verl 0.9.1's ``verl.trainer.sft_trainer`` and its ``MultiTurnSFTDataset``:
+
+* ``messages``: ``[system (optional), user, assistant]``; the user turn is the RL prompt (``<answer>`` format,
+  media placeholders of the shown streams), the assistant turn ``<answer>B</answer>``, preceded by
+  ``<think>...</think>`` when the row's ``extra_info`` holds a reasoning text under ``reasoning_key``;
+* ``videos``: ``[{"video": absolute path}]`` per row (only when some row shows a video). verl's dataset turns each
+  ``<video>`` placeholder into its ``process_video`` item;
+* ``audios``: ``[{"audio": absolute path}]`` (``audio="keep"``, only when some row shows audio). verl 0.9.1's
+  ``MultiTurnSFTDataset`` has no audio key: it ignores this column and leaves ``<audio>`` as literal text, so
+  training with the audio needs an audio-capable dataset class (``data.custom_cls``). ``audio="drop"`` writes
+  neither the column nor the ``<audio>`` placeholders, for text(+video)-only SFT with verl's own class;
+* ``id``, ``data_source``, ``modality_tag``, ``answer``, ``acf_split``: bookkeeping, ignored by verl.
+
+RL file (``rl.parquet``): the strong rows in the sample schema, prompts re-rendered in the ``answer_tag`` style
+(``<answer>B</answer>``), ``extra_info`` (with the votes) kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from verl_modality.data import schema
+from verl_modality.data.prompts import PromptConfig, render_messages
+
+PARADIGMS = ("weak_to_strong", "mixed_to_strong")
+AUDIO_MODES = ("keep", "drop")
+ANSWER_CONTENTS = ("letter", "text")
+
+
+@dataclass(frozen=True)
+class W2SConfig:
+    """Options of :func:`build_w2s`."""
+
+    paradigm: str = "weak_to_strong"  # SFT on weak (W2S) or on all items (M2S), GRPO on strong (paper §3.4)
+    answer_content: str = "letter"  # inside <answer>: the option letter, or the option text
+    reasoning_key: str = "cot"  # extra_info key of a reasoning text for <think>...</think> (paper §3.1: CoT)
+    system_prompt: str | None = None  # system turn of both files (None: none)
+    audio: str = "keep"  # SFT audio: keep (placeholders + audios column) or drop (verl's MultiTurnSFTDataset)
+    disjoint: bool = False  # M2S: no item in both files (paper §4: no overlap between SFT and GRPO data)
+    sft_strong_fraction: float = 0.5  # M2S with disjoint: share of strong items given to SFT
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("paradigm", self.paradigm, PARADIGMS),
+            ("audio", self.audio, AUDIO_MODES),
+            ("answer_content", self.answer_content, ANSWER_CONTENTS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} {value!r} is not one of {', '.join(allowed)}")
+        if not 0.0 < self.sft_strong_fraction < 1.0:
+            raise ValueError(f"sft_strong_fraction must be in (0, 1), got {self.sft_strong_fraction}")
+
+    @property
+    def prompt(self) -> PromptConfig:
+        return PromptConfig(style="answer_tag", system_prompt=self.system_prompt)
+
+
+def _shown(row: Mapping[str, Any]) -> tuple[list[str], list[str], str | None]:
+    videos = [item["video"] for item in schema._as_list(row.get(schema.VIDEOS))]
+    audios = [item["audio"] for item in schema._as_list(row.get(schema.AUDIOS))]
+    subtitle = row.get(schema.SUBTITLE) if "S" in str(row[schema.AVAILABLE]) else None
+    return videos, audios, subtitle or None
+
+
+def answer_prompt(row: Mapping[str, Any], config: W2SConfig, n_audios: int | None = None) -> list[dict[str, str]]:
+    """The row's prompt asking for ``<answer>X</answer>``, with the placeholders of the shown streams."""
+    videos, audios, subtitle = _shown(row)
+    choices = [str(c) for c in schema._as_list(row[schema.CHOICES])]
+    n_a = len(audios) if n_audios is None else n_audios
+    return render_messages(row[schema.QUESTION], choices, len(videos), n_a, subtitle, "qa", config.prompt)
+
+
+def assistant_turn(row: Mapping[str, Any], config: W2SConfig) -> str:
+    """``[<think>reasoning</think>]<answer>X</answer>``, X the letter or the option text."""
+    answer = str(row[schema.ANSWER])
+    if config.answer_content == "text":
+        answer = str(schema._as_list(row[schema.CHOICES])[schema.LETTERS.index(answer)])
+    reasoning = (row.get(schema.EXTRA_INFO) or {}).get(config.reasoning_key)
+    think = f"<think>{str(reasoning).strip()}</think>" if reasoning and str(reasoning).strip() else ""
+    return f"{think}<answer>{answer}</answer>"
+
+
+def sft_row(row: Mapping[str, Any], config: W2SConfig) -> dict[str, Any]:
+    """One SFT record (see the module docstring)."""
+    videos, audios, _ = _shown(row)
+    keep_audio = config.audio == "keep"
+    messages = answer_prompt(row, config, n_audios=len(audios) if keep_audio else 0)
+    messages = [*messages, {"role": "assistant", "content": assistant_turn(row, config)}]
+    info = row.get(schema.EXTRA_INFO) or {}
+    return {
+        "messages": messages,
+        "videos": [{"video": p} for p in videos],
+        "audios": [{"audio": p} for p in audios] if keep_audio else [],
+        "id": row[schema.ID],
+        "data_source": row[schema.DATA_SOURCE],
+        "modality_tag": row[schema.MODALITY_TAG],
+        "answer": row[schema.ANSWER],
+        "acf_split": str(info.get("acf_split") or ""),
+    }
+
+
+def rl_row(row: Mapping[str, Any], config: W2SConfig) -> dict[str, Any]:
+    """The schema row with its prompt asking for the ``<answer>`` format."""
+    return {**row, schema.PROMPT: answer_prompt(row, config)}
+
+
+def write_sft(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Write SFT records with fixed column types; ``videos`` / ``audios`` only when some record has one."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not rows:
+        raise ValueError(f"{os.fspath(path)}: no SFT rows to write")
+    types = {
+        "messages": pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])),
+        "videos": pa.list_(pa.struct([("video", pa.string())])),
+        "audios": pa.list_(pa.struct([("audio", pa.string())])),
+    }
+    names = ["messages"]
+    names += [k for k in ("videos", "audios") if any(r[k] for r in rows)]
+    names += ["id", "data_source", "modality_tag", "answer", "acf_split"]
+    columns = [pa.array([r[n] for r in rows], type=types.get(n, pa.string())) for n in names]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_arrays(columns, names=names), path)
+    return path
+
+
+def _read(path: str | os.PathLike, what: str) -> list[dict[str, Any]]:
+    from verl_modality.data.dataset import resolve_media_paths
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} file {os.fspath(path)!r} does not exist")
+    rows = schema.read_rows(path)
+    if rows:
+        schema.validate_rows(rows, root=path.resolve().parent, check_media=False, source=os.fspath(path))
+    bad = [r[schema.ID] for r in rows if r[schema.TASK] not in schema.CHOICE_TASKS]
+    if bad:
+        raise ValueError(f"{path}: {len(bad)} row(s) are not multiple choice (first ids: {', '.join(bad[:5])})")
+    root = path.resolve().parent
+    return [resolve_media_paths(r, root) for r in rows]
+
+
+def split_items(
+    weak: list[dict[str, Any]], strong: list[dict[str, Any]], config: W2SConfig
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(sft_rows, rl_rows)`` of the paradigm (schema rows, input order: weak first, then strong)."""
+    if config.paradigm == "weak_to_strong":
+        return list(weak), list(strong)
+    if not config.disjoint:
+        return [*weak, *strong], list(strong)
+    rng = np.random.default_rng(config.seed)
+    n_sft = int(round(config.sft_strong_fraction * len(strong)))
+    to_sft = set(rng.permutation(len(strong))[:n_sft].tolist())
+    return (
+        [*weak, *(r for i, r in enumerate(strong) if i in to_sft)],
+        [r for i, r in enumerate(strong) if i not in to_sft],
+    )
+
+
+def build_w2s(
+    weak: str | os.PathLike, strong: str | os.PathLike, out_dir: str | os.PathLike, config: W2SConfig | None = None
+) -> dict[str, Any]:
+    """Write ``OUT/sft.parquet``, ``OUT/rl.parquet`` and ``OUT/summary.json`` for the paradigm; returns the summary."""
+    config = config or W2SConfig()
+    weak_rows, strong_rows = _read(weak, "weak"), _read(strong, "strong")
+    both = {r[schema.ID] for r in weak_rows} & {r[schema.ID] for r in strong_rows}
+    if both:
+        raise ValueError(f"{len(both)} id(s) are in both {weak} and {strong}, e.g. {sorted(both)[:5]}")
+    sft_items, rl_items = split_items(weak_rows, strong_rows, config)
+    if not sft_items:
+        raise ValueError(f"{config.paradigm}: the SFT set is empty ({weak} has no rows)")
+    if not rl_items:
+        raise ValueError(f"{config.paradigm}: the RL set is empty ({strong} has no rows for GRPO)")
+    out = Path(out_dir)
+    sft_path = write_sft([sft_row(r, config) for r in sft_items], out / "sft.parquet")
+    rl_rows = [rl_row(r, config) for r in rl_items]
+    schema.validate_rows(rl_rows, check_media=False, source="rl.parquet")
+    rl_path = schema.write_rows(rl_rows, out / "rl.parquet")
+
+    def counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+        return dict(sorted(Counter(r[schema.DATA_SOURCE] for r in rows).items()))
+
+    summary = {
+        "paradigm": config.paradigm,
+        "disjoint": config.disjoint,
+        "weak_items": len(weak_rows),
+        "strong_items": len(strong_rows),
+        "sft": {"path": os.fspath(sft_path), "rows": len(sft_items), "per_source": counts(sft_items)},
+        "rl": {"path": os.fspath(rl_path), "rows": len(rl_rows), "per_source": counts(rl_rows)},
+        "overlap": len({r[schema.ID] for r in sft_items} & {r[schema.ID] for r in rl_items}),
+        "sft_audio": config.audio,
+        "answer_content": config.answer_content,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

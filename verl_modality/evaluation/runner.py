@@ -1,0 +1,601 @@
+"""``verl-modality eval``: k samples per query of a schema test set, scored, one JSON line per response.
+
+The rows are read and checked like ``OmniRLDataset`` reads them (schema validation, media paths resolved against
+the parquet's directory or ``media_root``), the modality policy is applied with the training transform
+(:func:`~verl_modality.data.modality_view.apply_view`, every row checked up front with ``plan_views``) and each
+query's prompt is built exactly as the rollout builds it (:mod:`verl_modality.models.generation`).
+
+Scoring: QA responses with the option-letter reward (:mod:`verl_modality.rewards.choice`) or, with a benchmark,
+its registered rule (:mod:`verl_modality.evaluation.scorers`). Captions with the LLM judge
+(:mod:`verl_modality.rewards.caption_judge`) when a judge config is given; without one their score is null (never 0).
+
+Resuming: the run's settings are kept next to the results (``RESULTS.jsonl.config.json``). Started again with the
+same output, a run skips the ``(id, sample)`` records already written, drops a half-written last line with a
+warning, and refuses different settings unless told to overwrite. Sampling depends only on (seed, query, sample
+index), so a resumed run writes the same file as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from verl_modality.data import schema
+from verl_modality.data.modality_view import ModalityView, apply_view, plan_views
+from verl_modality.models.generation import Generation
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "hf", "vllm")
+CONFIG_SUFFIX = ".config.json"
+#: settings a resumed run must share with the run that wrote the file (``limit`` may grow or shrink)
+IDENTITY_KEYS = (
+    "model",
+    "data",
+    "media_root",
+    "k",
+    "policy",
+    "ablation",
+    "view_seed",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_prompt_length",
+    "max_response_length",
+    "seed",
+    "benchmark",
+    "benchmark_version",
+    "backend",
+    "judge",
+)
+
+
+class EvalConfigError(ValueError):
+    """Settings that cannot run, or that differ from those of the results file being resumed."""
+
+
+@dataclass
+class EvalConfig:
+    """Options of ``verl-modality eval``."""
+
+    model: str
+    data: str
+    out: str
+    k: int = 4  # samples per query; pass@1 = mean over the k (SPEC section 8)
+    policy: str = "as_stored"  # modality policy (SPEC section 1): exact, full, as_stored, superset, deficit, a set
+    ablation: str = "remove"  # how unshown streams are dropped (SPEC section 1): remove or blank
+    view_seed: int = 0  # seeds the per-sample choice of superset / deficit (data.modality.seed)
+    temperature: float = 1.0  # MAPLE training temperature (SPEC section 2.6)
+    top_p: float = 1.0
+    top_k: int = -1
+    max_prompt_length: int = 8192  # MAPLE's max prompt length (SPEC section 2.6)
+    max_response_length: int = 512
+    seed: int = 0
+    benchmark: str | None = None  # registered scorer (evaluation/scorers.py); None: option-letter scoring
+    benchmark_version: str | None = None  # None: the benchmark's default version
+    limit: int | None = None  # evaluate only the first N rows
+    backend: str = "auto"  # auto: vllm when importable and a CUDA GPU is present, else hf
+    judge_config: str | None = None  # YAML/JSON file of a CaptionJudgeConfig; None: captions unscored (null)
+    media_root: str | None = None  # root of relative media paths; None: the parquet's directory
+    overwrite: bool = False  # replace an existing results file instead of resuming it
+    progress: bool = True
+
+
+@dataclass
+class EvalSummary:
+    """What a run did."""
+
+    out: str
+    backend: str
+    queries: int = 0  # rows evaluated (after limit)
+    generated_queries: int = 0  # queries that needed generation in this run
+    written: int = 0  # records written in this run
+    skipped: int = 0  # records found already written
+    dropped_partial_line: bool = False
+    unscored_captions: int = 0  # caption records written with score null (no judge)
+    notes: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        lines = [
+            f"wrote {self.written} record(s) to {self.out} ({self.generated_queries} of {self.queries} queries "
+            f"generated with the {self.backend} backend; {self.skipped} record(s) already there)"
+        ]
+        return "\n".join(lines + self.notes)
+
+
+# ------------------------------------------------------------------------------------------------------ backends
+
+
+def vllm_available() -> bool:
+    """vLLM importable and a CUDA GPU present."""
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def resolve_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise EvalConfigError(f"--backend {name!r}: use one of {', '.join(BACKENDS)}")
+    if name == "auto":
+        return "vllm" if vllm_available() else "hf"
+    if name == "vllm" and not vllm_available():
+        why = "vllm is not installed" if importlib.util.find_spec("vllm") is None else "no CUDA GPU is visible"
+        raise EvalConfigError(
+            f"--backend vllm: {why}; install the GPU extras (pip install -e '.[gpu]') on a GPU machine, "
+            "or use --backend hf"
+        )
+    return name
+
+
+class HFBackend:
+    """transformers generate, one query at a time (:class:`~verl_modality.models.generation.RowGenerator`)."""
+
+    name = "hf"
+
+    def __init__(self, cfg: EvalConfig) -> None:
+        from verl_modality.models.generation import RowGenerator
+
+        self.cfg = cfg
+        self.generator = RowGenerator(cfg.model, cfg.max_prompt_length, cfg.max_response_length, seed=cfg.seed)
+
+    def generate(self, row: Mapping[str, Any], cfg: EvalConfig) -> list[Generation]:
+        return self.generator.generate(row, n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+
+
+class VLLMBackend:
+    """vLLM offline engine: the rollout's prompt (placeholder runs collapsed, decoded media as
+    ``multi_modal_data``, audio not interleaved into video) and ``n=k`` samples per request, seeded per query.
+
+    Untested here (no GPU, vLLM not installed in the CPU environment); see ``notes/omni_vllm.md``.
+    """
+
+    name = "vllm"
+
+    def __init__(self, cfg: EvalConfig) -> None:
+        from vllm import LLM
+
+        from verl_modality.models.qwen2_5_omni import load_omni_processor, never_sample_token_ids
+
+        self.cfg = cfg
+        self.processor = load_omni_processor(cfg.model)
+        self.tokenizer = self.processor.tokenizer
+        self.placeholder_ids = [
+            self.processor.audio_token_id,
+            self.processor.image_token_id,
+            self.processor.video_token_id,
+        ]
+        self.banned = {int(t): -100.0 for t in never_sample_token_ids(self.processor)}
+        self.llm = LLM(
+            model=cfg.model,
+            seed=cfg.seed,
+            max_model_len=cfg.max_prompt_length + cfg.max_response_length,
+            limit_mm_per_prompt={"video": 4, "audio": 4, "image": 0},
+        )
+
+    def generate(self, row: Mapping[str, Any], cfg: EvalConfig) -> list[Generation]:
+        from vllm import SamplingParams
+
+        from verl_modality.models.generation import row_prompt
+        from verl_modality.models.qwen2_5_omni import collapse_placeholders
+
+        c = cfg
+        p = row_prompt(row, self.processor, None, c.max_prompt_length)
+        mm: dict[str, Any] = {}
+        if p.videos:
+            mm["video"] = list(p.videos)
+        if p.audios:
+            mm["audio"] = list(p.audios)
+        prompt: dict[str, Any] = {"prompt_token_ids": collapse_placeholders(p.prompt_ids, self.placeholder_ids)}
+        if mm:
+            prompt["multi_modal_data"] = mm
+            prompt["mm_processor_kwargs"] = {"use_audio_in_video": False}
+        digest = hashlib.sha256(f"{c.seed}\0{row[schema.ID]}".encode()).digest()
+        params = SamplingParams(
+            n=c.k,
+            temperature=max(0.0, c.temperature),
+            top_p=c.top_p,
+            top_k=c.top_k if c.top_k > 0 else -1,
+            max_tokens=c.max_response_length,
+            seed=int.from_bytes(digest[:4], "little") & 0x7FFF_FFFF,
+            logit_bias=self.banned,
+            skip_special_tokens=True,
+        )
+        (out,) = self.llm.generate([prompt], params, use_tqdm=False)
+        gens = []
+        for o in out.outputs:
+            ids = [int(t) for t in o.token_ids]
+            gens.append(Generation(o.text, ids, len(ids), truncated=o.finish_reason == "length"))
+        return gens
+
+
+def make_backend(cfg: EvalConfig, name: str) -> HFBackend | VLLMBackend:
+    return VLLMBackend(cfg) if name == "vllm" else HFBackend(cfg)
+
+
+# ------------------------------------------------------------------------------------------------------ scoring
+
+
+def load_judge_config(path: str) -> dict[str, Any]:
+    """A caption-judge config from YAML or JSON (the mapping itself, or under a top-level ``judge`` key)."""
+    import yaml
+
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))  # JSON is YAML
+    except OSError as err:
+        raise EvalConfigError(f"--judge-config {path}: cannot read ({err})") from None
+    except yaml.YAMLError as err:
+        raise EvalConfigError(f"--judge-config {path}: not YAML/JSON ({err})") from None
+    if isinstance(data, dict) and set(data) == {"judge"}:
+        data = data["judge"]
+    if not isinstance(data, dict):
+        raise EvalConfigError(f"--judge-config {path}: expected a mapping of judge settings, got {type(data).__name__}")
+    from verl_modality.rewards.caption_judge import CaptionJudgeConfig
+
+    try:
+        CaptionJudgeConfig.from_dict(data)
+    except ValueError as err:
+        raise EvalConfigError(f"--judge-config {path}: {err}") from None
+    return data
+
+
+def _none_letter(info: Mapping[str, Any]) -> str | None:
+    index = info.get("none_index")
+    if index is None or int(index) < 0:
+        return None
+    return schema.letter(int(index))
+
+
+def score_qa(response: str, answer: str, choices: Sequence[str], benchmark: Any = None) -> tuple[str | None, bool]:
+    """``(parsed option letter, correct)`` of a QA response: the benchmark's rule, or the option-letter reward."""
+    if benchmark is not None:
+        from verl_modality.evaluation.scorers import score_record
+
+        return score_record(benchmark, response, answer, choices)
+    from verl_modality.rewards.choice import choice_score, extract_choice
+
+    parsed = extract_choice(response, len(choices), choices)
+    return parsed, choice_score(response, answer, len(choices), choices)["acc"] == 1.0
+
+
+def _group(row: Mapping[str, Any]) -> str:
+    info = row.get(schema.EXTRA_INFO) or {}
+    for key in ("source_id", "video_id"):
+        if info.get(key):
+            return str(info[key])
+    return str(row[schema.ID])
+
+
+def make_records(
+    row: Mapping[str, Any],
+    shown: Mapping[str, Any],
+    gens: Sequence[Generation],
+    cfg: EvalConfig,
+    policy: str,
+    benchmark: Any,
+    judge: dict[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """One record per generation (format (4) of the shared APIs); ``shown`` is ``row`` after the modality view."""
+    info = dict(row.get(schema.EXTRA_INFO) or {})
+    task = row.get(schema.TASK, "qa")
+    choices = [str(c) for c in (row.get(schema.CHOICES) or [])]
+    none_letter = _none_letter(info) if task == "qa" else None
+    if task == "caption":
+        answer = str((row.get(schema.REWARD_MODEL) or {}).get("ground_truth") or row[schema.ANSWER])
+    else:
+        answer = str(row[schema.ANSWER])
+    scores: list[float | None] = [None] * len(gens)
+    failed = [False] * len(gens)
+    if task == "caption" and judge is not None:
+        from verl_modality.rewards.caption_judge import judge_captions
+
+        items = [
+            {
+                "id": f"{row[schema.ID]}#{i}",
+                "response": g.text,
+                "ground_truth": answer,
+                "reference_captions": info.get("reference_captions") or {},
+                "modality_tag": row[schema.MODALITY_TAG],
+            }
+            for i, g in enumerate(gens)
+        ]
+        for i, result in enumerate(judge_captions(items, judge, progress=False)):
+            value = float(result["score"])
+            failed[i] = value != value  # NaN: the judge failed and on_failure="mark" asked to keep going
+            scores[i] = None if failed[i] else value
+    bench_name = getattr(benchmark, "name", None)
+    version = getattr(benchmark, "version", None) or info.get("benchmark_version")
+    records = []
+    for i, g in enumerate(gens):
+        rec: dict[str, Any] = {
+            "id": str(row[schema.ID]),
+            "data_source": str(row[schema.DATA_SOURCE]),
+            "benchmark": bench_name,
+            "benchmark_version": None if version is None else str(version),
+            "task": task,
+            "tag": schema.canonical_tag(row[schema.MODALITY_TAG]),
+            "available": schema.canonical_tag(shown[schema.AVAILABLE], allow_empty=True),
+            "stratum": schema.stratum_of(row[schema.MODALITY_TAG], shown[schema.AVAILABLE]),
+            "group": _group(row),
+            "sample": i,
+            "response": g.text,
+            "parsed": None,
+            "answer": answer,
+            "correct": None,
+            "score": scores[i],
+            "response_tokens": int(g.n_tokens),
+            "gold_none": none_letter is not None and none_letter == answer.strip().upper(),
+            "pred_none": False,
+            "policy": policy,
+            "ablation": cfg.ablation,
+            "truncated": bool(g.truncated),
+        }
+        if task == "qa":
+            parsed, correct = score_qa(g.text, answer, choices, benchmark)
+            rec.update(parsed=parsed, correct=bool(correct), score=float(bool(correct)))
+            rec["pred_none"] = parsed is not None and parsed == none_letter
+        if failed[i]:
+            rec["judge_failed"] = True
+        records.append(rec)
+    return records
+
+
+# ------------------------------------------------------------------------------------------------------ resuming
+
+
+def _identity(cfg: EvalConfig, backend: str, policy: str, benchmark: Any, judge: dict | None) -> dict[str, Any]:
+    judge_digest = None
+    if judge is not None:
+        judge_digest = hashlib.sha256(json.dumps(judge, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    values = {
+        **asdict(cfg),
+        "model": str(Path(cfg.model).resolve()),
+        "data": str(Path(cfg.data).resolve()),
+        "media_root": str(Path(cfg.media_root).resolve()) if cfg.media_root else None,
+        "policy": policy,
+        "benchmark": getattr(benchmark, "name", None),
+        "benchmark_version": getattr(benchmark, "version", None),
+        "backend": backend,
+        "judge": judge_digest,
+    }
+    return {k: values[k] for k in IDENTITY_KEYS}
+
+
+def _check_identity(out: Path, sidecar: Path, identity: dict[str, Any]) -> None:
+    if not sidecar.exists():
+        raise EvalConfigError(
+            f"{out} exists but has no settings file {sidecar.name} (not written by verl-modality eval?); "
+            "pass --overwrite to replace it, or choose another --out"
+        )
+    try:
+        stored = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise EvalConfigError(f"{sidecar}: unreadable settings file ({err}); pass --overwrite to start over") from None
+    diffs = [f"{k}: was {stored.get(k)!r}, now {identity[k]!r}" for k in IDENTITY_KEYS if stored.get(k) != identity[k]]
+    if diffs:
+        raise EvalConfigError(
+            f"{out} was written with different settings; refusing to mix results:\n  "
+            + "\n  ".join(diffs)
+            + "\npass --overwrite to replace it, or choose another --out"
+        )
+
+
+def read_done(out: Path, known_ids: set[str]) -> tuple[set[tuple[str, int]], bool]:
+    """``(id, sample)`` pairs already in ``out``, and whether a half-written last line was cut off (the file is
+    truncated to its last complete line). Any other unreadable line is an error naming ``file:line``."""
+    data = out.read_bytes()
+    cut = data.rfind(b"\n") + 1
+    dropped = cut < len(data)
+    if dropped:
+        logger.warning(
+            "%s: dropping a half-written last line (%d bytes); its query is generated again", out, len(data) - cut
+        )
+        with open(out, "r+b") as f:
+            f.truncate(cut)
+            f.flush()
+            os.fsync(f.fileno())
+    done: set[tuple[str, int]] = set()
+    for lineno, line in enumerate(data[:cut].decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            key = (str(obj["id"]), int(obj["sample"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise EvalConfigError(
+                f"{out}:{lineno}: not a result record ({err}); pass --overwrite to start over"
+            ) from None
+        if key[0] not in known_ids:
+            raise EvalConfigError(f"{out}:{lineno}: id {key[0]!r} is not a row of the data; pass --overwrite")
+        if key in done:
+            raise EvalConfigError(f"{out}:{lineno}: id {key[0]!r} sample {key[1]} is written twice")
+        done.add(key)
+    return done, dropped
+
+
+# ------------------------------------------------------------------------------------------------------ the run
+
+
+def load_rows(data: str, media_root: str | None = None) -> list[dict[str, Any]]:
+    """The parquet's rows, validated (schema and media files) and with absolute media paths."""
+    from verl_modality.data.dataset import resolve_media_paths
+
+    schema.validate_file(data, check_media=True, root=media_root)
+    root = Path(media_root) if media_root else Path(data).resolve().parent
+    return [resolve_media_paths(r, root) for r in schema.read_rows(data)]
+
+
+def run_eval(cfg: EvalConfig, backend: Any = None) -> EvalSummary:
+    """Evaluate ``cfg.data`` into ``cfg.out`` (see the module docstring). ``backend`` replaces the generation
+    backend (an object with ``name`` and ``generate(row, cfg) -> list[Generation]`` built for the same model, lengths
+    and seed), so that several runs can share one loaded model."""
+    from tqdm.auto import tqdm
+
+    if cfg.k < 1:
+        raise EvalConfigError(f"--k must be >= 1, got {cfg.k}")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise EvalConfigError(f"--limit must be >= 1, got {cfg.limit}")
+    try:
+        view = ModalityView(policy=cfg.policy, ablation=cfg.ablation, seed=cfg.view_seed)
+    except ValueError as err:
+        raise EvalConfigError(str(err)) from None
+    policy = view.policy or "none"
+    bench = None
+    if cfg.benchmark:
+        from verl_modality.evaluation.scorers import get_benchmark
+
+        try:
+            bench = get_benchmark(cfg.benchmark, cfg.benchmark_version)
+        except ValueError as err:
+            raise EvalConfigError(f"--benchmark: {err}") from None
+    elif cfg.benchmark_version:
+        raise EvalConfigError("--benchmark-version needs --benchmark")
+    judge = load_judge_config(cfg.judge_config) if cfg.judge_config else None
+    backend_name = backend.name if backend is not None else resolve_backend(cfg.backend)
+
+    rows = load_rows(cfg.data, cfg.media_root)
+    if cfg.limit is not None:
+        rows = rows[: cfg.limit]
+    plan = plan_views(rows, view, source=f"{cfg.data}: ")
+    if plan.errors:
+        raise EvalConfigError(
+            f"policy {cfg.policy!r} cannot be applied to {len(plan.errors)} row(s):\n  " + "\n  ".join(plan.errors[:10])
+        )
+    summary = EvalSummary(out=cfg.out, backend=backend_name, queries=len(rows))
+    if bench is None:
+        from verl_modality.evaluation.scorers import benchmark_for_data_source
+
+        hinted = sorted({b for b in map(benchmark_for_data_source, {r[schema.DATA_SOURCE] for r in rows}) if b})
+        if hinted:
+            summary.notes.append(
+                f"rows of benchmark(s) {', '.join(hinted)} were scored by option letter; pass --benchmark to use the "
+                "benchmark's own rule"
+            )
+    if plan.fallbacks:
+        summary.notes.append(
+            f"{len(plan.fallbacks)} row(s) have no stream beyond their tag; 'superset' shows them exactly"
+        )
+
+    out, sidecar = Path(cfg.out), Path(cfg.out + CONFIG_SUFFIX)
+    identity = _identity(cfg, backend_name, policy, bench, judge)
+    done: set[tuple[str, int]] = set()
+    if cfg.overwrite:
+        out.unlink(missing_ok=True)
+        sidecar.unlink(missing_ok=True)
+    elif out.exists() and out.stat().st_size > 0:
+        _check_identity(out, sidecar, identity)
+        done, summary.dropped_partial_line = read_done(out, {str(r[schema.ID]) for r in rows} | _ids_beyond(cfg))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sidecar.write_text(json.dumps(identity, indent=2) + "\n", encoding="utf-8")
+
+    todo = [r for r in rows if any((str(r[schema.ID]), s) not in done for s in range(cfg.k))]
+    summary.skipped = sum(1 for r in rows for s in range(cfg.k) if (str(r[schema.ID]), s) in done)
+    n_captions = sum(1 for r in todo if r.get(schema.TASK) == "caption")
+    if n_captions and judge is None:
+        logger.warning(
+            "%d caption row(s) are written with score null: no --judge-config was given to grade them", n_captions
+        )
+        summary.notes.append(f"caption scores are null for {n_captions} row(s): no --judge-config given")
+    if not todo:
+        return summary
+    gen = backend if backend is not None else make_backend(cfg, backend_name)
+    with open(out, "a", encoding="utf-8") as f:
+        for row in tqdm(todo, desc="eval", unit="query", disable=not cfg.progress):
+            shown = apply_view(row, view)
+            gens = gen.generate(shown, cfg)
+            if len(gens) != cfg.k:
+                raise RuntimeError(f"backend {backend_name} returned {len(gens)} samples for k={cfg.k}")
+            for rec in make_records(row, shown, gens, cfg, policy, bench, judge):
+                if (rec["id"], rec["sample"]) in done:
+                    continue
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                summary.written += 1
+                if rec["task"] == "caption" and rec["score"] is None and judge is None:
+                    summary.unscored_captions += 1
+            f.flush()
+            os.fsync(f.fileno())
+            summary.generated_queries += 1
+    return summary
+
+
+def _ids_beyond(cfg: EvalConfig) -> set[str]:
+    """Ids of the rows past ``limit`` (a resumed run may use a smaller limit than the one that wrote the file)."""
+    if cfg.limit is None:
+        return set()
+    return {str(r[schema.ID]) for r in schema.read_rows(cfg.data)[cfg.limit :]}
+
+
+# ------------------------------------------------------------------------------------------------------ command line
+
+
+def add_arguments(p: Any) -> None:
+    """The ``verl-modality eval`` options on an argparse (sub)parser; sets ``func``."""
+    p.add_argument("--model", required=True, help="local checkpoint directory (Qwen2.5-Omni class)")
+    p.add_argument("--data", required=True, metavar="TEST.parquet", help="schema parquet to evaluate")
+    p.add_argument("--out", required=True, metavar="RESULTS.jsonl", help="one JSON record per response (resumable)")
+    p.add_argument("--k", type=int, default=4, help="samples per query")
+    p.add_argument(
+        "--policy", default="as_stored", help="streams shown: exact, full, as_stored, superset, deficit, or a set"
+    )
+    p.add_argument("--ablation", choices=("remove", "blank"), default="remove", help="how unshown streams are dropped")
+    p.add_argument("--view-seed", type=int, default=0, help="seed of the superset/deficit choice per sample")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=-1, help="-1: off")
+    p.add_argument("--max-prompt-length", type=int, default=8192, help="longer prompts are an error")
+    p.add_argument("--max-response-length", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--benchmark", default=None, help="scorer of a registered benchmark (mmau, mmsu, mmar, ...)")
+    p.add_argument("--benchmark-version", default=None, help="benchmark version (default: the scorer's)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: vllm on a GPU when installed, else hf")
+    p.add_argument("--judge-config", default=None, help="YAML/JSON caption-judge settings (captions unscored without)")
+    p.add_argument("--media-root", default=None, help="root of relative media paths (default: the parquet's folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace RESULTS.jsonl instead of resuming it")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cli_main)
+
+
+def cli_main(args: Any) -> int:
+    """Run ``verl-modality eval``; errors in the settings or data print one message and exit 1."""
+    import sys
+
+    cfg = EvalConfig(
+        model=args.model,
+        data=args.data,
+        out=args.out,
+        k=args.k,
+        policy=args.policy,
+        ablation=args.ablation,
+        view_seed=args.view_seed,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_prompt_length=args.max_prompt_length,
+        max_response_length=args.max_response_length,
+        seed=args.seed,
+        benchmark=args.benchmark,
+        benchmark_version=args.benchmark_version,
+        limit=args.limit,
+        backend=args.backend,
+        judge_config=args.judge_config,
+        media_root=args.media_root,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    try:
+        summary = run_eval(cfg)
+    except (ValueError, OSError) as err:  # settings, schema, media and over-long prompts name what is wrong
+        print(f"eval: {err}", file=sys.stderr)
+        return 1
+    print(summary.format())
+    return 0
