@@ -126,11 +126,13 @@ def test_config():
     assert sim.backend == "embedding" and sim.encoder is None  # loads lazily
     assert shared_similarity(cfg) is shared_similarity(ContrastiveConfig(similarity="embedding", alpha=0.9))
     assert shared_similarity(cfg) is not shared_similarity(ContrastiveConfig())
-    with pytest.raises(ValueError, match=r"unknown reward\.contrastive option\(s\) \['beta'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown reward\.custom_reward_function\.reward_kwargs\.contrastive option\(s\) \['beta'\]"
+    ):
         ContrastiveConfig.from_config({"beta": 1})
-    with pytest.raises(ValueError, match=r"reward\.contrastive\.alpha=-0\.1"):
+    with pytest.raises(ValueError, match=r"reward_kwargs\.contrastive\.alpha=-0\.1"):
         ContrastiveConfig(alpha=-0.1)
-    with pytest.raises(ValueError, match=r"reward\.contrastive\.similarity='rouge'"):
+    with pytest.raises(ValueError, match=r"reward_kwargs\.contrastive\.similarity='rouge'"):
         ContrastiveConfig(similarity="rouge")
-    with pytest.raises(ValueError, match=r"reward\.contrastive\.tau=nan"):
+    with pytest.raises(ValueError, match=r"reward_kwargs\.contrastive\.tau=nan"):
         ContrastiveConfig(tau=float("nan"))

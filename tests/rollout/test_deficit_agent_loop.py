@@ -174,12 +174,8 @@ def test_config_is_read_from_the_reward_kwargs():
     assert dal.contrastive_config(OmegaConf.create({})) == ContrastiveConfig()  # absent: off
     on = cfg(custom_reward_function={"reward_kwargs": {"contrastive": {"enable": True, "alpha": 0.5, "seed": 7}}})
     assert dal.contrastive_config(on) == ContrastiveConfig(enable=True, alpha=0.5, seed=7)
-    assert dal.contrastive_config(cfg(contrastive={"enable": True})) == ContrastiveConfig(enable=True)
-    both = cfg(
-        custom_reward_function={"reward_kwargs": {"contrastive": {"enable": True}}}, contrastive={"enable": False}
-    )
-    with pytest.raises(ValueError, match="differ between"):
-        dal.contrastive_config(both)
+    # one place only: the reward router reads the same node
+    assert dal.contrastive_config(cfg(contrastive={"enable": True})) == ContrastiveConfig()
     with pytest.raises(ValueError, match="unknown"):
         dal.contrastive_config(cfg(custom_reward_function={"reward_kwargs": {"contrastive": {"alpa": 1.0}}}))
 

@@ -34,7 +34,7 @@ from verl_modality import STREAMS
 from verl_modality.data import schema
 from verl_modality.rewards.similarity import BACKENDS, Similarity
 
-SECTION = "reward.contrastive"  # where the options live in verl's config (named in error messages)
+SECTION = "reward.custom_reward_function.reward_kwargs.contrastive"  # where the options live in verl's config
 DEFICIT_MODES = ("any", "drop_one")
 ABLATIONS = ("remove", "blank")
 NEGATIVES = ("per_prompt", "per_response")
@@ -66,7 +66,7 @@ def contrastive_weighting(r_pos: torch.Tensor, sim: torch.Tensor, alpha: float, 
 
 @dataclass(frozen=True)
 class ContrastiveConfig:
-    """``reward.contrastive.*``. MAPLE App. E.3 names alpha and tau but gives no values; ours are project defaults
+    """``reward.custom_reward_function.reward_kwargs.contrastive.*``. MAPLE App. E.3 names alpha and tau but gives no values; ours are project defaults
     (see docs/contrastive_reward.md for how they were chosen). Values are validated on construction."""
 
     enable: bool = False  # CRW is an add-on to MAPO for captions (MAPLE §5.4.2)
@@ -106,7 +106,7 @@ class ContrastiveConfig:
 
     @classmethod
     def from_config(cls, node: Any) -> ContrastiveConfig:
-        """From verl's ``reward.contrastive`` node or a plain mapping; None gives the defaults (disabled)."""
+        """From the ``reward_kwargs.contrastive`` node or a plain mapping; None gives the defaults (disabled)."""
         if node is None:
             return cls()
         if not hasattr(node, "items"):

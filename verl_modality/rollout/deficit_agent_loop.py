@@ -41,8 +41,8 @@ Selecting it and its options (``ContrastiveConfig`` fields; the reward function 
     +reward.custom_reward_function.reward_kwargs.contrastive.alpha=0.2   # tau, similarity, model, deficit,
                                                                           # ablation, negatives, seed likewise
 
-(``reward.contrastive`` is read too when ``reward_kwargs.contrastive`` is absent; giving both with different values
-is an error.) The plugin registers the name in every process that imports verl's agent loop, the rollout workers
+The reward router (:mod:`verl_modality.rewards.score`) reads the same node, so generation and weighting cannot
+disagree. The plugin registers the name in every process that imports verl's agent loop, the rollout workers
 included (:func:`register`, called from ``verl_modality._register``). Importing this module stays cheap: the class
 is built on first access, after verl's agent loop has been imported.
 """
@@ -67,7 +67,7 @@ RESPONSE_KEY = "deficit_response"
 STREAMS_KEY = "deficit_streams"
 REASON_KEY = "deficit_skip_reason"
 #: where the options live; the first is the reward function's ``contrastive`` keyword
-CONFIG_PATHS = ("reward.custom_reward_function.reward_kwargs.contrastive", "reward.contrastive")
+CONFIG_PATH = "reward.custom_reward_function.reward_kwargs.contrastive"
 _CACHE_SIZE = 4096  # prompt groups whose shared deficit response is kept (per_prompt)
 
 
@@ -77,15 +77,14 @@ def contrastive_config(trainer_config: Any):
 
     from verl_modality.rewards.contrastive import ContrastiveConfig
 
-    found = {}
-    for path in CONFIG_PATHS:
-        node = OmegaConf.select(trainer_config, path, default=None) if isinstance(trainer_config, DictConfig) else None
-        if node is not None:
-            found[path] = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-    configs = {path: ContrastiveConfig.from_config(node) for path, node in found.items()}
-    if len(set(configs.values())) > 1:
-        raise ValueError(f"contrastive options differ between {' and '.join(configs)}: give them in one place")
-    return next(iter(configs.values())) if configs else ContrastiveConfig()
+    node = (
+        OmegaConf.select(trainer_config, CONFIG_PATH, default=None) if isinstance(trainer_config, DictConfig) else None
+    )
+    if node is None:
+        return ContrastiveConfig()
+    return ContrastiveConfig.from_config(
+        OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    )
 
 
 def row_task(row: Mapping[str, Any]) -> str | None:
