@@ -139,3 +139,27 @@ def test_distractor_streams_vary(demo_data, decode):
     rows = [r for r in schema.read_rows(out / "train.parquet") if r["modality_tag"] == "S"]
     colours = {decode.colour(media.load_video(out / r["media"]["videos"][0]), COLOURS) for r in rows}
     assert len(colours) >= 2
+
+
+def test_caption_rows_describe_their_media(tmp_path, decode):
+    out = tmp_path / "cap"
+    summary = make_demo_data(out, seed=3, n_train=9, n_test=0, caption_every=3, progress=False)
+    assert summary["splits"]["train"]["captions"] == 3
+    assert schema.validate_file(out / "train.parquet") == 9
+    rows = schema.read_rows(out / "train.parquet")
+    for i, row in enumerate(rows):
+        assert row["task"] == ("caption" if i % 3 == 2 else "qa"), i
+        if row["task"] != "caption":
+            continue
+        refs = {k: v for k, v in row["extra_info"]["reference_captions"].items() if v is not None}
+        assert set(refs) == set(row["modality_tag"]) and row["choices"] == []
+        assert row["answer"] == " ".join(refs[s] for s in "VAS" if s in refs)
+        assert row["reward_model"] == {"style": "judge", "ground_truth": row["answer"]}
+        frames = media.load_video(out / row["media"]["videos"][0])
+        wave = media.load_audio(out / row["media"]["audios"][0])
+        if "V" in refs:  # the reference names the colour the frames show, the beeps the audio holds
+            assert f" {decode.colour(frames, COLOURS)} picture" in refs["V"]
+        if "A" in refs:
+            assert refs["A"].split()[2] == str(decode.bursts(wave, media.SAMPLE_RATE))
+    with pytest.raises(ValueError, match="caption_every"):
+        make_demo_data(tmp_path / "bad", n_train=1, n_test=0, caption_every=-1, progress=False)

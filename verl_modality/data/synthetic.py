@@ -178,12 +178,26 @@ def _balanced_tags(n: int, rng: np.random.Generator) -> list[str]:
     return [tags[i] for i in rng.permutation(len(tags))]
 
 
-def _make_record(rng: np.random.Generator, root: Path, split: str, index: int, tag: str) -> schema.Sample:
+def _draw_clip(rng: np.random.Generator) -> tuple[str, int, str, str, str]:
+    """A clip's facts: colour, beep count, pitch, animal and its subtitle (five draws, always in this order)."""
     colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
     beeps = int(BEEP_COUNTS[int(rng.integers(len(BEEP_COUNTS)))])
     pitch = list(PITCHES)[int(rng.integers(len(PITCHES)))]
     animal = ANIMALS[int(rng.integers(len(ANIMALS)))]
-    subtitle = subtitle_for(animal, int(rng.integers(len(SUBTITLE_TEMPLATES))))
+    return colour, beeps, pitch, animal, subtitle_for(animal, int(rng.integers(len(SUBTITLE_TEMPLATES))))
+
+
+def _write_clip(root: Path, split: str, rid: str, colour: str, beeps: int, pitch: str) -> tuple[str, str]:
+    """Write the clip's video and audio; their paths relative to ``root``."""
+    video_rel = f"media/{split}/{rid}.mp4"
+    audio_rel = f"media/{split}/{rid}.wav"
+    media.write_video(root / video_rel, colour_frames(colour), fps=FPS)
+    media.write_audio(root / audio_rel, beep_wave(beeps, pitch))
+    return video_rel, audio_rel
+
+
+def _make_record(rng: np.random.Generator, root: Path, split: str, index: int, tag: str) -> schema.Sample:
+    colour, beeps, pitch, animal, subtitle = _draw_clip(rng)
     a_kind = "pitch" if tag == "A" and rng.random() < 0.5 else "count"
 
     truth = {"V": colour, "A": pitch if a_kind == "pitch" else beeps, "S": animal}
@@ -192,10 +206,7 @@ def _make_record(rng: np.random.Generator, root: Path, split: str, index: int, t
     answer = schema.letter(options.index(truth))
 
     rid = f"demo-{split}-{index:04d}"
-    video_rel = f"media/{split}/{rid}.mp4"
-    audio_rel = f"media/{split}/{rid}.wav"
-    media.write_video(root / video_rel, colour_frames(colour), fps=FPS)
-    media.write_audio(root / audio_rel, beep_wave(beeps, pitch))
+    video_rel, audio_rel = _write_clip(root, split, rid, colour, beeps, pitch)
     return schema.Sample.create(
         id=rid,
         question=_question(tag, a_kind),
@@ -223,17 +234,10 @@ def caption_facts(tag: str, colour: str, beeps: int, pitch: str, animal: str) ->
 
 
 def _make_caption_record(rng: np.random.Generator, root: Path, split: str, index: int, tag: str) -> schema.Sample:
-    colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
-    beeps = int(BEEP_COUNTS[int(rng.integers(len(BEEP_COUNTS)))])
-    pitch = list(PITCHES)[int(rng.integers(len(PITCHES)))]
-    animal = ANIMALS[int(rng.integers(len(ANIMALS)))]
-    subtitle = subtitle_for(animal, int(rng.integers(len(SUBTITLE_TEMPLATES))))
+    colour, beeps, pitch, animal, subtitle = _draw_clip(rng)
     references = caption_facts(tag, colour, beeps, pitch, animal)
     rid = f"demo-{split}-{index:04d}"
-    video_rel = f"media/{split}/{rid}.mp4"
-    audio_rel = f"media/{split}/{rid}.wav"
-    media.write_video(root / video_rel, colour_frames(colour), fps=FPS)
-    media.write_audio(root / audio_rel, beep_wave(beeps, pitch))
+    video_rel, audio_rel = _write_clip(root, split, rid, colour, beeps, pitch)
     return schema.Sample.create(
         id=rid,
         question=schema.CAPTION_INSTRUCTION,

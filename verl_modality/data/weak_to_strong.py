@@ -15,8 +15,8 @@ SFT file (``sft.parquet``), for verl 0.9.1's ``verl.trainer.sft_trainer`` and it
 * ``videos``: ``[{"video": absolute path}]`` per row (only when some row shows a video). verl's dataset turns each
   ``<video>`` placeholder into its ``process_video`` item;
 * ``audios``: ``[{"audio": absolute path}]`` (``audio="keep"``, only when some row shows audio). verl 0.9.1's
-  ``MultiTurnSFTDataset`` has no audio key: it ignores this column and leaves ``<audio>`` as literal text, so
-  training with the audio needs an audio-capable dataset class (``data.custom_cls``). ``audio="drop"`` writes
+  ``MultiTurnSFTDataset`` has no audio key (it leaves ``<audio>`` as literal text); the recipe's dataset class,
+  :class:`verl_modality.data.omni_sft_dataset.OmniSFTDataset` (``data.custom_cls``), reads it. ``audio="drop"`` writes
   neither the column nor the ``<audio>`` placeholders, for text(+video)-only SFT with verl's own class;
 * ``id``, ``data_source``, ``modality_tag``, ``answer``, ``acf_split``: bookkeeping, ignored by verl.
 

@@ -5,7 +5,8 @@ auto-detection: it is used only when selected explicitly with ``VERL_PLATFORM=cp
 describes the same choice to the trainer). Only when it is selected does :func:`activate` also
 
 * register verl's FSDP engines for ``device="cpu"`` (verl registers them for cuda/npu only), and
-* make ``initialize_global_process_group_ray`` use plain ``gloo`` (verl builds ``"cpu:gloo,cpu:gloo"`` from the
+* make ``initialize_global_process_group_ray`` (Ray workers) and ``initialize_global_process_group`` (torchrun
+  entry points such as verl's SFT trainer) use plain ``gloo`` (verl builds ``"cpu:gloo,cpu:gloo"`` from the
   platform, which torch rejects as a duplicate device type).
 
 GPU runs therefore see exactly the registries and functions they see without the plugin.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 import types
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -204,9 +206,28 @@ def register_cpu_engines(module=None) -> list[tuple[str, str]]:
     return added
 
 
+def _gloo_global_process_group(original):
+    # the torchrun entry points (verl's SFT trainer): verl builds "cpu:gloo,cpu:gloo" here too
+    def initialize_global_process_group(timeout_second=36000):
+        import torch.distributed
+
+        torch.distributed.init_process_group(
+            backend="gloo",
+            timeout=timedelta(seconds=timeout_second),
+            init_method=os.environ.get("DIST_INIT_METHOD", None),
+        )
+        return int(os.environ["LOCAL_RANK"]), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+    initialize_global_process_group.__wrapped__ = original
+    initialize_global_process_group.__verl_modality__ = True
+    return initialize_global_process_group
+
+
 def _patch_distributed(module) -> None:
     if not getattr(module.initialize_global_process_group_ray, "__verl_modality__", False):
         module.initialize_global_process_group_ray = _gloo_process_group(module.initialize_global_process_group_ray)
+    if not getattr(module.initialize_global_process_group, "__verl_modality__", False):
+        module.initialize_global_process_group = _gloo_global_process_group(module.initialize_global_process_group)
 
 
 def _patch_engine_workers(module) -> None:
