@@ -102,11 +102,9 @@ def scoring_rule(data_source: str) -> str:
 def score_response(row: Mapping[str, Any], response: str) -> bool:
     """Whether ``response`` answers the multiple-choice ``row`` correctly: the task reward's own correctness
     (:func:`verl_modality.rewards.choice.compute_score`, ``acc``), with the row's option texts in ``extra_info``."""
-    from verl_modality.rewards.choice import compute_score
+    from verl_modality.rewards.choice import score_row
 
-    info = dict(row.get(schema.EXTRA_INFO) or {})
-    info.setdefault("choices", list(schema._as_list(row[schema.CHOICES])))
-    return compute_score(row[schema.DATA_SOURCE], response, row[schema.ANSWER], info)["acc"] == 1.0
+    return score_row(row, response)["acc"] == 1.0
 
 
 # ---------------------------------------------------------------------------------------------------------------

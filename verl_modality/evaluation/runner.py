@@ -255,16 +255,18 @@ def _none_letter(info: Mapping[str, Any]) -> str | None:
     return schema.letter(int(index))
 
 
-def score_qa(response: str, answer: str, choices: Sequence[str], benchmark: Any = None) -> tuple[str | None, bool]:
-    """``(parsed option letter, correct)`` of a QA response: the benchmark's rule, or the option-letter reward."""
+def score_qa(row: Mapping[str, Any], response: str, benchmark: Any = None) -> tuple[str | None, bool]:
+    """``(parsed option letter, correct)`` of a QA response: the benchmark's rule, or the training reward on the row
+    (none-answers and the MMAU rule for MMAU-style sources included)."""
     if benchmark is not None:
         from verl_modality.evaluation.scorers import score_record
 
-        return score_record(benchmark, response, answer, choices)
-    from verl_modality.rewards.choice import choice_score, extract_choice
+        choices = [str(c) for c in (row.get(schema.CHOICES) or [])]
+        return score_record(benchmark, response, str(row[schema.ANSWER]), choices)
+    from verl_modality.rewards.choice import score_row
 
-    parsed = extract_choice(response, len(choices), choices)
-    return parsed, choice_score(response, answer, len(choices), choices)["acc"] == 1.0
+    out = score_row(row, response)
+    return (out["parsed"] or None), out["acc"] == 1.0
 
 
 def _group(row: Mapping[str, Any]) -> str:
@@ -287,7 +289,6 @@ def make_records(
     """One record per generation (format (4) of the shared APIs); ``shown`` is ``row`` after the modality view."""
     info = dict(row.get(schema.EXTRA_INFO) or {})
     task = row.get(schema.TASK, "qa")
-    choices = [str(c) for c in (row.get(schema.CHOICES) or [])]
     none_letter = _none_letter(info) if task == "qa" else None
     if task == "caption":
         answer = str((row.get(schema.REWARD_MODEL) or {}).get("ground_truth") or row[schema.ANSWER])
@@ -340,7 +341,7 @@ def make_records(
             "truncated": bool(g.truncated),
         }
         if task == "qa":
-            parsed, correct = score_qa(g.text, answer, choices, benchmark)
+            parsed, correct = score_qa(row, g.text, benchmark)
             rec.update(parsed=parsed, correct=bool(correct), score=float(bool(correct)))
             rec["pred_none"] = parsed is not None and parsed == none_letter
         if failed[i]:

@@ -6,23 +6,19 @@ SPEC section 8: MMAU (test-mini), MMSU and MMAR score multiple choice with MMAU'
 records and the report prints: MMAU test-mini was revised on 2025-05-15 (about a quarter of its items changed), so
 a number on ``v05.15.25`` is not comparable with one on the original release.
 
-What string match compares with the option texts: the content of the response's last ``<answer>...</answer>`` when
-it has one, otherwise the whole response. A prediction that is an option letter (``<answer>B</answer>``, or a
-bracketed ``[B]`` as the project's prompts ask for) stands for that option's text.
+Responses are parsed exactly as the training reward parses them (:func:`verl_modality.rewards.choice.score_reply`):
+string match compares the committed answer span (the last ``<answer>...</answer>``, else the last ``[...]`` naming an
+option, else the response, ``<think>`` removed) with the option texts; an option letter stands for its text.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from verl_modality.rewards.choice import LETTERS, extract_choice
+from verl_modality.rewards.choice import LETTERS, score_reply, string_prediction
 
 RULES = ("string_match", "letter")
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
-_LETTER_ONLY = re.compile(r"^[\s\[\(\"'*]*([A-F])[\s\]\)\"'*.:]*$")
-_BRACKETED = re.compile(r"\[\s*([A-F])\s*\]")
 
 
 @dataclass(frozen=True)
@@ -52,16 +48,9 @@ class Benchmark:
         if len(choices) > len(LETTERS):
             raise ValueError(f"{self.name}: {len(choices)} options, at most {len(LETTERS)} are supported")
         index = answer_index(answer, choices)
-        if self.rule == "letter":
-            parsed = extract_choice(response, len(choices), choices)
-            return parsed, parsed == LETTERS[index]
-        from verl_modality.rewards.string_match import matched_option, mmau_string_match
-
-        prediction = string_match_prediction(response, choices)
-        matched = matched_option(prediction, choices)
-        return (LETTERS[matched] if matched is not None else None), mmau_string_match(
-            prediction, choices[index], choices
-        )
+        # the training reward's own parser and string-match rule, so evaluation and reward agree on every response
+        out = score_reply(response, LETTERS[index], choices, n_choices=len(choices), string_match=self.rule != "letter")
+        return (out["parsed"] or None), out["acc"] == 1.0
 
 
 def answer_index(answer: str, choices: Sequence[str]) -> int:
@@ -78,18 +67,9 @@ def answer_index(answer: str, choices: Sequence[str]) -> int:
 
 
 def string_match_prediction(response: str, choices: Sequence[str]) -> str:
-    """The text that string match compares: the last ``<answer>`` content (or the response), with an option letter
-    replaced by its option text."""
-    tags = _ANSWER_TAG.findall(response)
-    if tags:
-        m = _LETTER_ONLY.match(tags[-1])
-        if m and LETTERS.index(m.group(1)) < len(choices):
-            return choices[LETTERS.index(m.group(1))]
-        return tags[-1]
-    letters = [x for x in _BRACKETED.findall(response) if LETTERS.index(x) < len(choices)]
-    if letters:
-        return choices[LETTERS.index(letters[-1])]
-    return response
+    """The text that string match compares: the committed answer span (last ``<answer>``, else the last ``[...]``
+    naming an option, else the response), with an option letter replaced by its option text."""
+    return string_prediction(response, choices)
 
 
 _RELEASE = {"release": "the benchmark's public release"}

@@ -320,6 +320,11 @@ def _string_prediction(reply: str, opts: _Options) -> str:
     return span
 
 
+def string_prediction(reply: str, choices: Sequence[str], none_index: int | None = None) -> str:
+    """The text MMAU's string-match rule compares with the option texts (see :func:`score_reply`)."""
+    return _string_prediction(reply, _options(len(choices), [str(c) for c in choices], none_index))
+
+
 def _answer_letter(ground_truth: Any) -> str:
     answer = str(ground_truth).strip().upper()
     if len(answer) != 1 or answer not in LETTERS:
@@ -416,3 +421,12 @@ def compute_score(
         string_match=string,
         config=config,
     )
+
+
+def score_row(row: Mapping[str, Any], reply: str, **kwargs: Any) -> dict[str, float | str]:
+    """:func:`compute_score` for a schema row (a plain dict: ``data_source``, ``answer``, ``choices``,
+    ``extra_info``), exactly as training scores it; ``kwargs`` are :class:`AnswerRewardConfig` fields."""
+    info = dict(row.get("extra_info") or {})
+    if info.get("choices") is None or not len(info["choices"]):
+        info["choices"] = [str(c) for c in (row.get("choices") if row.get("choices") is not None else [])]
+    return compute_score(str(row["data_source"]), reply, str(row["answer"]), info, **kwargs)
