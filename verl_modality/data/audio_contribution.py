@@ -137,9 +137,9 @@ class AnswerStore:
                 f.write(json.dumps({"header": header}, sort_keys=True) + "\n")
 
     def _load(self) -> None:
-        raw = self.path.read_text(encoding="utf-8")
-        lines = raw.split("\n")
-        complete, tail = lines[:-1], lines[-1]  # a crash can leave one unterminated last line: dropped below
+        from verl_modality.jsonl_log import complete_lines
+
+        complete, _ = complete_lines(self.path)  # a crash can leave one unterminated last line: cut off
         if not complete:
             raise ValueError(f"{self.path}: answer file has no header line; delete it to start this voter afresh")
         first = json.loads(complete[0])
@@ -165,9 +165,6 @@ class AnswerStore:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{self.path}: line {n} is not JSON ({exc})") from exc
             self.answers[record["id"]] = record
-        if tail:
-            with self.path.open("w", encoding="utf-8") as f:
-                f.write("\n".join(complete) + "\n")
 
     def get(self, row: Mapping[str, Any]) -> str | None:
         record = self.answers.get(row[schema.ID])

@@ -393,19 +393,16 @@ def _check_identity(out: Path, sidecar: Path, identity: dict[str, Any]) -> None:
 def read_done(out: Path, known_ids: set[str]) -> tuple[set[tuple[str, int]], bool]:
     """``(id, sample)`` pairs already in ``out``, and whether a half-written last line was cut off (the file is
     truncated to its last complete line). Any other unreadable line is an error naming ``file:line``."""
-    data = out.read_bytes()
-    cut = data.rfind(b"\n") + 1
-    dropped = cut < len(data)
+    from verl_modality.jsonl_log import complete_lines
+
+    lines, dropped_bytes = complete_lines(out)
+    dropped = dropped_bytes > 0
     if dropped:
         logger.warning(
-            "%s: dropping a half-written last line (%d bytes); its query is generated again", out, len(data) - cut
+            "%s: dropped a half-written last line (%d bytes); its query is generated again", out, dropped_bytes
         )
-        with open(out, "r+b") as f:
-            f.truncate(cut)
-            f.flush()
-            os.fsync(f.fileno())
     done: set[tuple[str, int]] = set()
-    for lineno, line in enumerate(data[:cut].decode("utf-8").splitlines(), 1):
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
