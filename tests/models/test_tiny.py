@@ -79,7 +79,9 @@ def test_layout(tiny_dir):
     assert config.model_type == "qwen2_5_omni"
     assert config.architectures == ["Qwen2_5OmniModel"]
     text = config.thinker_config.text_config
-    assert sum(text.rope_parameters["mrope_section"]) * 2 == text.hidden_size // text.num_attention_heads
+    head_dim = text.hidden_size // text.num_attention_heads
+    assert sum(text.rope_parameters["mrope_section"]) * 2 == head_dim
+    assert head_dim >= 32  # the smallest head size vLLM's CPU attention supports (same checkpoint for hf and vLLM)
     assert config.thinker_config.audio_config.num_mel_bins == 128
     assert config.thinker_config.vision_config.out_hidden_size == text.hidden_size
 
@@ -190,3 +192,36 @@ def test_generate(thinker, av_inputs):
         out = thinker.generate(**av_inputs, max_new_tokens=4, do_sample=False)
     new = out.shape[1] - av_inputs["input_ids"].shape[1]
     assert 1 <= new <= 4
+
+
+LOAD_QUIETLY = """
+import logging, sys
+from transformers import AutoConfig, AutoProcessor
+import verl_modality  # noqa: F401  (the plugin: its log filter for the talker's thinker-vocabulary ids)
+records = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        records.append(record.getMessage())
+logging.getLogger("transformers").addHandler(Keep(level=logging.WARNING))
+AutoConfig.from_pretrained(sys.argv[1])
+AutoProcessor.from_pretrained(sys.argv[1])
+records.append("-- loaded --")
+# the same check on a config with a talker id really outside the talker's vocabulary still warns
+from transformers import Qwen2_5OmniTalkerConfig
+Qwen2_5OmniTalkerConfig(vocab_size=16, pad_token_id=99)
+print("\\n".join(records))
+"""
+
+
+def test_loads_without_warnings(tiny_dir):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_QUIETLY, str(tiny_dir)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    cut = lines.index("-- loaded --")
+    assert lines[:cut] == []  # loading the checkpoint and its processor warned about nothing
+    assert any(w.startswith("Model config: pad_token_id must be") for w in lines[cut + 1 :]), lines  # others still do

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import actor_weights, assert_streams_shown, initial_weights
 
 from verl_modality import TAGS
 from verl_modality.trainer.launch import run_main_ppo
@@ -52,25 +53,23 @@ def _run(work_dir: Path, inputs: dict, extra: list[str], config: str = "mapo_cpu
     return result
 
 
-def _actor_weights(step_dir: Path) -> dict[str, torch.Tensor]:
-    (path,) = (step_dir / "actor").glob("model_world_size_1_rank_0.pt")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for k, v in state.items()}
+@pytest.fixture(scope="module")
+def full_batches(tmp_path_factory, tiny_model_dir):
+    """4 training rows per tag: every curriculum batch of 4 holds distinct prompts, none repeated as padding.
 
+    A prompt repeated in one batch sends twice n identical requests to the hf rollout, which tells them apart only
+    by arrival order; which of the two groups gets which responses then varies run to run, and so do the weights.
+    """
+    from verl_modality.data.synthetic import make_demo_data
 
-def _initial_weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    out = {}
-    for f in model_dir.glob("*.safetensors"):
-        for k, v in load_file(f).items():
-            if k.startswith("thinker."):
-                out[k[len("thinker.") :]] = v
-    return out
+    root = tmp_path_factory.mktemp("e2e_full_batches")
+    make_demo_data(root / "data", seed=0, n_train=28, n_test=7)
+    return {"model": Path(tiny_model_dir), "data": root / "data"}
 
 
 @pytest.fixture(scope="module")
-def mapo_run(tmp_path_factory, inputs):
+def mapo_run(tmp_path_factory, full_batches):
+    inputs = full_batches
     work = tmp_path_factory.mktemp("mapo")
     extra = [f"trainer.total_training_steps={STEPS}", f"trainer.test_freq={STEPS}", "trainer.val_before_train=True"]
     return _run(work, inputs, [*extra, "data.curriculum.order=adaptive"])
@@ -88,7 +87,8 @@ def _step_tags(steps: dict, n: int) -> list[str]:
     return out
 
 
-def test_mapo_logs_per_tag_metrics_and_trains(mapo_run, inputs):
+def test_mapo_logs_per_tag_metrics_and_trains(mapo_run, full_batches):
+    inputs = full_batches
     import pandas as pd
 
     steps = mapo_run.steps()
@@ -102,7 +102,7 @@ def test_mapo_logs_per_tag_metrics_and_trains(mapo_run, inputs):
             for stat in ("count", "reward_mean", "reward_std", "zero_var_frac", "difficulty", "weight", "adv_abs_mean"):
                 assert f"mapo/{tag}/{stat}" in m, (step, tag, stat)
         assert sum(m[f"mapo/{t}/count"] for t in logged) == 16  # 4 prompts x 4 responses, no padding rows
-        _assert_streams_shown(m, logged, exact=True)
+        assert_streams_shown(m, logged, exact=True)
         assert all(0.0 < m[f"mapo/{t}/weight"] < 1.0 for t in logged)  # adaptive weights are on in the demo recipe
     # adaptive curriculum, first epoch: one tag per batch, lowest zero-shot (step-0 validation) accuracy first
     zero_shot = {t: steps[0][f"val-core/tag/{t}/acc"] for t in train_tags}
@@ -112,8 +112,8 @@ def test_mapo_logs_per_tag_metrics_and_trains(mapo_run, inputs):
     val_tags = set(pd.read_parquet(inputs["data"] / "test.parquet")["modality_tag"])
     assert {k.split("/")[2] for k in val if k.startswith("val-core/tag/")} == val_tags | {"pooled", "tag_mean"}
     # The policy moved: compare the step-4 actor checkpoint with the initial thinker weights.
-    before = _initial_weights(inputs["model"])
-    after = _actor_weights(mapo_run.work_dir / "ckpt" / f"global_step_{STEPS}")
+    before = initial_weights(inputs["model"])
+    after = actor_weights(mapo_run.work_dir / "ckpt" / f"global_step_{STEPS}")
     assert set(after) == set(before)
     changed = [k for k in after if not torch.equal(after[k], before[k])]
     assert any(k.startswith("model.layers.") for k in changed), "no language-model weight changed"
@@ -124,16 +124,8 @@ def test_mapo_logs_per_tag_metrics_and_trains(mapo_run, inputs):
     assert all(steps[s]["training/rollout_probs_diff_max"] < 1e-5 for s in range(1, STEPS + 1))
 
 
-def _assert_streams_shown(m: dict, tags: set[str], exact: bool) -> None:
-    """The rollout's prompt ids held audio / video tokens exactly for the tags that require them (``exact``), or for
-    every tag (``full``, every demo record has all streams)."""
-    for tag in tags:
-        assert m[f"streams/{tag}/prompt_tokens"] > 0
-        assert (m[f"streams/{tag}/audio_tokens"] > 0) == ("A" in tag or not exact), (tag, m)
-        assert (m[f"streams/{tag}/video_tokens"] > 0) == ("V" in tag or not exact), (tag, m)
-
-
-def test_resume_restores_state_and_weights_exactly(mapo_run, inputs, tmp_path):
+def test_resume_restores_state_and_weights_exactly(mapo_run, full_batches, tmp_path):
+    inputs = full_batches
     ckpt_a = mapo_run.work_dir / "ckpt"
     state_2 = json.loads((ckpt_a / "global_step_2" / "verl_modality_state.json").read_text())
     assert state_2["global_steps"] == 2 and state_2["adaptive_weights"]
@@ -162,9 +154,9 @@ def test_resume_restores_state_and_weights_exactly(mapo_run, inputs, tmp_path):
     assert state_a == state_b and state_a["curriculum"]["steps"] == STEPS
     # Weights: equal up to float summation order. verl orders a batch's rows by when their rollouts finish (async),
     # so micro-batch sums may round differently in the last bit; the difference must stay far below a step's change.
-    wa = _actor_weights(ckpt_a / f"global_step_{STEPS}")
-    wb = _actor_weights(ckpt_b / f"global_step_{STEPS}")
-    w2 = _actor_weights(ckpt_a / "global_step_2")
+    wa = actor_weights(ckpt_a / f"global_step_{STEPS}")
+    wb = actor_weights(ckpt_b / f"global_step_{STEPS}")
+    w2 = actor_weights(ckpt_a / "global_step_2")
     diff = max((wa[k] - wb[k]).abs().max().item() for k in wa)
     moved = max((wa[k] - w2[k]).abs().max().item() for k in wa)
     assert moved > 1e-4 and diff <= 1e-6, (diff, moved)
@@ -222,7 +214,7 @@ def test_mupo_baseline_shows_every_stream(tmp_path, inputs):
     for step in (1, 2):
         tags = {k.split("/")[1] for k in steps[step] if k.startswith("streams/")}
         assert tags, step
-        _assert_streams_shown(steps[step], tags, exact=False)
+        assert_streams_shown(steps[step], tags, exact=False)
     assert "val-core/tag/pooled/acc" in steps[2] and "actor/pg_loss" in steps[2]
     assert all(steps[s]["curriculum/tag_index"] == -1 for s in (1, 2))  # mixed: batches of any tags
     assert all(steps[s]["training/rollout_probs_diff_max"] < 1e-5 for s in (1, 2))
@@ -238,6 +230,6 @@ def test_plain_grpo_is_vanilla(tmp_path, inputs):
     assert not [k for m in steps.values() for k in m if k.startswith(("mapo/", "val-core/tag/", "streams/"))]
     assert "actor/pg_loss" in steps[2]
     assert not (tmp_path / "ckpt" / "global_step_2" / "verl_modality_state.json").exists()
-    before = _initial_weights(inputs["model"])
-    after = _actor_weights(tmp_path / "ckpt" / "global_step_2")
+    before = initial_weights(inputs["model"])
+    after = actor_weights(tmp_path / "ckpt" / "global_step_2")
     assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("model.layers."))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import types
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -383,6 +384,28 @@ def _rebind_position_id_fix(module) -> None:
         module.maybe_fix_3d_position_ids = tensordict_utils.maybe_fix_3d_position_ids
 
 
+# The talker's text-token ids index the *thinker's* vocabulary by design. transformers 5.9 checks them against the
+# talker's own (8,448 codes) whenever it formats a Qwen2_5OmniConfig type check, which builds a default talker config:
+# seven warnings per process about ids no checkpoint holds.
+_TALKER_TOKEN_WARNING = re.compile(
+    r"^Model config: (tts_text_(start|end|pad)|audio_(start|end)|vision_(start|end))_token_id must be `None` or an "
+    r"integer within the vocabulary"
+)
+
+
+class TalkerTokenIdFilter(logging.Filter):
+    """Drops transformers' vocabulary warnings about the talker's thinker-vocabulary token ids (and nothing else)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _TALKER_TOKEN_WARNING.match(record.getMessage())
+
+
+def _quiet_talker_token_ids(module) -> None:
+    log = logging.getLogger(module.__name__)
+    if not any(isinstance(f, TalkerTokenIdFilter) for f in log.filters):
+        log.addFilter(TalkerTokenIdFilter())
+
+
 def _patch_fsdp_engine_module(module) -> None:
     engine = module.FSDPEngine
     if not getattr(engine._build_module, "__verl_modality__", False):
@@ -392,6 +415,11 @@ def _patch_fsdp_engine_module(module) -> None:
 #: (verl module, patch, what it does); each patch runs when its module is first imported (at once if it already is),
 #: so loading the plugin costs no heavy imports.
 PATCHES = (
+    (
+        "transformers.configuration_utils",
+        _quiet_talker_token_ids,
+        "config validation log: no warnings for the talker's thinker-vocabulary token ids",
+    ),
     ("verl.utils.tokenizer", _patch_tokenizer_module, "hf_processor: Qwen2_5OmniProcessor with multimodal RoPE"),
     ("verl.workers.config.model", _patch_model_config_module, "HFModelConfig: full Omni checkpoint -> thinker config"),
     (

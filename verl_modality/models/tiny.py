@@ -253,17 +253,20 @@ def tiny_config(token_ids: dict[str, int], vocab_size: int) -> Any:
         "pad_token_id": token_ids["<|endoftext|>"],
     }
     hidden = 64
-    mrope = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]}  # sum = head_dim / 2 = 8
+    # Text attention: 2 heads of 32 (vLLM's CPU attention kernels take head sizes of 32 and more), 1 KV head.
+    text_heads, text_kv_heads = 2, 1
+    text_mrope = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 6, 6]}  # sum = head_dim/2
+    talker_mrope = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]}  # head_dim 16
     text_config = {
         "vocab_size": vocab_size,
         "hidden_size": hidden,
         "intermediate_size": 128,
         "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        "num_attention_heads": text_heads,
+        "num_key_value_heads": text_kv_heads,
         "max_position_embeddings": 32768,
         "max_window_layers": 2,
-        "rope_parameters": dict(mrope),
+        "rope_parameters": dict(text_mrope),
         "tie_word_embeddings": False,
         **special,
     }
@@ -313,7 +316,7 @@ def tiny_config(token_ids: dict[str, int], vocab_size: int) -> Any:
         "num_key_value_heads": 1,
         "head_dim": 16,
         "max_window_layers": 2,
-        "rope_parameters": dict(mrope),
+        "rope_parameters": dict(talker_mrope),
         "tts_text_pad_token_id": tail,
         "tts_text_start_token_id": tail + 1,
         "tts_text_end_token_id": tail + 2,

