@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -62,3 +63,48 @@ def assert_streams_shown(m: dict, tags: set[str], exact: bool) -> None:
         assert m[f"streams/{tag}/prompt_tokens"] > 0
         assert (m[f"streams/{tag}/audio_tokens"] > 0) == ("A" in tag or not exact), (tag, m)
         assert (m[f"streams/{tag}/video_tokens"] > 0) == ("V" in tag or not exact), (tag, m)
+
+
+#: verl's main_ppo at the e2e tests' size: 4 prompts x 4 responses per step, one mini-batch, one micro-batch.
+SMALL_BATCH = [
+    "data.train_batch_size=4",
+    "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
+    "actor_rollout_ref.rollout.n=4",
+]
+#: Two steps of MAPO-AT: the relevance-masked loss from the audio-ablated pass, and the attention loss.
+MAPO_AT_TWO_STEPS = [
+    "trainer.total_training_steps=2",
+    "trainer.val_before_train=False",
+    "trainer.test_freq=-1",
+    "trainer.save_freq=-1",
+    "algorithm.mapo_at.relevance_mask=true",
+    "algorithm.mapo_at.attention_loss=true",
+    "actor_rollout_ref.actor.policy_loss.loss_mode=mapo_relevance",
+]
+
+
+def e2e_inputs(model: Path, data: Path, work_dir: Path) -> list[str]:
+    """Overrides pointing the demo recipe at a model, a demo-data folder and a checkpoint folder."""
+    return [
+        f"actor_rollout_ref.model.path={model}",
+        f"data.train_files={data / 'train.parquet'}",
+        f"data.val_files={data / 'test.parquet'}",
+        f"trainer.default_local_dir={work_dir / 'ckpt'}",
+    ]
+
+
+def assert_mapo_at_steps(steps: dict, n: int = 2) -> None:
+    """MAPO-AT's metrics on steps 1..n: the audio-ablated pass ran, and the attention loss inside the actor's update."""
+    for step in range(1, n + 1):
+        m = steps[step]
+        for key in ("dh_mean", "dh_p10", "dh_p50", "dh_p90", "audio_fraction"):
+            assert f"mapo_at/{key}" in m, (step, key)
+        assert math.isfinite(m["actor/pg_loss"]), step
+        assert 0 <= m["mapo_at/audio_fraction"] <= 1
+        if m["mapo_at/audio_fraction"] > 0:  # removing the audio changes the entropies of those responses
+            assert m["mapo_at/dh_abs_mean"] > 0 and m["mapo_at/mask_entropy"] > 0
+            # the attention loss ran inside the actor's update, on the captured q/k of the last layers
+            assert math.isfinite(m["actor/mapo_at/loss"]) and m["actor/mapo_at/loss"] >= 0
+            assert 0 < m["actor/mapo_at/audio_mass_mean"] <= 1
+    assert any(steps[s]["mapo_at/audio_fraction"] > 0 for s in range(1, n + 1))

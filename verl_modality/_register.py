@@ -47,12 +47,10 @@ def _register() -> None:
 
     REGISTERED["patches"].extend(qwen2_5_omni.apply_patches())
 
-    from verl_modality.models.import_hooks import when_imported
+    from verl_modality.models.import_hooks import install, when_imported
     from verl_modality.trainer import actor_attention_loss
 
-    for module_name, patch, what in actor_attention_loss.PATCHES:
-        when_imported(module_name, patch)
-        REGISTERED["patches"].append(f"{module_name}: {what}")
+    REGISTERED["patches"].extend(install(actor_attention_loss.PATCHES))
 
     from verl_modality.rollout import deficit_agent_loop, hf_rollout
 

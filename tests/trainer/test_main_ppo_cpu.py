@@ -6,13 +6,20 @@ baseline (``full`` streams, mixed batches) for 2 steps, and plain GRPO for 2 ste
 """
 
 import json
-import math
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import actor_weights, assert_streams_shown, initial_weights
+from helpers import (
+    MAPO_AT_TWO_STEPS,
+    SMALL_BATCH,
+    actor_weights,
+    assert_mapo_at_steps,
+    assert_streams_shown,
+    e2e_inputs,
+    initial_weights,
+)
 
 from verl_modality import TAGS
 from verl_modality.trainer.launch import run_main_ppo
@@ -20,14 +27,7 @@ from verl_modality.trainer.launch import run_main_ppo
 pytestmark = pytest.mark.slow
 
 STEPS = 4
-BASE = [
-    "data.train_batch_size=4",
-    "actor_rollout_ref.actor.ppo_mini_batch_size=4",
-    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
-    "actor_rollout_ref.rollout.n=4",
-    "trainer.val_before_train=False",
-    "trainer.save_freq=2",
-]
+BASE = [*SMALL_BATCH, "trainer.val_before_train=False", "trainer.save_freq=2"]
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +40,7 @@ def inputs(tmp_path_factory, tiny_model_dir):
 
 
 def _run(work_dir: Path, inputs: dict, extra: list[str], config: str = "mapo_cpu_demo"):
-    overrides = [
-        f"actor_rollout_ref.model.path={inputs['model']}",
-        f"data.train_files={inputs['data'] / 'train.parquet'}",
-        f"data.val_files={inputs['data'] / 'test.parquet'}",
-        f"trainer.default_local_dir={work_dir / 'ckpt'}",
-        *BASE,
-        *extra,
-    ]
+    overrides = [*e2e_inputs(inputs["model"], inputs["data"], work_dir), *BASE, *extra]
     result = run_main_ppo(config, work_dir, overrides, timeout=900)
     assert result.returncode == 0, result.log_tail(80)
     return result
@@ -184,26 +177,7 @@ def test_static_curriculum_with_group_filtering(tmp_path, inputs):
 
 
 def test_mapo_at_relevance_mask_and_attention_loss(tmp_path, inputs):
-    extra = [
-        "trainer.total_training_steps=2",
-        "trainer.test_freq=-1",
-        "trainer.save_freq=-1",
-        "algorithm.mapo_at.relevance_mask=true",
-        "algorithm.mapo_at.attention_loss=true",
-        "actor_rollout_ref.actor.policy_loss.loss_mode=mapo_relevance",
-    ]
-    steps = _run(tmp_path, inputs, extra).steps()
-    for step in (1, 2):
-        m = steps[step]
-        for key in ("dh_mean", "dh_p10", "dh_p50", "dh_p90", "audio_fraction"):
-            assert f"mapo_at/{key}" in m, (step, key)
-        assert "actor/pg_loss" in m and math.isfinite(m["actor/pg_loss"])
-        if m["mapo_at/audio_fraction"] > 0:  # removing the audio changes the entropies of those responses
-            assert m["mapo_at/dh_abs_mean"] > 0 and m["mapo_at/mask_entropy"] > 0
-            # the attention loss ran inside the actor's update, on the captured q/k of the last layers
-            assert math.isfinite(m["actor/mapo_at/loss"]) and m["actor/mapo_at/loss"] >= 0
-            assert 0 <= m["actor/mapo_at/audio_mass_mean"] <= 1
-    assert any(steps[s]["mapo_at/audio_fraction"] > 0 for s in (1, 2))
+    assert_mapo_at_steps(_run(tmp_path, inputs, MAPO_AT_TWO_STEPS).steps())
 
 
 def test_mupo_baseline_shows_every_stream(tmp_path, inputs):

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import actor_weights, assert_streams_shown, initial_weights
+from helpers import (
+    MAPO_AT_TWO_STEPS,
+    SMALL_BATCH,
+    actor_weights,
+    assert_mapo_at_steps,
+    assert_streams_shown,
+    e2e_inputs,
+    initial_weights,
+)
 
 from verl_modality.trainer.launch import run_main_ppo
 
@@ -43,14 +51,8 @@ def inputs(tmp_path_factory, tiny_model_dir):
 def _run(work_dir: Path, inputs: dict, extra: list[str]):
     overrides = [
         "cpu_rollout=vllm",
-        f"actor_rollout_ref.model.path={inputs['model']}",
-        f"data.train_files={inputs['data'] / 'train.parquet'}",
-        f"data.val_files={inputs['data'] / 'test.parquet'}",
-        f"trainer.default_local_dir={work_dir / 'ckpt'}",
-        "data.train_batch_size=4",
-        "actor_rollout_ref.actor.ppo_mini_batch_size=4",
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
-        "actor_rollout_ref.rollout.n=4",
+        *e2e_inputs(inputs["model"], inputs["data"], work_dir),
+        *SMALL_BATCH,
         # rewards with variance on every step, so that every update changes the weights the next sync must carry
         f"reward.custom_reward_function.path={Path(__file__).with_name('coin_reward.py')}",
         *extra,
@@ -119,22 +121,7 @@ def test_vllm_run_logs_per_tag_metrics_and_trains(vllm_run, inputs):
 
 
 def test_vllm_mapo_at_relevance_pass_and_attention_loss(tmp_path, inputs):
-    extra = [
-        "trainer.total_training_steps=2",
-        "trainer.val_before_train=False",
-        "trainer.test_freq=-1",
-        "trainer.save_freq=-1",
-        "algorithm.mapo_at.relevance_mask=true",
-        "algorithm.mapo_at.attention_loss=true",
-        "actor_rollout_ref.actor.policy_loss.loss_mode=mapo_relevance",
-    ]
-    steps = _run(tmp_path, inputs, extra).steps()
+    steps = _run(tmp_path, inputs, MAPO_AT_TWO_STEPS).steps()
     for step in (1, 2):
-        m = steps[step]
-        _assert_rollout_matches_actor(m, step)
-        assert math.isfinite(m["actor/pg_loss"])
-        assert 0 <= m["mapo_at/audio_fraction"] <= 1
-        if m["mapo_at/audio_fraction"] > 0:  # the audio-ablated pass changed the entropies of audio responses
-            assert m["mapo_at/dh_abs_mean"] > 0 and m["mapo_at/mask_entropy"] > 0
-            assert math.isfinite(m["actor/mapo_at/loss"]) and m["actor/mapo_at/loss"] >= 0
-    assert any(steps[s]["mapo_at/audio_fraction"] > 0 for s in (1, 2))
+        _assert_rollout_matches_actor(steps[step], step)
+    assert_mapo_at_steps(steps)

@@ -14,11 +14,11 @@ run verl's ``main_ppo`` with MAPO-AT in the packed layout.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import MAPO_AT_TWO_STEPS, SMALL_BATCH, assert_mapo_at_steps, e2e_inputs
 
 pytestmark = pytest.mark.slow
 
@@ -222,22 +222,10 @@ def test_main_ppo_mapo_at_with_remove_padding(tmp_path, tiny_model_dir):
     data = tmp_path / "data"
     make_demo_data(data, seed=0, n_train=16, n_test=7, progress=False)
     overrides = [
-        f"actor_rollout_ref.model.path={Path(tiny_model_dir)}",
-        f"data.train_files={data / 'train.parquet'}",
-        f"data.val_files={data / 'test.parquet'}",
-        f"trainer.default_local_dir={tmp_path / 'ckpt'}",
+        *e2e_inputs(Path(tiny_model_dir), data, tmp_path),
+        *SMALL_BATCH,
+        *MAPO_AT_TWO_STEPS,
         "actor_rollout_ref.model.use_remove_padding=true",
-        "data.train_batch_size=4",
-        "actor_rollout_ref.actor.ppo_mini_batch_size=4",
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
-        "actor_rollout_ref.rollout.n=4",
-        "trainer.val_before_train=False",
-        "trainer.total_training_steps=2",
-        "trainer.test_freq=-1",
-        "trainer.save_freq=-1",
-        "algorithm.mapo_at.relevance_mask=true",
-        "algorithm.mapo_at.attention_loss=true",
-        "actor_rollout_ref.actor.policy_loss.loss_mode=mapo_relevance",
     ]
     result = run_main_ppo("mapo_cpu_demo", tmp_path, overrides, timeout=600)
     assert result.returncode == 0, result.log_tail(80)
@@ -245,13 +233,9 @@ def test_main_ppo_mapo_at_with_remove_padding(tmp_path, tiny_model_dir):
     assert "Monkey patch _flash_attention_forward" in result.log_path.read_text()
     steps = result.steps()
     for step in (1, 2):
-        m = steps[step]
-        assert math.isfinite(m["actor/pg_loss"]) and math.isfinite(m["actor/grad_norm"])
         # the hf rollout's probabilities (transformers generate, one sequence, KV cache) equal the packed actor's
         # recomputation (measured ~1e-9)
-        assert m["training/rollout_probs_diff_max"] < 1e-6, m["training/rollout_probs_diff_max"]
-        if m["mapo_at/audio_fraction"] > 0:
-            assert math.isfinite(m["actor/mapo_at/loss"]) and m["actor/mapo_at/loss"] >= 0
-            assert 0 < m["actor/mapo_at/audio_mass_mean"] <= 1
+        assert steps[step]["training/rollout_probs_diff_max"] < 1e-6, steps[step]["training/rollout_probs_diff_max"]
+    assert_mapo_at_steps(steps)
     assert any(steps[s]["mapo_at/audio_fraction"] > 0 and steps[s]["actor/mapo_at/loss"] > 0 for s in (1, 2))
     assert any(steps[s]["actor/grad_norm"] > 0 for s in (1, 2))

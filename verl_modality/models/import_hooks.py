@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import ModuleType
 
 _PENDING: dict[str, list[Callable[[ModuleType], None]]] = {}
@@ -64,6 +64,15 @@ def when_imported(module_name: str, fn: Callable[[ModuleType], None]) -> None:
     _PENDING.setdefault(module_name, []).append(fn)
     if _FINDER not in sys.meta_path:
         sys.meta_path.insert(0, _FINDER)
+
+
+def install(patches: Iterable[tuple[str, Callable[[ModuleType], None], str]]) -> list[str]:
+    """Hook every ``(module name, patch, what it does)`` of a patch table; one ``"module: what"`` line each."""
+    lines = []
+    for module_name, patch, what in patches:
+        when_imported(module_name, patch)
+        lines.append(f"{module_name}: {what}")
+    return lines
 
 
 def pending() -> dict[str, list[str]]:

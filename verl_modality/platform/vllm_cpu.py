@@ -109,11 +109,9 @@ PATCHES = (
 
 def apply_patches() -> list[str]:
     """Install the fixes (the caller checks :func:`is_needed` and the platform); one line per patch."""
-    from verl_modality.models.import_hooks import when_imported
+    from verl_modality.models.import_hooks import install
 
-    for module_name, patch, _ in PATCHES:
-        when_imported(module_name, patch)
-    return [f"{module_name}: {what}" for module_name, _, what in PATCHES]
+    return install(PATCHES)
 
 
 def patches_in_place() -> dict[str, bool]:
