@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = [
     ROOT / "examples" / "mapo_cpu_demo.yaml",
     ROOT / "examples" / "mupo_cpu_demo.yaml",
+    ROOT / "examples" / "mapo_full_cpu_demo.yaml",
     ROOT / "recipes" / "maple" / "mapo_qwen2_5_omni_3b.yaml",
     ROOT / "recipes" / "maple" / "mupo_qwen2_5_omni_3b.yaml",
     ROOT / "recipes" / "maple" / "mapo_adaptive_qwen2_5_omni_3b.yaml",
@@ -103,11 +104,13 @@ def test_recipe_composes_with_valid_mapo_options(path, monkeypatch):
     expected_order = {
         "mapo_qwen2_5_omni_3b": "static",  # the full recipe (SPEC §2.6)
         "mapo_adaptive_qwen2_5_omni_3b": "adaptive",  # adp_w + adp_cur
+        "mapo_full_cpu_demo": "static",  # the demo's full recipe
     }.get(path.stem, "none")
     assert curriculum.order == expected_order
     if curriculum.order == "adaptive":
         assert mapo.adaptive_weights and cfg.trainer.val_before_train and curriculum.window == 5
-    if path.stem.startswith("mapo_qwen"):
+    if path.stem.startswith("mapo_qwen") or path.stem == "mapo_full_cpu_demo":
+        assert not mapo.adaptive_weights and not cfg.algorithm.use_kl_in_reward
         assert cfg.algorithm.filter_groups.enable and cfg.algorithm.filter_groups.metric == "acc"
     if "maple" in str(path):  # the paper's settings (SPEC §2.6)
         a, r = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout

@@ -28,7 +28,12 @@ def _cmd_make_demo_data(args: argparse.Namespace) -> int:
     from verl_modality.data.synthetic import make_demo_data
 
     summary = make_demo_data(
-        args.out_dir, seed=args.seed, n_train=args.n_train, n_test=args.n_test, caption_every=args.caption_every
+        args.out_dir,
+        seed=args.seed,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        caption_every=args.caption_every,
+        families=args.families,
     )
     print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -51,21 +56,31 @@ def _cmd_augment_qa(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from verl_modality.evaluation.training_log import format_table, summarize
-    from verl_modality.trainer.launch import prepare_demo_inputs, run_main_ppo
+    from verl_modality.trainer.demo import DemoConfig, parse_warm_start, run_demo
 
-    work_dir = prepare_demo_inputs(args.work_dir, seed=args.seed)
-    overrides = [f"trainer.total_training_steps={args.steps}", f"trainer.test_freq={args.steps}", *args.overrides]
-    print(f"[demo] verl main_ppo with {args.config} for {args.steps} steps on the CPU; log: {work_dir}/main_ppo.log")
-    result = run_main_ppo(args.config, work_dir, overrides, echo=True)
-    if result.returncode != 0:
-        print(result.log_tail(), file=sys.stderr)
-        print(
-            f"[demo] main_ppo failed with exit code {result.returncode}; full log: {result.log_path}", file=sys.stderr
+    try:
+        cfg = DemoConfig(
+            work_dir=args.work_dir,
+            seed=args.seed,
+            steps=args.steps,
+            val_every=args.val_every if args.val_every is not None else min(10, args.steps),
+            compare=args.compare,
+            rollout=args.rollout,
+            overrides=list(args.overrides),
+            warm_start=parse_warm_start(args.warm_start),
         )
-        return result.returncode
-    print(f"[demo] finished in {result.seconds:.0f} s. Per tag (training steps summed; validation before/after):")
-    print(format_table(summarize(result.metrics)))
+    except ValueError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    import signal
+
+    # SIGTERM unwinds like Ctrl-C, so the SFT trainer and main_ppo (own process groups) are stopped with the demo
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        run_demo(cfg)
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"[demo] {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -152,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=56)
     p.add_argument("--n-test", type=int, default=28)
     p.add_argument("--caption-every", type=int, default=0, help="every k-th record is a caption row (0: none)")
+    p.add_argument(
+        "--families", choices=("classic", "balanced"), default="classic",
+        help="balanced: pitch questions in every tag holding A (the demo's learnable set)",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_make_demo_data)
 
     from verl_modality.data import report as data_report
@@ -180,13 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-config", default=None, help="YAML file of a PromptConfig (default: the standard prompt)")
     p.set_defaults(func=_cmd_augment_qa)
 
-    p = sub.add_parser("demo", help="CPU demo: MAPO training with verl's main_ppo on the tiny model and demo data")
+    p = sub.add_parser(
+        "demo", help="CPU demo: warm start with verl's SFT trainer, then MAPO (and with --compare MUPO) with main_ppo"
+    )
     p.add_argument("--work-dir", default="demo_run")
-    p.add_argument("--seed", type=int, default=0, help="seed of the tiny model and the demo data")
-    p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--config", default="mapo_cpu_demo", help="recipe name in examples/ or a path to a YAML file")
+    p.add_argument("--seed", type=int, default=0, help="seed of the tiny model, the data, the warm start and RL")
+    p.add_argument("--steps", type=int, default=40, help="RL steps of each run")
+    p.add_argument("--val-every", type=int, default=None, help="steps between validations (default min(10, steps))")
+    p.add_argument("--compare", action="store_true", help="also train the MUPO baseline from the same warm start")
+    p.add_argument("--rollout", choices=("vllm", "hf"), default="vllm", help="verl's vLLM rollout or transformers")
     p.add_argument(
-        "overrides", nargs="*", help="extra Hydra overrides for main_ppo, e.g. actor_rollout_ref.rollout.n=8"
+        "--warm-start", action="append", default=[], metavar="KEY=VALUE",
+        help="warm-start option (max_steps, eval_every, window_low, window_high, heldout_per_tag, lr, ...)",
+    )  # fmt: skip
+    p.add_argument(
+        "overrides", nargs="*", help="extra Hydra overrides for every main_ppo run, e.g. actor_rollout_ref.rollout.n=4"
     )
     p.set_defaults(func=_cmd_demo)
 

@@ -16,6 +16,10 @@ positions. Here:
   error naming the sample under every ``truncation`` mode; ``truncation: error`` raises for any longer sample,
   ``right`` cuts the answer; ``left`` is refused, since it would cut the media placeholders of the prompt.
 
+``data.media_cache_entries: N`` (default 0, off) memoises the audio feature extractor and the video processor on
+the content of their inputs (:mod:`verl_modality.data.media_cache`): a data set with repeated clips, such as the
+CPU demo's, processes each distinct clip once; the items are identical either way.
+
 Every sample carries ``multi_modal_inputs`` (empty for text-only rows) so that verl's ``SFTTensorCollator`` can
 batch text-only and media rows together.
 """
@@ -34,6 +38,7 @@ from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
 from verl.utils.py_functional import convert_nested_value_to_list_recursive
 
 from verl_modality.data.dataset import SAMPLE_KEY, OmniRLDataset
+from verl_modality.data.media_cache import cached_processor
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +127,11 @@ class OmniSFTDataset(MultiTurnSFTDataset):
         else:
             self.media_root = None  # several files: relative media paths need data.media_root
         self._system_text = self.tokenizer.decode(self.system_prompt)
+        cache = int(config.get("media_cache_entries", 0) or 0)
+        if cache < 0:
+            raise ValueError(f"data.media_cache_entries must be >= 0, got {cache}")
+        if cache:  # identical clips processed once (verl_modality.data.media_cache); results are unchanged
+            self.processor = cached_processor(self.processor, cache)
 
     # ------------------------------------------------------------------------------------------------------------
     # Rows -> structured messages

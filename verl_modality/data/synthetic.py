@@ -5,6 +5,10 @@ low or a high pitch (A), and a subtitle line naming an animal (S). A record's qu
 its tag only, and the other streams hold random distractor content. In bi- and tri-modal questions each wrong
 option differs from the truth in exactly one stream's fact where possible, so every tagged stream is needed to
 single out the answer.
+
+``families="balanced"`` (the learnable set of the CPU demo) also asks the pitch of the beeps, not only their number,
+in every tag that holds A, so each of the four question families (colour, beep count, pitch, subtitle animal) has
+enough rows for a tiny model to learn it; the default ``"classic"`` asks pitch only in some A-only questions.
 """
 
 from __future__ import annotations
@@ -51,8 +55,12 @@ _FACT_OF_STREAM = {"V": "colour", "A": "beeps", "S": "animal"}
 _ASPECT = {
     "V": "the colour of the video",
     "A": "the number of beeps in the audio",
+    "A-pitch": "the pitch of the beeps in the audio",
     "S": "the animal named in the subtitles",
 }
+#: question families of :func:`make_demo_data`: ``classic`` asks pitch in about half of the A-only questions,
+#: ``balanced`` in about half of every tag holding A (the learnable demo set)
+FAMILIES = ("classic", "balanced")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -163,7 +171,7 @@ def _question(tag: str, a_kind: str) -> str:
         return "How many beeps can be heard in the audio?"
     if tag == "S":
         return "Which animal is named in the subtitles?"
-    aspects = [_ASPECT[s] for s in tag]
+    aspects = [_ASPECT["A-pitch" if s == "A" and a_kind == "pitch" else s] for s in tag]
     joined = aspects[0] + " and " + aspects[1] if len(aspects) == 2 else ", ".join(aspects[:-1]) + " and " + aspects[-1]
     return f"Which option gives both {joined}?" if len(aspects) == 2 else f"Which option gives all of {joined}?"
 
@@ -196,9 +204,19 @@ def _write_clip(root: Path, split: str, rid: str, colour: str, beeps: int, pitch
     return video_rel, audio_rel
 
 
-def _make_record(rng: np.random.Generator, root: Path, split: str, index: int, tag: str) -> schema.Sample:
+def question_family(tag: str, stream: str, question: str) -> str:
+    """The family a question's fact about ``stream`` belongs to: ``colour``, ``count``, ``pitch`` or ``animal``."""
+    if stream == "A":
+        return "pitch" if "pitch" in question else "count"
+    return {"V": "colour", "S": "animal"}[stream]
+
+
+def _make_record(
+    rng: np.random.Generator, root: Path, split: str, index: int, tag: str, families: str = "classic"
+) -> schema.Sample:
     colour, beeps, pitch, animal, subtitle = _draw_clip(rng)
-    a_kind = "pitch" if tag == "A" and rng.random() < 0.5 else "count"
+    asks_pitch = tag == "A" if families == "classic" else "A" in tag
+    a_kind = "pitch" if asks_pitch and rng.random() < 0.5 else "count"
 
     truth = {"V": colour, "A": pitch if a_kind == "pitch" else beeps, "S": animal}
     truth = {s: truth[s] for s in tag}
@@ -271,14 +289,18 @@ def make_demo_data(
     n_test: int = 28,
     progress: bool = True,
     caption_every: int = 0,
+    families: str = "classic",
 ) -> dict[str, Any]:
     """Write ``train.parquet``, ``test.parquet`` and their media under ``out_dir/media/``; returns a summary.
 
     All seven tags appear in equal numbers when a split's size is a multiple of seven (otherwise the first tags
     get one more). The same seed gives identical rows and media. With ``caption_every=k > 0`` every k-th record
     (indices k-1, 2k-1, ...) is a caption row (``task="caption"``, the reference caption as its answer and
-    per-stream ``extra_info["reference_captions"]``) instead of a QA row.
+    per-stream ``extra_info["reference_captions"]``) instead of a QA row. ``families`` is ``classic`` or
+    ``balanced`` (pitch questions in every tag that holds A; the learnable set of the CPU demo).
     """
+    if families not in FAMILIES:
+        raise ValueError(f"families must be one of {', '.join(FAMILIES)}, got {families!r}")
     if caption_every < 0:
         raise ValueError(f"caption_every must be >= 0, got {caption_every}")
     from tqdm.auto import tqdm
@@ -287,7 +309,13 @@ def make_demo_data(
         raise ValueError(f"need n_train >= 1 and n_test >= 0, got {n_train} and {n_test}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"out_dir": str(out), "seed": seed, "data_source": DATA_SOURCE, "splits": {}}
+    summary: dict[str, Any] = {
+        "out_dir": str(out),
+        "seed": seed,
+        "data_source": DATA_SOURCE,
+        "families": families,
+        "splits": {},
+    }
     with tqdm(total=n_train + n_test, desc="demo data", unit="record", disable=not progress) as bar:
         for split_no, (split, n) in enumerate((("train", n_train), ("test", n_test))):
             media_dir = out / "media" / split
@@ -299,8 +327,10 @@ def make_demo_data(
             rows = []
             for index, tag in enumerate(_balanced_tags(n, rng)):
                 caption = caption_every > 0 and index % caption_every == caption_every - 1
-                make = _make_caption_record if caption else _make_record
-                rows.append(make(rng, out, split, index, tag).to_row())
+                if caption:
+                    rows.append(_make_caption_record(rng, out, split, index, tag).to_row())
+                else:
+                    rows.append(_make_record(rng, out, split, index, tag, families).to_row())
                 bar.update()
             written = {Path(f).name for r in rows for files in r[schema.MEDIA].values() for f in files}
             _remove_stale_media(media_dir, split, written)
@@ -313,6 +343,14 @@ def make_demo_data(
                     sorted(Counter(r["modality_tag"] for r in rows).items(), key=lambda kv: TAGS.index(kv[0]))
                 ),
                 "captions": sum(r[schema.TASK] == "caption" for r in rows),
+                "questions_per_family": dict(
+                    Counter(
+                        question_family(r["modality_tag"], s, r[schema.QUESTION])
+                        for r in rows
+                        if r[schema.TASK] == "qa"
+                        for s in r["modality_tag"]
+                    )
+                ),
                 "media_dir": str(media_dir),
                 "media_files": 2 * len(rows),
             }

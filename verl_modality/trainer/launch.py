@@ -1,8 +1,8 @@
 """Run verl's ``main_ppo`` in a subprocess from a YAML recipe, follow its metrics, and summarise them per tag.
 
-Used by ``verl-modality demo`` (the CPU demo of ``examples/mapo_cpu_demo.yaml``) and by the end-to-end tests. The
-training itself is verl's own ``python -m verl.trainer.main_ppo``; this module only prepares inputs, sets the
-environment (file logger, demo paths) and reads verl's metrics file back.
+Used by ``verl-modality demo`` (:mod:`verl_modality.trainer.demo`) and by the end-to-end tests. The training itself
+is verl's own ``python -m verl.trainer.main_ppo``; this module only sets the environment (file logger, demo paths),
+runs it under a timeout and reads verl's metrics file back.
 """
 
 from __future__ import annotations
@@ -59,19 +59,6 @@ def config_dir_of(config: str | os.PathLike) -> tuple[Path, str]:
             f"recipe {path} not found (the examples/ and recipes/ folders ship with the source checkout, not the wheel)"
         )
     return path.resolve().parent, path.stem
-
-
-def prepare_demo_inputs(work_dir: str | os.PathLike, seed: int = 0) -> Path:
-    """Build the tiny model (``<work_dir>/model``) and the demo data (``<work_dir>/data``) unless already there."""
-    from verl_modality.data.synthetic import make_demo_data
-    from verl_modality.models.tiny import make_tiny_model
-
-    work_dir = Path(work_dir).resolve()
-    if not (work_dir / "model" / "config.json").exists():
-        make_tiny_model(work_dir / "model", seed=seed)
-    if not (work_dir / "data" / "train.parquet").exists() or not (work_dir / "data" / "test.parquet").exists():
-        make_demo_data(work_dir / "data", seed=seed)
-    return work_dir
 
 
 def run_main_ppo(

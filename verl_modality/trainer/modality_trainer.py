@@ -8,6 +8,8 @@ unchanged. When active it:
 * hands each row's ``modality_tag`` (a dataset column, stored per trajectory in TransferQueue) and the padding flags
   to the registered estimator through :mod:`verl_modality.algorithms.batch_context`;
 * keeps the adaptive-weight history and logs per-tag statistics as ``mapo/<tag>/<stat>``;
+* with tag metrics on, logs how the step's reward variance splits between and within tags and the implied
+  Var(g_MA) / Var(g_MU) (``pg_var/*``, :mod:`verl_modality.algorithms.gradient_variance`);
 * logs per tag what the rollout's prompts held (``streams/<tag>/{prompt,audio,video}_tokens``, the mean per response),
   which shows the ``data.modality`` policy at work (e.g. no audio tokens for V-tagged samples under ``exact``);
 * reports validation accuracy per tag (``val-core/tag/<tag>/acc``) plus the pooled and tag-averaged accuracy, per
@@ -47,6 +49,7 @@ from verl_modality.algorithms.adaptive_weights import AdaptiveWeightState
 from verl_modality.algorithms.advantage import ESTIMATOR_NAME
 from verl_modality.algorithms.batch_context import BatchContext, batch_context
 from verl_modality.algorithms.config import MapoATConfig, MapoConfig
+from verl_modality.algorithms.gradient_variance import pg_variance_metrics
 from verl_modality.algorithms.relevance import LOSS_MODE, relevance_metrics, relevance_weights
 from verl_modality.data.curriculum import ALL, CurriculumConfig, TagCurriculum
 
@@ -468,6 +471,20 @@ class ModalityTrainerSync(PPOTrainerSync):
         tokens = self._stream_token_ids
         return stream_token_metrics([tags[i] for i in keep], ids[keep], ids[keep] != pad, tokens[0], tokens[1])
 
+    def _pg_variance_metrics(self, batch, tags: list[str], valid: np.ndarray) -> dict[str, float]:
+        """``pg_var/*``: the between/within-tag split of the step's sequence scores (sum of ``rm_scores``, verl's
+        ``token_level_scores``), :func:`~verl_modality.algorithms.gradient_variance.pg_variance_metrics`.
+
+        Not under ``mapo/``: there every second part is a tag (``mapo/<tag>/<stat>``, read by the run summary and the
+        tests), and baselines with tag metrics log this too."""
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["rm_scores"])
+        scores = np.array([float(r.sum()) for r in data["rm_scores"].unbind()])
+        # a metric must not stop the step: non-finite scores are the estimator's to report, left out here
+        keep = valid & np.isfinite(scores)
+        if not keep.any():
+            return {}
+        return pg_variance_metrics(scores, tags, keep)
+
     @property
     def _stream_token_ids(self) -> tuple[int, int] | None:
         """(audio, video) placeholder ids; None for a tokenizer without them (no stream tokens to count)."""
@@ -534,6 +551,8 @@ class ModalityTrainerSync(PPOTrainerSync):
         valid = np.array([not tag.get("is_padding", False) for tag in batch.tags], dtype=bool)
         if count_streams:
             metrics.update(self._stream_metrics(prompts, tags, valid))
+        if self.tag_metrics:
+            metrics.update(self._pg_variance_metrics(batch, tags, valid))
         ctx = None
         if self.mapo_active:
             ctx = BatchContext(modality_tags=tags, valid=valid, state=self._ensure_mapo_state(), step=self.global_steps)

@@ -1,0 +1,87 @@
+"""A thinker trained by verl (sharded FSDP checkpoint) written back into a full Qwen2.5-Omni checkpoint directory.
+
+verl's trainers save the trained module's state dict (``model_world_size_<W>_rank_<r>.pt``, DTensor shards); the
+module is the thinker, so its names carry no ``thinker.`` prefix. The full checkpoint the plugin loads (hub layout:
+``thinker.*``, ``talker.*``, ``token2wav.*``, tokenizer, processor) is rebuilt by copying the base checkpoint and
+replacing every ``thinker.*`` tensor; a base tensor without a trained counterpart (or the reverse) is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+THINKER_PREFIX = "thinker."
+
+
+def load_sharded_state(step_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The full state dict of a verl FSDP checkpoint folder (``global_step_N``), shards gathered on the CPU.
+
+    Only single-rank checkpoints can be read without a process group; more ranks raise with the folder named.
+    """
+    step = Path(step_dir)
+    shards = sorted(step.glob("model_world_size_*_rank_*.pt"))
+    if not shards:
+        raise FileNotFoundError(f"{step}: no model_world_size_*_rank_*.pt (not a verl FSDP checkpoint folder)")
+    if len(shards) > 1:
+        raise ValueError(f"{step}: {len(shards)} rank shards; merge them with verl's model merger first")
+    state = torch.load(shards[0], map_location="cpu", weights_only=False)
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for k, v in state.items()}
+
+
+def _weight_files(base: Path) -> list[Path]:
+    index = base / "model.safetensors.index.json"
+    if index.is_file():
+        return sorted({base / f for f in json.loads(index.read_text())["weight_map"].values()})
+    single = base / "model.safetensors"
+    if not single.is_file():
+        raise FileNotFoundError(f"{base}: no model.safetensors or model.safetensors.index.json")
+    return [single]
+
+
+def export_thinker(
+    base_dir: str | os.PathLike, thinker_state: dict[str, torch.Tensor], out_dir: str | os.PathLike
+) -> Path:
+    """Write ``out_dir``: ``base_dir`` with its ``thinker.*`` weights replaced by ``thinker_state`` (thinker names).
+
+    Shapes and dtypes must match the base; the directory is assembled beside ``out_dir`` and moved into place.
+    """
+    from safetensors.torch import load_file, save_file
+
+    base, out = Path(base_dir), Path(out_dir)
+    remaining = dict(thinker_state)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        weight_files = _weight_files(base)
+        for item in base.iterdir():
+            if item not in weight_files and item.is_file():
+                shutil.copy2(item, tmp / item.name)
+        for path in weight_files:
+            tensors = load_file(str(path))
+            for name in list(tensors):
+                if not name.startswith(THINKER_PREFIX):
+                    continue
+                key = name[len(THINKER_PREFIX) :]
+                if key not in remaining:
+                    raise KeyError(f"{base}: weight {name} has no trained counterpart {key!r}")
+                new = remaining.pop(key)
+                if new.shape != tensors[name].shape:
+                    raise ValueError(f"{name}: trained shape {tuple(new.shape)} != base {tuple(tensors[name].shape)}")
+                tensors[name] = new.to(tensors[name].dtype).contiguous()
+            save_file(tensors, str(tmp / path.name), metadata={"format": "pt"})
+        if remaining:
+            raise KeyError(f"trained weights not in {base}: {sorted(remaining)[:5]}")
+        tmp.chmod(0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

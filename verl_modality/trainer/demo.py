@@ -1,0 +1,340 @@
+"""The CPU demo (``verl-modality demo``): warm start, then MAPO's full recipe, and with ``--compare`` the MUPO baseline.
+
+1. Inputs under the work dir: the tiny random-weight Qwen2.5-Omni checkpoint (``model/``) and the learnable demo
+   set (``data/``: :func:`verl_modality.data.synthetic.make_demo_data` with ``families="balanced"``).
+2. Warm start (:mod:`verl_modality.trainer.warm_start`, cached): verl's SFT trainer until the held-out reward is
+   mid-range, so that GRPO groups have reward variance.
+3. RL with verl's ``main_ppo`` from the warm start: ``examples/mapo_full_cpu_demo.yaml`` (exact streams, stratified
+   advantages, zero-variance filtering, uni -> bi -> tri curriculum) in ``mapo/``; with ``compare``, also
+   ``examples/mupo_cpu_demo.yaml`` (all streams, GRPO, mixed batches) in ``mupo/``, from the same checkpoint, with
+   the same seed, prompts, validation rows and number of steps.
+4. A report: per-tag validation accuracy (greedy) before and after each run, the uni / bi / tri levels and the
+   modality gap, step time and prompt tokens per step, ``demo_summary.json`` and ``demo_curves.png`` (per-tag
+   validation accuracy and training reward against steps for every run).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from verl_modality import TAGS
+from verl_modality.trainer.launch import RunResult, run_main_ppo
+from verl_modality.trainer.warm_start import WarmStartConfig, WarmStartResult, run_warm_start
+
+DATA_MARKER = "demo_data.json"
+SUMMARY_FILE = "demo_summary.json"
+CURVES_FILE = "demo_curves.png"
+RECIPES = {"mapo": "mapo_full_cpu_demo", "mupo": "mupo_cpu_demo"}
+LABELS = {"mapo": "MAPO (full recipe)", "mupo": "MUPO"}
+
+
+@dataclass
+class DemoConfig:
+    """Options of ``verl-modality demo`` (sizes chosen so that the default run takes about 15 minutes on 2 cores)."""
+
+    work_dir: Path = Path("demo_run")
+    seed: int = 0  # the tiny model, the data, the warm start and the RL runs
+    steps: int = 40  # RL steps of each run
+    val_every: int = 10  # steps between validations (and before the first step)
+    n_train: int = 2800  # training rows (the warm start's SFT data and the RL prompts come from them)
+    n_test: int = 350  # test rows; the first val_rows of them are validated on
+    rl_per_tag: int = 48  # RL prompts per tag: 336 in all, one pass of the curriculum is 42 steps at batch 8
+    val_rows: int = 140  # validation rows (20 per tag)
+    compare: bool = False
+    rollout: str = "vllm"  # cpu_rollout: vLLM is faster from about 20 steps on (README, Performance)
+    rl_lr: float = 3.0e-4  # from the warm start; 1e-3 drifts the taught reply form within 10 steps (measured)
+    overrides: list[str] = field(default_factory=list)  # extra Hydra overrides for every RL run
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    timeout_s: float = 3600.0  # per RL run
+
+    def __post_init__(self) -> None:
+        self.work_dir = Path(self.work_dir)
+        for name in ("steps", "val_every", "n_train", "n_test", "rl_per_tag", "val_rows"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"demo {name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.rollout not in ("hf", "vllm"):
+            raise ValueError(f"demo rollout must be hf or vllm, got {self.rollout!r}")
+        if self.val_rows > self.n_test:
+            raise ValueError(f"demo: val_rows ({self.val_rows}) must be <= n_test ({self.n_test})")
+
+
+def prepare_inputs(cfg: DemoConfig, say: Callable[[str], None] = print) -> Path:
+    """The tiny model and the learnable demo set under ``cfg.work_dir`` (rebuilt when their settings changed)."""
+    from verl_modality.data.synthetic import make_demo_data
+    from verl_modality.models.tiny import make_tiny_model
+
+    work = cfg.work_dir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    model_marker = work / "model" / "demo_model.json"
+    wanted_model = {"seed": cfg.seed}
+    if not model_marker.is_file() or json.loads(model_marker.read_text()) != wanted_model:
+        say(f"[demo] building the tiny Qwen2.5-Omni checkpoint (seed {cfg.seed}) in {work / 'model'}")
+        make_tiny_model(work / "model", seed=cfg.seed, overwrite=(work / "model").exists())
+        model_marker.write_text(json.dumps(wanted_model) + "\n")
+    data_marker = work / "data" / DATA_MARKER
+    wanted = {"seed": cfg.seed, "n_train": cfg.n_train, "n_test": cfg.n_test, "families": "balanced"}
+    if not data_marker.is_file() or json.loads(data_marker.read_text()) != wanted:
+        say(f"[demo] writing the learnable demo set ({cfg.n_train} train / {cfg.n_test} test rows) in {work / 'data'}")
+        make_demo_data(work / "data", seed=cfg.seed, n_train=cfg.n_train, n_test=cfg.n_test, families="balanced")
+        data_marker.write_text(json.dumps(wanted) + "\n")
+    return work
+
+
+def write_rl_rows(cfg: DemoConfig, work: Path) -> Path:
+    """``data/rl_train.parquet``: per tag, the ``rl_per_tag`` training rows after the warm start's held-out ones
+    (equal counts, so no curriculum batch is padded with a repeated prompt)."""
+    from verl_modality.data import schema
+    from verl_modality.trainer.warm_start import split_heldout
+
+    rest, _ = split_heldout(schema.read_rows(work / "data" / "train.parquet"), cfg.warm_start.heldout_per_tag)
+    taken: dict[str, int] = {}
+    rows = []
+    for row in rest:
+        tag = row["modality_tag"]
+        if taken.get(tag, 0) < cfg.rl_per_tag:
+            taken[tag] = taken.get(tag, 0) + 1
+            rows.append(row)
+    short = {t: taken.get(t, 0) for t in TAGS if taken.get(t, 0) < cfg.rl_per_tag}
+    if short:
+        raise ValueError(f"demo: too few training rows for {cfg.rl_per_tag} RL prompts per tag: {short}")
+    return schema.write_rows(rows, work / "data" / "rl_train.parquet")
+
+
+def rl_overrides(cfg: DemoConfig, work: Path, model_dir: Path, run: str) -> list[str]:
+    """The Hydra overrides every RL run of the demo shares (paths, budget, rows, seeds), then the user's."""
+    chosen = [o.split("=", 1)[0].lstrip("+~") for o in cfg.overrides]
+    rollout = [] if "cpu_rollout" in chosen else [f"cpu_rollout={cfg.rollout}"]
+    return [
+        *rollout,
+        f"actor_rollout_ref.model.path={model_dir}",
+        f"actor_rollout_ref.actor.optim.lr={cfg.rl_lr}",
+        f"data.train_files={work / 'data' / 'rl_train.parquet'}",
+        f"data.val_files={work / 'data' / 'test.parquet'}",
+        f"data.val_max_samples={cfg.val_rows}",
+        f"data.seed={cfg.seed}",
+        f"actor_rollout_ref.rollout.seed={cfg.seed}",
+        f"trainer.total_training_steps={cfg.steps}",
+        f"trainer.test_freq={cfg.val_every}",
+        f"trainer.default_local_dir={work / run / 'checkpoints'}",
+        *cfg.overrides,
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reading a run's metrics
+
+
+def val_curves(steps: dict[int, dict[str, float]]) -> dict[str, list[tuple[int, float]]]:
+    """``{tag or "pooled": [(step, greedy validation accuracy)]}`` from ``val-core/tag/<tag>/acc``."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for step in sorted(steps):
+        for key, value in steps[step].items():
+            parts = key.split("/")
+            if len(parts) == 4 and parts[:2] == ["val-core", "tag"] and parts[3] == "acc":
+                out.setdefault(parts[2], []).append((step, float(value)))
+    return out
+
+
+def reward_curves(steps: dict[int, dict[str, float]]) -> dict[str, list[tuple[int, float]]]:
+    """``{tag: [(step, mean training reward)]}`` from ``mapo/<tag>/reward_mean`` (steps where the tag trained)."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for step in sorted(steps):
+        for tag in TAGS:
+            value = steps[step].get(f"mapo/{tag}/reward_mean")
+            if value is not None:
+                out.setdefault(tag, []).append((step, float(value)))
+    return out
+
+
+def levels_and_gap(acc: dict[str, float], counts: dict[str, int]) -> dict[str, Any]:
+    """Uni / bi / tri accuracy (sample-weighted) and the modality gap of SPEC §8 from per-tag accuracy."""
+    from verl_modality.evaluation.metrics import gap_from_levels, pool_levels
+
+    levels = pool_levels({t: (a, counts.get(t, 0)) for t, a in acc.items() if t in TAGS})
+    gap = gap_from_levels(levels)
+    return {"uni": gap.uni, "bi": gap.bi, "tri": gap.tri, "gap": gap.gap}
+
+
+def run_summary(name: str, result: RunResult, val_counts: dict[str, int]) -> dict[str, Any]:
+    """Per-tag accuracy before / after, levels and gap, timing and prompt tokens of one RL run."""
+    steps = result.steps()
+    curves = val_curves(steps)
+    first = {t: c[0][1] for t, c in curves.items()}
+    last = {t: c[-1][1] for t, c in curves.items()}
+    train_steps = [s for s in sorted(steps) if "timing_s/step" in steps[s]]
+    step_s = [steps[s]["timing_s/step"] for s in train_steps]
+    prompt_tokens = []
+    for s in train_steps:
+        data = steps[s]
+        n = sum(v for k, v in data.items() if k.startswith("mapo/") and k.endswith("/count"))
+        if "prompt_length/mean" in data and n:
+            prompt_tokens.append(data["prompt_length/mean"] * n)
+    later = step_s[1:] or step_s  # the first step also builds the rollout's caches
+    return {
+        "run": name,
+        "recipe": RECIPES[name],
+        "seconds": result.seconds,
+        "steps": len(train_steps),
+        "val_steps": [s for s, _ in curves.get("pooled", [])],
+        "val_first": first,
+        "val_last": last,
+        "levels_first": levels_and_gap(first, val_counts),
+        "levels_last": levels_and_gap(last, val_counts),
+        "step_s_mean": sum(later) / len(later) if later else math.nan,
+        "prompt_tokens_per_step": sum(prompt_tokens) / len(prompt_tokens) if prompt_tokens else math.nan,
+        "evicted_samples": sum(steps[s].get("training/filter_groups/evicted_samples", 0.0) for s in train_steps),
+        "reward_curves": reward_curves(steps),
+        "val_curves": curves,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# report
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def format_report(summary: dict[str, Any]) -> str:
+    """Per-tag validation accuracy of the warm start and after each run, levels, gap, step time."""
+    runs = summary["runs"]
+    header = ["tag", "warm start"] + [f"{LABELS[r['run']]}" for r in runs]
+    rows = []
+    first = runs[0]["val_first"]
+    for tag in [*TAGS, "pooled", "tag_mean"]:
+        if tag not in first:
+            continue
+        rows.append([tag, _fmt(first.get(tag))] + [_fmt(r["val_last"].get(tag)) for r in runs])
+    for key, title in (("uni", "uni"), ("bi", "bi"), ("tri", "tri"), ("gap", "modality gap")):
+        rows.append([title, _fmt(runs[0]["levels_first"][key])] + [_fmt(r["levels_last"][key]) for r in runs])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.append("")
+    for r in runs:
+        gain = r["val_last"].get("pooled", math.nan) - r["val_first"].get("pooled", math.nan)
+        lines.append(
+            f"{LABELS[r['run']]}: pooled {_fmt(r['val_first'].get('pooled'))} -> {_fmt(r['val_last'].get('pooled'))} "
+            f"({gain * 100:+.1f} points) in {r['steps']} steps; {_fmt(r['step_s_mean'], '.1f')} s/step after the "
+            f"first, {_fmt(r['prompt_tokens_per_step'], '.0f')} prompt tokens per step, "
+            f"{r['evicted_samples']:.0f} responses filtered out"
+        )
+    if len(runs) == 2:
+        a, b = runs
+        lines.append(
+            f"step time {LABELS[b['run']]} / {LABELS[a['run']]}: {b['step_s_mean'] / a['step_s_mean']:.2f}x; "
+            f"prompt tokens per step {b['prompt_tokens_per_step'] / a['prompt_tokens_per_step']:.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def plot_curves(summary: dict[str, Any], path: str | os.PathLike) -> Path:
+    """PNG: per-tag greedy validation accuracy (top) and training reward (bottom) against steps, one column per run."""
+    from verl_modality.evaluation.plots import _figure
+
+    runs = summary["runs"]
+    fig = _figure(5.0 * len(runs), 7.0)
+    axes = fig.subplots(2, len(runs), squeeze=False, sharey="row")
+    colours = {t: f"C{i}" for i, t in enumerate(TAGS)}
+    for col, r in enumerate(runs):
+        top, bottom = axes[0][col], axes[1][col]
+        for tag, pts in r["val_curves"].items():
+            xs, ys = zip(*pts, strict=True)
+            if tag == "pooled":
+                top.plot(xs, ys, color="black", linewidth=2.5, label="pooled")
+            elif tag in colours:
+                top.plot(xs, ys, color=colours[tag], marker="o", markersize=3, label=tag)
+        for tag, pts in r["reward_curves"].items():
+            xs, ys = zip(*pts, strict=True)
+            bottom.plot(xs, ys, color=colours[tag], marker="o", markersize=3, linestyle="-", label=tag)
+        top.set_title(f"{LABELS[r['run']]}: validation accuracy")
+        bottom.set_title(f"{LABELS[r['run']]}: training reward")
+        bottom.set_xlabel("step")
+        for ax in (top, bottom):
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("greedy accuracy")
+    axes[1][0].set_ylabel("mean reward")
+    axes[0][-1].legend(loc="lower right", fontsize=7, ncol=2)
+    fig.suptitle(f"verl-modality CPU demo (seed {summary['seed']}, warm start step {summary['warm_start']['step']})")
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out)
+    return out
+
+
+def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Steps 1-4 of the module docstring; returns the summary written to ``demo_summary.json``."""
+    work = prepare_inputs(cfg, say)
+    ws: WarmStartResult = run_warm_start(work, cfg.warm_start, echo=say)
+    write_rl_rows(cfg, work)
+    from verl_modality.data import schema
+
+    val_rows = schema.read_rows(work / "data" / "test.parquet")[: cfg.val_rows]
+    val_counts = {t: sum(r["modality_tag"] == t for r in val_rows) for t in TAGS}
+    runs = ["mapo", "mupo"] if cfg.compare else ["mapo"]
+    summaries = []
+    for name in runs:
+        run_dir = work / name
+        overrides = rl_overrides(cfg, work, ws.model_dir, name)
+        say(
+            f"[demo] {LABELS[name]}: verl main_ppo with {RECIPES[name]} for {cfg.steps} steps; log: {run_dir}/main_ppo.log"
+        )
+        result = run_main_ppo(RECIPES[name], run_dir, overrides, echo=True, timeout=cfg.timeout_s)
+        if result.returncode != 0:
+            print(result.log_tail(), file=sys.stderr)
+            raise RuntimeError(
+                f"main_ppo ({name}) failed with exit code {result.returncode}; full log: {result.log_path}"
+            )
+        from verl_modality.evaluation.training_log import format_table, summarize
+
+        say(
+            f"[demo] {LABELS[name]} finished in {result.seconds:.0f} s. Per tag (training summed; validation first/last):"
+        )
+        say(format_table(summarize(result.metrics)))
+        summaries.append(run_summary(name, result, val_counts))
+    summary = {
+        "seed": cfg.seed,
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "warm_start": {"step": ws.step, "reward": ws.reward, "status": ws.status, "cached": ws.cached},
+        "runs": summaries,
+    }
+    (work / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    say(f"[demo] greedy validation accuracy on the first {cfg.val_rows} test rows, warm start and after RL:")
+    say(format_report(summary))
+    try:
+        png = plot_curves(summary, work / CURVES_FILE)
+        say(f"[demo] curves: {png}; summary: {work / SUMMARY_FILE}")
+    except Exception as err:  # the figure is a by-product: never lose the run's results over it
+        say(f"[demo] no figure ({err}); summary: {work / SUMMARY_FILE}")
+    return summary
+
+
+def parse_warm_start(values: Sequence[str]) -> WarmStartConfig:
+    """``key=value`` pairs (``max_steps=600``) into a :class:`WarmStartConfig`, each value typed like its field."""
+    import dataclasses
+
+    known = {f.name: f for f in dataclasses.fields(WarmStartConfig)}
+    base = WarmStartConfig()
+    kwargs: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in known:
+            raise ValueError(f"--warm-start {item!r}: expected key=value with key one of {', '.join(known)}")
+        current = getattr(base, key)
+        try:
+            if isinstance(current, tuple):
+                kwargs[key] = tuple(v for v in raw.split(",") if v)
+            else:
+                kwargs[key] = type(current)(raw)
+        except ValueError:
+            raise ValueError(f"--warm-start {key}={raw!r}: expected a {type(current).__name__}") from None
+    return WarmStartConfig(**kwargs)
