@@ -79,7 +79,8 @@ def test_curves_levels_gap_and_report(tmp_path):
 
     steps = _steps()
     assert val_curves(steps)["V"] == [(0, 0.5), (2, 1.0)]
-    assert reward_curves(steps) == {"V": [(1, 0.4)], "VA": [(2, 0.2)]}
+    steps[1]["critic/score/mean"] = 0.4
+    assert reward_curves(steps) == {"pooled": [(1, 0.4)], "V": [(1, 0.4)], "VA": [(2, 0.2)]}
     lv = levels_and_gap({"V": 1.0, "VA": 0.5, "VAS": 0.5}, {"V": 1, "VA": 1, "VAS": 1})
     assert (lv["uni"], lv["bi"], lv["tri"]) == (1.0, 0.5, 0.5)
     assert math.isclose(lv["gap"], (0.5 + 0.5 + 0.0) / 3)  # |bi-uni|/uni, |tri-uni|/uni, |tri-bi|/bi
@@ -92,7 +93,7 @@ def test_curves_levels_gap_and_report(tmp_path):
 
     s = demo.run_summary("mapo", Result(), {"V": 1, "VA": 1, "VAS": 1})
     assert s["steps"] == 2 and s["step_s_mean"] == 5.0  # the first step is left out
-    assert s["prompt_tokens_per_step"] == (100.0 * 8 + 50.0 * 8) / 2
+    assert s["prompt_tokens_per_response"] == 75.0
     summary = {"seed": 0, "warm_start": {"step": 350}, "runs": [s, {**s, "run": "mupo", "step_s_mean": 10.0}]}
     text = format_report(summary)
     assert "pooled 0.250 -> 0.667 (+41.7 points) in 2 steps" in text

@@ -9,7 +9,7 @@
    ``examples/mupo_cpu_demo.yaml`` (all streams, GRPO, mixed batches) in ``mupo/``, from the same checkpoint, with
    the same seed, prompts, validation rows and number of steps.
 4. A report: per-tag validation accuracy (greedy) before and after each run, the uni / bi / tri levels and the
-   modality gap, step time and prompt tokens per step, ``demo_summary.json`` and ``demo_curves.png`` (per-tag
+   modality gap, step time and prompt tokens per response, ``demo_summary.json`` and ``demo_curves.png`` (per-tag
    validation accuracy and training reward against steps for every run).
 """
 
@@ -143,9 +143,13 @@ def val_curves(steps: dict[int, dict[str, float]]) -> dict[str, list[tuple[int, 
 
 
 def reward_curves(steps: dict[int, dict[str, float]]) -> dict[str, list[tuple[int, float]]]:
-    """``{tag: [(step, mean training reward)]}`` from ``mapo/<tag>/reward_mean`` (steps where the tag trained)."""
+    """``{tag: [(step, mean training reward)]}`` from ``mapo/<tag>/reward_mean`` (steps where the tag trained; the
+    MAPO estimator logs them) and ``"pooled"`` from verl's ``critic/score/mean`` (every run). Under group filtering
+    these are the rewards of the kept groups."""
     out: dict[str, list[tuple[int, float]]] = {}
     for step in sorted(steps):
+        if "critic/score/mean" in steps[step]:
+            out.setdefault("pooled", []).append((step, float(steps[step]["critic/score/mean"])))
         for tag in TAGS:
             value = steps[step].get(f"mapo/{tag}/reward_mean")
             if value is not None:
@@ -170,12 +174,7 @@ def run_summary(name: str, result: RunResult, val_counts: dict[str, int]) -> dic
     last = {t: c[-1][1] for t, c in curves.items()}
     train_steps = [s for s in sorted(steps) if "timing_s/step" in steps[s]]
     step_s = [steps[s]["timing_s/step"] for s in train_steps]
-    prompt_tokens = []
-    for s in train_steps:
-        data = steps[s]
-        n = sum(v for k, v in data.items() if k.startswith("mapo/") and k.endswith("/count"))
-        if "prompt_length/mean" in data and n:
-            prompt_tokens.append(data["prompt_length/mean"] * n)
+    prompt_lengths = [steps[s]["prompt_length/mean"] for s in train_steps if "prompt_length/mean" in steps[s]]
     later = step_s[1:] or step_s  # the first step also builds the rollout's caches
     return {
         "run": name,
@@ -188,7 +187,7 @@ def run_summary(name: str, result: RunResult, val_counts: dict[str, int]) -> dic
         "levels_first": levels_and_gap(first, val_counts),
         "levels_last": levels_and_gap(last, val_counts),
         "step_s_mean": sum(later) / len(later) if later else math.nan,
-        "prompt_tokens_per_step": sum(prompt_tokens) / len(prompt_tokens) if prompt_tokens else math.nan,
+        "prompt_tokens_per_response": sum(prompt_lengths) / len(prompt_lengths) if prompt_lengths else math.nan,
         "evicted_samples": sum(steps[s].get("training/filter_groups/evicted_samples", 0.0) for s in train_steps),
         "reward_curves": reward_curves(steps),
         "val_curves": curves,
@@ -204,17 +203,17 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 
 
 def format_report(summary: dict[str, Any]) -> str:
-    """Per-tag validation accuracy of the warm start and after each run, levels, gap, step time."""
+    """Per-tag validation accuracy of the warm start (each run's own view: exact for MAPO, full for MUPO) and after
+    each run, the levels and the gap, then gain, step time and prompt length per run."""
     runs = summary["runs"]
-    header = ["tag", "warm start"] + [f"{LABELS[r['run']]}" for r in runs]
+    header = ["tag"] + [f"{LABELS[r['run']]}: {when}" for r in runs for when in ("warm start", "after")]
     rows = []
-    first = runs[0]["val_first"]
     for tag in [*TAGS, "pooled", "tag_mean"]:
-        if tag not in first:
+        if tag not in runs[0]["val_first"]:
             continue
-        rows.append([tag, _fmt(first.get(tag))] + [_fmt(r["val_last"].get(tag)) for r in runs])
+        rows.append([tag] + [_fmt(r[key].get(tag)) for r in runs for key in ("val_first", "val_last")])
     for key, title in (("uni", "uni"), ("bi", "bi"), ("tri", "tri"), ("gap", "modality gap")):
-        rows.append([title, _fmt(runs[0]["levels_first"][key])] + [_fmt(r["levels_last"][key]) for r in runs])
+        rows.append([title] + [_fmt(r[lv][key]) for r in runs for lv in ("levels_first", "levels_last")])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(header, widths, strict=True))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
@@ -224,14 +223,14 @@ def format_report(summary: dict[str, Any]) -> str:
         lines.append(
             f"{LABELS[r['run']]}: pooled {_fmt(r['val_first'].get('pooled'))} -> {_fmt(r['val_last'].get('pooled'))} "
             f"({gain * 100:+.1f} points) in {r['steps']} steps; {_fmt(r['step_s_mean'], '.1f')} s/step after the "
-            f"first, {_fmt(r['prompt_tokens_per_step'], '.0f')} prompt tokens per step, "
+            f"first, {_fmt(r['prompt_tokens_per_response'], '.1f')} prompt tokens per response, "
             f"{r['evicted_samples']:.0f} responses filtered out"
         )
     if len(runs) == 2:
         a, b = runs
         lines.append(
             f"step time {LABELS[b['run']]} / {LABELS[a['run']]}: {b['step_s_mean'] / a['step_s_mean']:.2f}x; "
-            f"prompt tokens per step {b['prompt_tokens_per_step'] / a['prompt_tokens_per_step']:.2f}x"
+            f"prompt tokens per response {b['prompt_tokens_per_response'] / a['prompt_tokens_per_response']:.2f}x"
         )
     return "\n".join(lines)
 
@@ -246,17 +245,17 @@ def plot_curves(summary: dict[str, Any], path: str | os.PathLike) -> Path:
     colours = {t: f"C{i}" for i, t in enumerate(TAGS)}
     for col, r in enumerate(runs):
         top, bottom = axes[0][col], axes[1][col]
-        for tag, pts in r["val_curves"].items():
-            xs, ys = zip(*pts, strict=True)
-            if tag == "pooled":
-                top.plot(xs, ys, color="black", linewidth=2.5, label="pooled")
-            elif tag in colours:
-                top.plot(xs, ys, color=colours[tag], marker="o", markersize=3, label=tag)
-        for tag, pts in r["reward_curves"].items():
-            xs, ys = zip(*pts, strict=True)
-            bottom.plot(xs, ys, color=colours[tag], marker="o", markersize=3, linestyle="-", label=tag)
+        for ax, curves in ((top, r["val_curves"]), (bottom, r["reward_curves"])):
+            for tag in [*TAGS, "pooled"]:
+                if tag not in curves:
+                    continue
+                xs, ys = zip(*curves[tag], strict=True)
+                if tag == "pooled":
+                    ax.plot(xs, ys, color="black", linewidth=2.0, alpha=0.8, label="pooled")
+                else:
+                    ax.plot(xs, ys, color=colours[tag], marker="o", markersize=3, label=tag)
         top.set_title(f"{LABELS[r['run']]}: validation accuracy")
-        bottom.set_title(f"{LABELS[r['run']]}: training reward")
+        bottom.set_title(f"{LABELS[r['run']]}: training reward (kept groups)")
         bottom.set_xlabel("step")
         for ax in (top, bottom):
             ax.set_ylim(-0.02, 1.02)
