@@ -37,11 +37,9 @@ def run_json(code: str, env: dict[str, str] | None = None, timeout: int = 300):
 
 def actor_weights(step_dir: Path) -> dict[str, torch.Tensor]:
     """The actor's weights in a verl checkpoint folder ``global_step_N`` (one rank), as full tensors."""
-    import torch
+    from verl_modality.models.checkpoint import load_sharded_state
 
-    (path,) = (step_dir / "actor").glob("model_world_size_1_rank_0.pt")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for k, v in state.items()}
+    return load_sharded_state(step_dir / "actor")
 
 
 def initial_weights(model_dir: Path) -> dict[str, torch.Tensor]:

@@ -12,11 +12,31 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 THINKER_PREFIX = "thinker."
+
+
+@contextmanager
+def assembled_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder beside ``out``; moved into place (replacing ``out``) when the block ends cleanly and
+    removed when it raises, so ``out`` is never left half written."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)  # mkdtemp makes it 0700
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def load_sharded_state(step_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -55,9 +75,7 @@ def export_thinker(
 
     base, out = Path(base_dir), Path(out_dir)
     remaining = dict(thinker_state)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with assembled_dir(out) as tmp:
         weight_files = _weight_files(base)
         for item in base.iterdir():
             if item not in weight_files and item.is_file():
@@ -77,11 +95,4 @@ def export_thinker(
             save_file(tensors, str(tmp / path.name), metadata={"format": "pt"})
         if remaining:
             raise KeyError(f"trained weights not in {base}: {sorted(remaining)[:5]}")
-        tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -13,8 +13,6 @@ padded past them (Qwen2.5-Omni: 151643 BPE tokens, added tokens at 151643-151664
 from __future__ import annotations
 
 import itertools
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -428,9 +426,9 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, vocab_size: int = 1024, 
     n_added = len(ADDED_TOKENS)
     if vocab_size < 256 + n_added + RESERVED_TAIL + 64:
         raise ValueError(f"vocab_size={vocab_size} is too small for a byte-level BPE plus Qwen's added tokens")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    from verl_modality.models.checkpoint import assembled_dir
+
+    with assembled_dir(out) as tmp:
         tokenizer = build_tokenizer(vocab_size - n_added - RESERVED_TAIL)
         token_ids = {text: tokenizer.convert_tokens_to_ids(text) for text, _ in ADDED_TOKENS}
         user_id = tokenizer.convert_tokens_to_ids("user")
@@ -452,13 +450,6 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, vocab_size: int = 1024, 
             pad_token_id=token_ids["<|endoftext|>"],
         ).save_pretrained(tmp)
         build_processor(tokenizer).save_pretrained(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it 0700
-        if out.is_dir():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
