@@ -17,7 +17,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from verl_modality import TAGS
+from verl_modality.vocabulary import TAGS
 
 
 def make_batch(n: int, group: int, length: int, seed: int):

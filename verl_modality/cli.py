@@ -113,8 +113,8 @@ def _cmd_actor_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_acf(args: argparse.Namespace) -> int:
-    from verl_modality.data.audio_contribution import ACFConfig, format_report, run_acf
-    from verl_modality.data.voters import VoterError, load_voter_specs
+    from verl_modality.audio_contribution.filter import ACFConfig, format_report, run_acf
+    from verl_modality.audio_contribution.voters import VoterError, load_voter_specs
 
     try:
         config = ACFConfig(args.min_votes, args.silence_seconds, with_audio=args.with_audio, limit=args.limit)
@@ -128,7 +128,7 @@ def _cmd_acf(args: argparse.Namespace) -> int:
 
 
 def _cmd_w2s(args: argparse.Namespace) -> int:
-    from verl_modality.data.weak_to_strong import W2SConfig, build_w2s
+    from verl_modality.audio_contribution.weak_to_strong import W2SConfig, build_w2s
 
     try:
         config = W2SConfig(

@@ -7,6 +7,7 @@ import os
 import platform
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 ENTRY_POINT_GROUP = "verl.plugins"
 ENTRY_POINT_NAME = "verl_modality"
@@ -16,6 +17,7 @@ ENTRY_POINT_NAME = "verl_modality"
 class Report:
     versions: dict[str, str] = field(default_factory=dict)
     registered: dict[str, dict[str, bool]] = field(default_factory=dict)
+    integrations: list[tuple[Any, str]] = field(default_factory=list)  # (registry entry, state)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -32,12 +34,19 @@ class Report:
                 lines.append("    (none)")
             for name, present in names.items():
                 lines.append(f"    [{'ok' if present else 'MISSING'}] {name}")
+        if self.integrations:
+            lines += ["", "  integrations (verl_modality/integrations/registry.py):"]
+            for item, state in self.integrations:
+                lines.append(f"    [{state}] {item.name}")
+                lines.append(f"        {item.kind} of {item.target}: {item.attribute}; when={item.when}")
         lines.append("")
         if self.problems:
             lines.append(f"FAILED: {len(self.problems)} problem(s)")
             lines += [f"  - {p}" for p in self.problems]
         else:
-            lines.append("OK: the plugin is loaded and every registration is in place")
+            lines.append(
+                "OK: the plugin is loaded and every registration and patch is in place or waiting for its module"
+            )
         return "\n".join(lines)
 
 
@@ -108,13 +117,11 @@ def registry_snapshot() -> dict[str, dict[str, bool]]:
     import verl  # noqa: F401  (runs verl's plugin discovery)
     from verl.plugin.platform.platform_manager import PlatformRegistry
 
-    from verl_modality.models import qwen2_5_omni
     from verl_modality.platform import cpu
 
     snap: dict[str, dict[str, bool]] = {}
     snap["plugin"] = {"verl_modality._register loaded by verl": "verl_modality._register" in sys.modules}
-    snap["platforms"] = {"cpu": PlatformRegistry.get(cpu.PLATFORM_NAME) is cpu.PlatformCPU}
-    snap["patches"] = {name: ok for name, ok in qwen2_5_omni.patches_in_place().items()}
+    snap["platforms"] = {"cpu": PlatformRegistry.get(cpu.PLATFORM_NAME) is cpu.platform_class()}
     snap["advantage estimators"] = {"mapo_stratified": _probe(_estimator_registered)}
     snap["policy losses"] = {"mapo_relevance": _probe(_policy_loss_registered)}
     snap["trainers"] = {"sync -> ModalityTrainerSync": _probe(_trainer_installed)}
@@ -131,14 +138,22 @@ def registry_snapshot() -> dict[str, dict[str, bool]]:
         }
         from verl_modality.platform import vllm_cpu
 
-        if vllm_cpu.installed_version() is not None:
-            if vllm_cpu.is_needed():
-                snap["vLLM on the cpu platform (vllm-cpu)"] = vllm_cpu.patches_in_place()
-            else:
-                snap["vLLM on the cpu platform (vllm-cpu)"] = {
-                    "vllm-cpu and vllm are both installed: uninstall one of them": False
-                }
+        if vllm_cpu.installed_version() is not None and not vllm_cpu.is_needed():
+            snap["vLLM on the cpu platform (vllm-cpu)"] = {
+                "vllm-cpu and vllm are both installed: uninstall one of them": False
+            }
     return snap
+
+
+def integration_states() -> list[tuple[Any, str]]:
+    """Every entry of the integration registry with its state here, importing each importable target first."""
+    from verl_modality.integrations import registry
+
+    return [(item, registry.status(item, import_target=True)) for item in registry.INTEGRATIONS]
+
+
+def _state_ok(state: str) -> bool:
+    return state == "applied" or state.startswith(("waiting for", "not applicable"))
 
 
 def check() -> Report:
@@ -167,6 +182,14 @@ def check() -> Report:
     except Exception as exc:  # report it rather than die: this is the tool people run when things are broken
         report.problems.append(f"checking verl's registries failed: {type(exc).__name__}: {exc}")
         return report
+
+    try:
+        report.integrations = integration_states()
+    except Exception as exc:
+        report.problems.append(f"checking the integration registry failed: {type(exc).__name__}: {exc}")
+    for item, state in report.integrations:
+        if not _state_ok(state):
+            report.problems.append(f"integration {item.name!r} ({item.target}): {state}")
 
     from verl_modality import _register
 

@@ -1,8 +1,8 @@
 import pytest
 from omegaconf import OmegaConf
 
-from verl_modality import TAGS
 from verl_modality.algorithms.config import MapoConfig
+from verl_modality.vocabulary import TAGS
 
 
 def test_defaults_follow_the_paper():

@@ -9,13 +9,13 @@ from dataclasses import replace
 
 import pytest
 
-from verl_modality import TAGS
 from verl_modality.data import augmentation as aug
 from verl_modality.data import schema
 from verl_modality.data.augmentation import AugmentationError, AugmentConfig, augment_rows, augment_sample
 from verl_modality.data.none_answers import NONE_ANSWERS
 from verl_modality.data.prompts import PromptConfig
 from verl_modality.data.schema import LETTERS, Sample
+from verl_modality.vocabulary import TAGS
 
 NONE = set(NONE_ANSWERS)
 

@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 from omegaconf import OmegaConf
 
-from verl_modality import TAGS
 from verl_modality.data.curriculum import ALL, CurriculumConfig, TagCurriculum
 from verl_modality.data.schema import level
+from verl_modality.vocabulary import TAGS
 
 # 10 samples per uni tag, 6 per bi tag, 3 VAS: uneven on purpose (batch 4 leaves partial batches)
 SIZES = {"V": 10, "A": 10, "S": 10, "VA": 6, "VS": 6, "AS": 6, "VAS": 3}

@@ -7,11 +7,11 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from verl_modality import TAGS
 from verl_modality.data import schema
 from verl_modality.data.demo_sft import answer_text, sft_record, write_sft_file
 from verl_modality.data.modality_view import ModalityView
 from verl_modality.data.synthetic import make_demo_data, question_family
+from verl_modality.vocabulary import TAGS
 
 
 @pytest.fixture(scope="module")

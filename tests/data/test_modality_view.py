@@ -8,7 +8,6 @@ import itertools
 import pytest
 from omegaconf import OmegaConf
 
-from verl_modality import TAGS
 from verl_modality.data import schema
 from verl_modality.data.modality_view import (
     BLANK_KEY,
@@ -18,6 +17,7 @@ from verl_modality.data.modality_view import (
     parse_policy,
     plan_views,
 )
+from verl_modality.vocabulary import TAGS
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from verl_modality.audio_contribution.weak_to_strong import W2SConfig, build_w2s
 from verl_modality.data import schema
-from verl_modality.data.weak_to_strong import W2SConfig, build_w2s
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -172,7 +172,7 @@ def test_collated_batch_trains_the_audio_tower(sft_file, processor, tiny_model_d
     from verl.utils.dataset.dataset_utils import SFTTensorCollator
     from verl.utils.model import extract_multi_modal_inputs
 
-    from verl_modality.models.tiny import load_thinker
+    from verl_modality.models.qwen2_5_omni import load_thinker
 
     torch.manual_seed(0)
     ds = _dataset(sft_file, processor)
@@ -225,7 +225,7 @@ def test_verl_sft_trainer_one_step(sft_file, processor, tiny_model_dir, tmp_path
     """verl's SFT trainer (torchrun, one CPU process; the plugin's cpu platform gives it a gloo process group) with
     the recipe: one step on all seven rows moves the audio
     tower (no weight decay, so only a gradient changes a weight)."""
-    from verl_modality.models.tiny import load_thinker
+    from verl_modality.models.qwen2_5_omni import load_thinker
 
     ckpt = tmp_path / "ckpt"
     cmd = [

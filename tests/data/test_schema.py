@@ -7,9 +7,9 @@ import copy
 import numpy as np
 import pytest
 
-from verl_modality import TAGS
 from verl_modality.data import media, schema
 from verl_modality.data.schema import Sample, SchemaError
+from verl_modality.vocabulary import TAGS
 
 # --------------------------------------------------------------------------------------------------------- tags
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from verl_modality import TAGS
 from verl_modality.data import media, schema, synthetic
 from verl_modality.data.synthetic import ANIMALS, COLOURS, PITCHES, fact_text, make_demo_data
+from verl_modality.vocabulary import TAGS
 
 
 def _tree_digest(root: Path) -> dict[str, str]:

@@ -9,9 +9,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from verl_modality import TAGS
 from verl_modality.cli import main
 from verl_modality.data import report, schema
+from verl_modality.vocabulary import TAGS
 
 
 @pytest.fixture

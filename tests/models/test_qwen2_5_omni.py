@@ -35,7 +35,7 @@ def test_hf_model_config_describes_the_thinker(tiny):
 
 
 def test_vllm_weight_names_are_the_full_checkpoint_names(tiny):
-    from verl_modality.models.tiny import load_thinker
+    from verl_modality.models.qwen2_5_omni import load_thinker
 
     thinker_names = set(load_thinker(str(tiny)).state_dict())
     with safe_open(str(tiny / "model.safetensors"), "pt") as f:

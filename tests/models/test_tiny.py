@@ -9,13 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from verl_modality.models.tiny import (
-    ADDED_TOKENS,
-    DEFAULT_SYSTEM_PROMPT,
-    load_processor,
-    load_thinker,
-    make_tiny_model,
-)
+from verl_modality.models.qwen2_5_omni import load_processor, load_thinker
+from verl_modality.models.tiny import ADDED_TOKENS, DEFAULT_SYSTEM_PROMPT, make_tiny_model
 
 SR = 16000
 
@@ -197,7 +192,7 @@ def test_generate(thinker, av_inputs):
 LOAD_QUIETLY = """
 import logging, sys
 from transformers import AutoConfig, AutoProcessor
-import verl_modality  # noqa: F401  (the plugin: its log filter for the talker's thinker-vocabulary ids)
+import verl  # noqa: F401  (loads the plugin: its log filter for the talker's thinker-vocabulary ids)
 records = []
 class Keep(logging.Handler):
     def emit(self, record):

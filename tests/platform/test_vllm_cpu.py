@@ -7,6 +7,7 @@ import types
 import pytest
 from helpers import run_json
 
+from verl_modality.integrations import registry
 from verl_modality.platform import vllm_cpu
 
 
@@ -78,9 +79,9 @@ PROBE = """
 import importlib.metadata as md, json
 import verl  # loads the plugin
 from verl_modality import _register
-from verl_modality.platform import vllm_cpu
-out = {"patches": [p for p in _register.REGISTERED["patches"] if p.split(":")[0] in
-                   {m for m, _, _ in vllm_cpu.PATCHES}]}
+from verl_modality.integrations import registry
+wanted = {i.line for i in registry.INTEGRATIONS if i.when == "vllm_cpu"}
+out = {"patches": [p for p in _register.REGISTERED["patches"] if p in wanted]}
 try:
     out["vllm_version"] = md.version("vllm")
 except md.PackageNotFoundError:
@@ -99,7 +100,7 @@ print(json.dumps(out))
 @pytest.mark.skipif(vllm_cpu.installed_version() is None, reason="vllm-cpu is not installed (a GPU machine)")
 def test_applied_only_on_the_cpu_platform():
     cpu = run_json(PROBE, env={"VERL_PLATFORM": "cpu"})
-    assert len(cpu["patches"]) == len(vllm_cpu.PATCHES)
+    assert len(cpu["patches"]) == sum(i.when == "vllm_cpu" for i in registry.INTEGRATIONS) == 3
     assert cpu["vllm_version"] == vllm_cpu.installed_version() + "+cpu"
     assert cpu["verl_sees"] == cpu["vllm_version"]
     assert cpu["accel_patched"] is True

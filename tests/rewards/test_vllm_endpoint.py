@@ -88,7 +88,7 @@ def _usage(server, messages: list[dict]) -> int:
 def test_voter_sends_audio_and_video_parts(server, rows, tiny_model_dir, tmp_path):
     """Every demo row (A, VA, VAS, V, VS, S, AS) answered with its media as content parts; the server expands each
     audio and video part to as many tokens as the hf processor does; a repeated call is served from the cache."""
-    from verl_modality.data.voters import OpenAIVoter, VoterSpec, _encode_file, openai_messages
+    from verl_modality.audio_contribution.voters import OpenAIVoter, VoterSpec, _encode_file, openai_messages
     from verl_modality.models.generation import row_prompt
     from verl_modality.models.qwen2_5_omni import load_omni_processor
 
@@ -139,8 +139,8 @@ def test_voter_sends_audio_and_video_parts(server, rows, tiny_model_dir, tmp_pat
 
 
 def test_voter_errors_name_the_voter_and_the_sample(server, rows):
+    from verl_modality.audio_contribution.voters import OpenAIVoter, VoterError, VoterSpec
     from verl_modality.data import schema
-    from verl_modality.data.voters import OpenAIVoter, VoterError, VoterSpec
 
     def voter(**kw):
         base = {"name": "tiny", "kind": "openai", "base_url": server.base_url, "model": server.model}

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from verl_modality.models.hf_generator import HFGenerator
 from verl_modality.models.omni_inputs import encode_prompt
 from verl_modality.models.qwen2_5_omni import compute_position_ids
-from verl_modality.rollout.hf_rollout import HFGenerator
 
 SAMPLING = {"temperature": 0.9, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0}
 

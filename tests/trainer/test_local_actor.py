@@ -33,7 +33,7 @@ def test_batch_carries_audio_and_video(demo_setup):
 
 
 def test_actor_log_probs_match_transformers_and_update_moves_every_part(demo_setup):
-    from verl_modality.models.tiny import load_thinker
+    from verl_modality.models.qwen2_5_omni import load_thinker
     from verl_modality.trainer.actor_check import COMPONENTS, changed_by_component, grpo_advantages, snapshot
     from verl_modality.trainer.local_actor import LocalActor
 

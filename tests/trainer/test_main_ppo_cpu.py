@@ -21,8 +21,8 @@ from helpers import (
     initial_weights,
 )
 
-from verl_modality import TAGS
 from verl_modality.trainer.launch import run_main_ppo
+from verl_modality.vocabulary import TAGS
 
 pytestmark = pytest.mark.slow
 

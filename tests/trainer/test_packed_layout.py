@@ -193,7 +193,7 @@ def test_without_the_text_row_packed_sequences_leak(setup):
     builds a plain causal mask and the second sequence attends to the first."""
     from verl.utils.model import extract_multi_modal_inputs
 
-    from verl_modality.models.tiny import load_thinker
+    from verl_modality.models.qwen2_5_omni import load_thinker
 
     batch = setup["batch"]
     model = load_thinker(str(setup["model"])).eval()

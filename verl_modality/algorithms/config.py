@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from verl_modality import TAGS
+from verl_modality.vocabulary import ABLATIONS, TAGS
 
 HISTORY_MODES = ("global", "per_tag")
 DIFFICULTY_MODES = ("auto", "binary", "continuous")
@@ -107,9 +107,6 @@ class MapoConfig:
         if not isinstance(mapo, dict):
             raise ValueError(f"algorithm.mapo must be a mapping, got {type(mapo).__name__}")
         return cls.from_dict(mapo)
-
-
-ABLATIONS = ("remove", "blank")
 
 
 @dataclass(frozen=True)

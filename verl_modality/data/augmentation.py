@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from verl_modality import STREAMS, TAGS
 from verl_modality.data import schema
 from verl_modality.data.none_answers import NONE_ANSWERS
 from verl_modality.data.prompts import PromptConfig, render_messages
 from verl_modality.data.schema import LETTERS, Sample, canonical_tag, stratum_of
+from verl_modality.vocabulary import STREAMS, TAGS
 
 COMBINATIONS = ("all", "one")
 REPLACE_MODES = ("incorrect", "correct")

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from verl_modality import TAGS
 from verl_modality.data.schema import LEVELS, canonical_tag, level
+from verl_modality.vocabulary import TAGS
 
 ORDERS = ("none", "mixed", "static", "adaptive")
 ALL = "*"  # the one pseudo-tag of the mixed order

@@ -6,7 +6,7 @@ reward (:mod:`verl_modality.rewards.choice`) credits as that option. The warm st
 the prompts the RL run will see: the row's view (``exact``, ``full``, ...) chooses the shown streams and re-renders
 the prompt, so placeholders and the subtitle line match what training shows.
 
-Records are in the layout of :func:`verl_modality.data.weak_to_strong.write_sft` (``messages``, ``videos``,
+Records are in the layout of :func:`verl_modality.data.sft_records.write_sft` (``messages``, ``videos``,
 ``audios``), which :class:`verl_modality.data.omni_sft_dataset.OmniSFTDataset` reads for verl's SFT trainer.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 from verl_modality.data import schema
 from verl_modality.data.modality_view import ModalityView, apply_view
-from verl_modality.data.weak_to_strong import write_sft
+from verl_modality.data.sft_records import write_sft
 
 
 def answer_text(row: Mapping[str, Any]) -> str:

@@ -29,11 +29,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from verl_modality import STREAMS
 from verl_modality.data import schema
+from verl_modality.vocabulary import ABLATIONS, STREAMS
 
 POLICIES = ("as_stored", "exact", "full", "superset", "deficit")
-ABLATIONS = ("remove", "blank")
 NO_STREAMS = ("none", "text", "")
 BLANK_KEY = "blank"  # set to True on a video/audio item whose content is replaced by silence / black frames
 _SUBTITLE_SLOT = "\x00subtitle\x00"  # rendered in place of a blanked subtitle, then emptied

@@ -11,7 +11,7 @@ A template is a ``str.format`` string whose blank-line separated paragraphs are 
   ``<answer>B</answer>``). A template without it gets it appended as the last paragraph.
 
 A paragraph that renders to nothing (e.g. ``{media}`` of a text-only prompt) is dropped, so the default QA template
-gives exactly the prompt :func:`verl_modality.data.schema.build_prompt` has always built.
+gives exactly the prompt :func:`build_prompt` (also ``schema.build_prompt``) has always built.
 """
 
 from __future__ import annotations
@@ -23,12 +23,15 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from verl_modality.data.schema import (
-    ANSWER_INSTRUCTION,
-    AUDIO_PLACEHOLDER,
-    VIDEO_PLACEHOLDER,
-    letter,
+from verl_modality.vocabulary import AUDIO_PLACEHOLDER, VIDEO_PLACEHOLDER, letter
+
+#: The default answer instruction of multiple-choice prompts (style ``bracket``).
+ANSWER_INSTRUCTION = (
+    "Reason briefly if you need to, then end your reply with the letter of the chosen option in square brackets, "
+    "for example [B]."
 )
+#: The default caption instruction.
+CAPTION_INSTRUCTION = "Describe the clip in a few sentences, using every input you are given."
 
 STYLES = ("bracket", "answer_tag")
 PROMPT_TASKS = ("qa", "caption")
@@ -269,3 +272,26 @@ def render_messages(
     text = render_user_text(question, choices, n_videos, n_audios, subtitle, task, cfg, instruction=instruction)
     messages = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
     return [*messages, {"role": "user", "content": text}]
+
+
+def build_prompt(
+    question: str,
+    choices: Sequence[str],
+    n_videos: int = 0,
+    n_audios: int = 0,
+    subtitle: str | None = None,
+    instruction: str = ANSWER_INSTRUCTION,
+) -> list[dict[str, str]]:
+    """The standard single-turn user prompt: media placeholders, subtitle (when shown), question, options, format.
+    The default wording of this module (other styles and templates: :func:`render_messages`)."""
+    return render_messages(question, choices, n_videos, n_audios, subtitle, instruction=instruction)
+
+
+def build_caption_prompt(
+    instruction: str = CAPTION_INSTRUCTION, n_videos: int = 0, n_audios: int = 0, subtitle: str | None = None
+) -> list[dict[str, str]]:
+    """The caption prompt: media placeholders, subtitle (when shown), then the caption instruction (no options)."""
+    block = media_block(n_videos, n_audios, subtitle)
+    parts = [block] if block else []
+    parts.append(instruction or CAPTION_INSTRUCTION)
+    return [{"role": "user", "content": "\n\n".join(parts)}]

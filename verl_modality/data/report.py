@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from verl_modality import TAGS
 from verl_modality.data import media, schema
 from verl_modality.data.schema import SchemaIssue
+from verl_modality.vocabulary import TAGS
 
 _KINDS = {"video": (schema.VIDEOS, "video", media.probe_video), "audio": (schema.AUDIOS, "audio", media.probe_audio)}
 

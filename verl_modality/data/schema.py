@@ -10,14 +10,33 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from verl_modality import STREAMS, TAGS
+from verl_modality.data.prompts import (  # noqa: F401 (re-exported)
+    ANSWER_INSTRUCTION,
+    CAPTION_INSTRUCTION,
+    build_caption_prompt,
+    build_prompt,
+)
+from verl_modality.vocabulary import (  # noqa: F401 (re-exported: schema.TAGS, schema.canonical_tag, ...)
+    AUDIO_PLACEHOLDER,
+    IMAGE_PLACEHOLDER,
+    LETTERS,
+    LEVELS,
+    STRATA,
+    STREAMS,
+    TAGS,
+    VIDEO_PLACEHOLDER,
+    canonical_tag,
+    letter,
+    level,
+    stratum_of,
+)
 
 # ---------------------------------------------------------------------------------------------------------------
 # field names and vocabularies
@@ -61,15 +80,9 @@ REQUIRED_FIELDS = (
 )
 OPTIONAL_FIELDS = (MEDIA,)
 
-VIDEO_PLACEHOLDER = "<video>"
-AUDIO_PLACEHOLDER = "<audio>"
-IMAGE_PLACEHOLDER = "<image>"
 _PLACEHOLDER_RE = re.compile(r"<image>|<video>|<audio>")
 
-LETTERS = "ABCDEF"
 MIN_CHOICES, MAX_CHOICES = 2, len(LETTERS)
-STRATA = ("exact", "superset", "deficit")
-LEVELS = ("uni", "bi", "tri")
 TASKS = ("qa", "caption")
 #: Tasks of multiple-choice rows (2-6 choices, letter answer, "rule" reward). A "caption" row has no choices, the
 #: reference caption as its answer and a "judge" reward (scored by an LLM judge).
@@ -77,63 +90,11 @@ CHOICE_TASKS = ("qa",)
 ROLES = ("system", "user", "assistant")
 REWARD_STYLE = "rule"
 JUDGE_STYLE = "judge"
-CAPTION_INSTRUCTION = "Describe the clip in a few sentences, using every input you are given."
 
 
 def reward_style(task: str) -> str:
     """``reward_model.style`` of a row of ``task``: ``"judge"`` for captions, ``"rule"`` otherwise."""
     return JUDGE_STYLE if task == "caption" else REWARD_STYLE
-
-
-ANSWER_INSTRUCTION = (
-    "Reason briefly if you need to, then end your reply with the letter of the chosen option in square brackets, "
-    "for example [B]."
-)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# tags, levels, strata
-
-
-def canonical_tag(streams: str | Iterable[str], allow_empty: bool = False) -> str:
-    """Normalise a set of streams (``"AV"``, ``{"S", "V"}``, ``"vas"``) to canonical order (``"VA"``, ``"VS"``...).
-
-    Raises ``ValueError`` naming the value when it holds anything but V, A, S, or is empty (unless ``allow_empty``).
-    """
-    if isinstance(streams, str):
-        letters = list(streams.upper())
-    else:
-        try:
-            letters = [str(s).upper() for s in streams]
-        except TypeError:
-            raise ValueError(f"{streams!r} is not a set of streams (V, A, S)") from None
-    bad = [s for s in letters if s not in STREAMS]
-    if bad:
-        raise ValueError(f"{streams!r} is not a set of streams: {bad[0]!r} is not one of {', '.join(STREAMS)}")
-    tag = "".join(s for s in STREAMS if s in letters)
-    if not tag and not allow_empty:
-        raise ValueError(f"{streams!r} is an empty set of streams; a tag needs at least one of {', '.join(STREAMS)}")
-    return tag
-
-
-def level(tag: str | Iterable[str]) -> str:
-    """``"uni"``, ``"bi"`` or ``"tri"`` by the number of streams of ``tag``."""
-    return LEVELS[len(canonical_tag(tag)) - 1]
-
-
-def stratum_of(tag: str | Iterable[str], available: str | Iterable[str]) -> str:
-    """``"exact"`` (available == tag), ``"superset"`` (strictly more) or ``"deficit"`` (a tag stream missing)."""
-    need, shown = set(canonical_tag(tag)), set(canonical_tag(available, allow_empty=True))
-    if need == shown:
-        return "exact"
-    return "superset" if need < shown else "deficit"
-
-
-def letter(index: int) -> str:
-    """Option letter of the 0-based ``index``."""
-    if not 0 <= index < len(LETTERS):
-        raise ValueError(f"option index {index} is outside 0..{len(LETTERS) - 1}")
-    return LETTERS[index]
 
 
 def count_placeholders(prompt: Sequence[Mapping[str, Any]]) -> dict[str, int]:
@@ -145,33 +106,6 @@ def count_placeholders(prompt: Sequence[Mapping[str, Any]]) -> dict[str, int]:
             for match in _PLACEHOLDER_RE.findall(content):
                 counts[match] += 1
     return counts
-
-
-def build_prompt(
-    question: str,
-    choices: Sequence[str],
-    n_videos: int = 0,
-    n_audios: int = 0,
-    subtitle: str | None = None,
-    instruction: str = ANSWER_INSTRUCTION,
-) -> list[dict[str, str]]:
-    """The standard single-turn user prompt: media placeholders, subtitle (when shown), question, options, format.
-    The default wording of :mod:`verl_modality.data.prompts` (other styles and templates: ``render_messages``)."""
-    from verl_modality.data.prompts import render_messages
-
-    return render_messages(question, choices, n_videos, n_audios, subtitle, instruction=instruction)
-
-
-def build_caption_prompt(
-    instruction: str = CAPTION_INSTRUCTION, n_videos: int = 0, n_audios: int = 0, subtitle: str | None = None
-) -> list[dict[str, str]]:
-    """The caption prompt: media placeholders, subtitle (when shown), then the caption instruction (no options)."""
-    from verl_modality.data.prompts import media_block
-
-    block = media_block(n_videos, n_audios, subtitle)
-    parts = [block] if block else []
-    parts.append(instruction or CAPTION_INSTRUCTION)
-    return [{"role": "user", "content": "\n\n".join(parts)}]
 
 
 def resolve_path(path: str, root: str | os.PathLike | None) -> Path:

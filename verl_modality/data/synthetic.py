@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from verl_modality import TAGS
 from verl_modality.data import media, schema
+from verl_modality.vocabulary import TAGS
 
 DATA_SOURCE = "verl_modality/demo"
 

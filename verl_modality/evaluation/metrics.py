@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from verl_modality import TAGS
 from verl_modality.data.schema import LEVELS, STRATA, level
 from verl_modality.evaluation.results import ResultRecord
+from verl_modality.vocabulary import TAGS
 
 #: How fusion gain decides whether a caption condition is uni- or multi-modal (see :func:`fusion_gain`).
 FUSION_CONDITIONS = ("available", "tag")

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from verl_modality import TAGS
 from verl_modality.data.schema import STRATA
+from verl_modality.vocabulary import TAGS
 
 
 class PlotsUnavailable(RuntimeError):

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from verl_modality import TAGS
 from verl_modality.data.schema import LEVELS, STRATA
 from verl_modality.evaluation import metrics as M
 from verl_modality.evaluation.results import ResultRecord, ResultsError, read_results
 from verl_modality.evaluation.scorers import BENCHMARKS, benchmark_for_data_source
+from verl_modality.vocabulary import TAGS
 
 #: Version of the ``--json`` schema; bumped whenever a key changes meaning or disappears.
 SCHEMA_VERSION = 1

@@ -12,7 +12,7 @@ import math
 import os
 from collections import defaultdict
 
-from verl_modality import TAGS
+from verl_modality.vocabulary import TAGS
 
 #: (metric suffix, column title, aggregation over steps) for the training columns.
 TRAIN_COLUMNS = (

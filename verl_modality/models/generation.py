@@ -4,7 +4,7 @@
 from :func:`~verl_modality.models.twin_inputs.structured_messages`, media decoded by
 ``OmniRLDataset._process_multi_modal_info`` so that blank items become silence / black frames, the prompt rendered
 and processed by :func:`~verl_modality.models.omni_inputs.encode_prompt`) and samples from it with the rollout's own
-generation core, :class:`~verl_modality.rollout.hf_rollout.HFGenerator` (same sampling, same suppressed tokens,
+generation core, :class:`~verl_modality.models.hf_generator.HFGenerator` (same sampling, same suppressed tokens,
 token-in / token-out).
 
 Sampling is a pure function of (seed, prompt ids, media, sample index): sample ``i`` of a row is the same whichever
@@ -92,7 +92,7 @@ class RowGenerator:
         seed: int = 0,
         data_config: Any = None,
     ) -> None:
-        from verl_modality.rollout.hf_rollout import HFGenerator
+        from verl_modality.models.hf_generator import HFGenerator
 
         if max_prompt_length < 1 or max_response_length < 1:
             raise ValueError(

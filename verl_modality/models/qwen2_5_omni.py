@@ -26,6 +26,7 @@ import logging
 import re
 import types
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -170,6 +171,48 @@ def is_omni_processor(processor: Any) -> bool:
     return processor is not None and processor.__class__.__name__ == "Qwen2_5OmniProcessor"
 
 
+def load_processor(path_or_id: str | Path, **kwargs: Any) -> Any:
+    """Load the Omni processor of a local directory or hub id (``AutoProcessor``)."""
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(path_or_id, **kwargs)
+
+
+def load_thinker(
+    path_or_id: str | Path,
+    torch_dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+    **kwargs: Any,
+) -> Any:
+    """Load only the thinker of a full Qwen2.5-Omni checkpoint (local dir or hub id); talker/token2wav are skipped.
+
+    Extra ``kwargs`` go to ``from_pretrained`` (e.g. ``local_files_only=True``). Raises if a thinker weight is missing.
+    """
+    from transformers import AutoConfig, Qwen2_5OmniThinkerForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    hub_keys = ("local_files_only", "revision", "cache_dir", "token", "force_download", "subfolder")
+    config = AutoConfig.from_pretrained(path_or_id, **{k: v for k, v in kwargs.items() if k in hub_keys})
+    thinker_config = getattr(config, "thinker_config", config)
+    # The load report lists every talker/token2wav key as unexpected; missing keys are checked below instead.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
+            path_or_id,
+            config=thinker_config,
+            dtype=torch_dtype,
+            attn_implementation=attn_implementation,
+            output_loading_info=True,
+            **kwargs,
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if info.get("missing_keys"):
+        raise RuntimeError(f"{path_or_id}: thinker weights missing from the checkpoint: {sorted(info['missing_keys'])}")
+    return model
+
+
 def load_omni_processor(name_or_path: str, config: Any = None, **kwargs: Any) -> Any:
     """Load and configure the processor of a Qwen2.5-Omni checkpoint (hub id or local path)."""
     from transformers import AutoConfig, AutoProcessor
@@ -280,6 +323,8 @@ def _patched_build_module(original):
 
 def _patch_vllm_server(module) -> None:
     """verl's vLLM server: collapse Omni placeholder runs, and never sample Omni placeholders."""
+    if getattr(module.qwen2_5_vl_dedup_image_tokens, "__verl_modality__", False):
+        return
     dedup = module.qwen2_5_vl_dedup_image_tokens
     banned = module.get_vision_placeholder_token_ids
 
@@ -295,6 +340,7 @@ def _patch_vllm_server(module) -> None:
             return never_sample_token_ids(processor)
         return banned(processor)
 
+    qwen2_5_vl_dedup_image_tokens.__verl_modality__ = get_vision_placeholder_token_ids.__verl_modality__ = True
     module.qwen2_5_vl_dedup_image_tokens = qwen2_5_vl_dedup_image_tokens
     module.get_vision_placeholder_token_ids = get_vision_placeholder_token_ids
 
@@ -303,6 +349,8 @@ def _patch_vllm_adapter(module) -> None:
     """verl's vLLM rollout adapter: send thinker weights under the full-checkpoint names vLLM loads."""
     cls = module.ServerAdapter
     original = cls.update_weights
+    if getattr(original, "__verl_modality__", False):
+        return
 
     @functools.wraps(original)
     async def update_weights(self, weights, *args, **kwargs):
@@ -313,6 +361,7 @@ def _patch_vllm_adapter(module) -> None:
             weights = vllm_weights(weights)
         return await original(self, weights, *args, **kwargs)
 
+    update_weights.__verl_modality__ = True
     cls.update_weights = update_weights
 
 
@@ -410,62 +459,3 @@ def _patch_fsdp_engine_module(module) -> None:
     engine = module.FSDPEngine
     if not getattr(engine._build_module, "__verl_modality__", False):
         engine._build_module = _patched_build_module(engine._build_module)
-
-
-#: (verl module, patch, what it does); each patch runs when its module is first imported (at once if it already is),
-#: so loading the plugin costs no heavy imports.
-PATCHES = (
-    (
-        "transformers.configuration_utils",
-        _quiet_talker_token_ids,
-        "config validation log: no warnings for the talker's thinker-vocabulary token ids",
-    ),
-    ("verl.utils.tokenizer", _patch_tokenizer_module, "hf_processor: Qwen2_5OmniProcessor with multimodal RoPE"),
-    ("verl.workers.config.model", _patch_model_config_module, "HFModelConfig: full Omni checkpoint -> thinker config"),
-    (
-        "verl.workers.engine.fsdp.transformer_impl",
-        _patch_fsdp_engine_module,
-        "FSDPEngine._build_module: leaf-layer FSDP wrapping for the thinker",
-    ),
-    (
-        "verl.utils.tensordict_utils",
-        _patch_tensordict_utils,
-        "maybe_fix_3d_position_ids: repacks multimodal RoPE ids of equal-length batches",
-    ),
-    ("verl.workers.engine.base", _rebind_position_id_fix, "engine base: the repacking position-id fix"),
-    ("verl.workers.engine_workers", _rebind_position_id_fix, "engine workers: the repacking position-id fix"),
-    (
-        "verl.workers.rollout.vllm_rollout.vllm_async_server",
-        _patch_vllm_server,
-        "vLLM server: Omni placeholder collapse, placeholders never sampled",
-    ),
-    (
-        "verl.workers.rollout.vllm_rollout.vllm_rollout",
-        _patch_vllm_adapter,
-        "vLLM adapter: thinker weights under full-checkpoint names",
-    ),
-)
-
-
-def apply_patches() -> list[str]:
-    """Install the Omni support into verl; returns one line per patch (listed by the doctor)."""
-    from verl_modality.models.import_hooks import install
-
-    return install(PATCHES)
-
-
-def patches_in_place() -> dict[str, bool]:
-    """Whether each patch has reached its module, importing the modules that are importable here."""
-    import importlib
-
-    from verl_modality.models import import_hooks
-
-    status = {}
-    for module_name, _, what in PATCHES:
-        try:
-            importlib.import_module(module_name)
-        except Exception:  # verl's vLLM modules refuse to import without vLLM: the hook keeps waiting for them
-            status[f"{what} [{module_name}, applied when vLLM is installed]"] = module_name in import_hooks.pending()
-            continue
-        status[f"{what} [{module_name}]"] = module_name in import_hooks.applied()
-    return status

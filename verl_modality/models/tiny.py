@@ -4,7 +4,8 @@
 ``Qwen2_5OmniConfig`` (``architectures: ["Qwen2_5OmniModel"]``), safetensors weights with ``thinker.*``, ``talker.*``
 and ``token2wav.*`` keys, ``spk_dict.pt``, ``generation_config.json``, and a ``Qwen2_5OmniProcessor`` (Whisper
 features, Qwen2-VL image and video processors, a byte-level BPE tokenizer trained here, an Omni chat template). It is
-loaded by the same code as the real checkpoint (:func:`load_thinker`, :func:`load_processor`).
+loaded by the same code as the real checkpoint (:func:`verl_modality.models.qwen2_5_omni.load_thinker`,
+:func:`verl_modality.models.qwen2_5_omni.load_processor`).
 
 Token ids keep Qwen's layout: the 22 added tokens follow the BPE vocabulary in Qwen's order, and the embedding is
 padded past them (Qwen2.5-Omni: 151643 BPE tokens, added tokens at 151643-151664, 152064 rows).
@@ -451,45 +452,3 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, vocab_size: int = 1024, 
         ).save_pretrained(tmp)
         build_processor(tokenizer).save_pretrained(tmp)
     return out
-
-
-def load_processor(path_or_id: str | Path, **kwargs: Any) -> Any:
-    """Load the Omni processor of a local directory or hub id (``AutoProcessor``)."""
-    from transformers import AutoProcessor
-
-    return AutoProcessor.from_pretrained(path_or_id, **kwargs)
-
-
-def load_thinker(
-    path_or_id: str | Path,
-    torch_dtype: torch.dtype = torch.float32,
-    attn_implementation: str = "sdpa",
-    **kwargs: Any,
-) -> Any:
-    """Load only the thinker of a full Qwen2.5-Omni checkpoint (local dir or hub id); talker/token2wav are skipped.
-
-    Extra ``kwargs`` go to ``from_pretrained`` (e.g. ``local_files_only=True``). Raises if a thinker weight is missing.
-    """
-    from transformers import AutoConfig, Qwen2_5OmniThinkerForConditionalGeneration
-    from transformers.utils import logging as hf_logging
-
-    hub_keys = ("local_files_only", "revision", "cache_dir", "token", "force_download", "subfolder")
-    config = AutoConfig.from_pretrained(path_or_id, **{k: v for k, v in kwargs.items() if k in hub_keys})
-    thinker_config = getattr(config, "thinker_config", config)
-    # The load report lists every talker/token2wav key as unexpected; missing keys are checked below instead.
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        model, info = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
-            path_or_id,
-            config=thinker_config,
-            dtype=torch_dtype,
-            attn_implementation=attn_implementation,
-            output_loading_info=True,
-            **kwargs,
-        )
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    if info.get("missing_keys"):
-        raise RuntimeError(f"{path_or_id}: thinker weights missing from the checkpoint: {sorted(info['missing_keys'])}")
-    return model

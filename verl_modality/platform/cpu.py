@@ -2,7 +2,8 @@
 
 The platform is registered with verl's ``PlatformRegistry`` whenever the plugin loads, but it never wins verl's
 auto-detection: it is used only when selected explicitly with ``VERL_PLATFORM=cpu`` (``trainer.device=cpu`` then
-describes the same choice to the trainer). Only when it is selected does :func:`activate` also
+describes the same choice to the trainer). Only when it is selected does the plugin also (entries ``when=cpu`` of
+:mod:`verl_modality.integrations.registry`):
 
 * register verl's FSDP engines for ``device="cpu"`` (verl registers them for cuda/npu only), and
 * make ``initialize_global_process_group_ray`` (Ray workers) and ``initialize_global_process_group`` (torchrun
@@ -21,11 +22,8 @@ from datetime import timedelta
 from typing import Any
 
 import torch
-from verl.plugin.platform.platform_base import PlatformBase
-from verl.plugin.platform.platform_manager import PlatformRegistry
 
 PLATFORM_NAME = "cpu"
-_ACTIVE = False
 
 
 def is_selected() -> bool:
@@ -90,96 +88,114 @@ def _build_device_module() -> types.ModuleType:
     return mod
 
 
-class PlatformCPU(PlatformBase):
-    """verl platform for CPU-only machines: gloo collectives, no device memory, Ray resource ``CPU``."""
-
-    _device_module = _build_device_module()
-
-    @property
-    def device_name(self) -> str:
-        return "cpu"
-
-    @property
-    def vendor_name(self) -> str:
-        return "cpu"
-
-    @property
-    def device_module(self) -> types.ModuleType:
-        return self._device_module
-
-    def is_available(self) -> bool:
-        return True
-
-    def is_platform_available(self, use_smi_check: bool = False) -> bool:
-        # Never chosen by auto-detection: only an explicit VERL_PLATFORM=cpu selects it.
-        return False
-
-    def current_device(self) -> str:  # type: ignore[override]
-        # verl uses this as a device for ``.to(...)``/``device=``; the integer 0 would mean cuda:0.
-        return "cpu"
-
-    def device_count(self) -> int:
-        return 1
-
-    def set_device(self, device_index: int) -> None:
-        return None
-
-    def synchronize(self, device_index: int | None = None) -> None:
-        return None
-
-    def manual_seed(self, seed: int) -> None:
-        torch.manual_seed(seed)
-
-    def manual_seed_all(self, seed: int) -> None:
-        torch.manual_seed(seed)
-
-    def set_allocator_settings(self, settings: str) -> None:
-        return None
-
-    def empty_cache(self) -> None:
-        return None
-
-    def get_device_capability(self, device_index: int = 0) -> tuple[int | None, int | None]:
-        return None, None
-
-    def communication_backend_name(self) -> str:
-        return "gloo"
-
-    def visible_devices_envvar(self) -> str:
-        return "VERL_MODALITY_CPU_VISIBLE_DEVICES"
-
-    @contextmanager
-    def nvtx_range(self, msg: str):
-        yield
-
-    def profiler_start(self) -> None:
-        return None
-
-    def profiler_stop(self) -> None:
-        return None
-
-    def ray_resource_name(self) -> str:
-        return "CPU"
-
-    def ray_resource_options(self, num_gpus: float) -> dict[str, Any]:
-        # One "device" per worker is one logical CPU of the placement-group bundle (Ray rejects resources={"CPU":..}).
-        return {"num_cpus": num_gpus}
-
-    def ray_noset_envvars(self) -> list[str]:
-        return []
-
-    def is_ipc_supported(self) -> bool:
-        return False
-
-    def cudart(self) -> Any:
-        return None
+_PLATFORM_CLASS: type | None = None
 
 
-def register_platform() -> type:
-    """Register the ``cpu`` platform class with verl's registry (idempotent)."""
-    if PlatformRegistry.get(PLATFORM_NAME) is not PlatformCPU:
-        PlatformRegistry.register(platform=PLATFORM_NAME)(PlatformCPU)
+def platform_class() -> type:
+    """The ``cpu`` platform class, a subclass of verl's ``PlatformBase`` (built on first use: this module must not
+    import verl at load time, since verl's plugin discovery imports it while verl itself is loading)."""
+    global _PLATFORM_CLASS
+    if _PLATFORM_CLASS is not None:
+        return _PLATFORM_CLASS
+    from verl.plugin.platform.platform_base import PlatformBase
+
+    class PlatformCPU(PlatformBase):
+        """verl platform for CPU-only machines: gloo collectives, no device memory, Ray resource ``CPU``."""
+
+        _device_module = _build_device_module()
+
+        @property
+        def device_name(self) -> str:
+            return "cpu"
+
+        @property
+        def vendor_name(self) -> str:
+            return "cpu"
+
+        @property
+        def device_module(self) -> types.ModuleType:
+            return self._device_module
+
+        def is_available(self) -> bool:
+            return True
+
+        def is_platform_available(self, use_smi_check: bool = False) -> bool:
+            # Never chosen by auto-detection: only an explicit VERL_PLATFORM=cpu selects it.
+            return False
+
+        def current_device(self) -> str:  # type: ignore[override]
+            # verl uses this as a device for ``.to(...)``/``device=``; the integer 0 would mean cuda:0.
+            return "cpu"
+
+        def device_count(self) -> int:
+            return 1
+
+        def set_device(self, device_index: int) -> None:
+            return None
+
+        def synchronize(self, device_index: int | None = None) -> None:
+            return None
+
+        def manual_seed(self, seed: int) -> None:
+            torch.manual_seed(seed)
+
+        def manual_seed_all(self, seed: int) -> None:
+            torch.manual_seed(seed)
+
+        def set_allocator_settings(self, settings: str) -> None:
+            return None
+
+        def empty_cache(self) -> None:
+            return None
+
+        def get_device_capability(self, device_index: int = 0) -> tuple[int | None, int | None]:
+            return None, None
+
+        def communication_backend_name(self) -> str:
+            return "gloo"
+
+        def visible_devices_envvar(self) -> str:
+            return "VERL_MODALITY_CPU_VISIBLE_DEVICES"
+
+        @contextmanager
+        def nvtx_range(self, msg: str):
+            yield
+
+        def profiler_start(self) -> None:
+            return None
+
+        def profiler_stop(self) -> None:
+            return None
+
+        def ray_resource_name(self) -> str:
+            return "CPU"
+
+        def ray_resource_options(self, num_gpus: float) -> dict[str, Any]:
+            # One "device" per worker is one logical CPU of the placement-group bundle (Ray rejects resources={"CPU":..}).
+            return {"num_cpus": num_gpus}
+
+        def ray_noset_envvars(self) -> list[str]:
+            return []
+
+        def is_ipc_supported(self) -> bool:
+            return False
+
+        def cudart(self) -> Any:
+            return None
+
+    PlatformCPU.__qualname__ = "PlatformCPU"  # pickled by reference, as if defined at module level
+    globals()["PlatformCPU"] = _PLATFORM_CLASS = PlatformCPU
     return PlatformCPU
+
+
+def register_platform(module=None) -> type:
+    """Register the ``cpu`` platform class with verl's registry (idempotent)."""
+    from verl.plugin.platform.platform_manager import PlatformRegistry
+
+    cls = platform_class()
+    if PlatformRegistry.get(PLATFORM_NAME) is not cls:
+        PlatformRegistry.register(platform=PLATFORM_NAME)(cls)
+    return cls
 
 
 def _gloo_process_group(original):
@@ -236,23 +252,3 @@ def _patch_engine_workers(module) -> None:
 
     _patch_distributed(dist_utils)
     module.initialize_global_process_group_ray = dist_utils.initialize_global_process_group_ray
-
-
-def activate() -> None:
-    """Apply the CPU-only pieces; called by the plugin only when :func:`is_selected`.
-
-    Each piece waits for its verl module to be imported, so activating costs no imports.
-    """
-    global _ACTIVE
-    if _ACTIVE:
-        return
-    from verl_modality.models.import_hooks import when_imported
-
-    when_imported("verl.utils.distributed", _patch_distributed)
-    when_imported("verl.workers.engine_workers", _patch_engine_workers)
-    when_imported("verl.workers.engine.fsdp.transformer_impl", register_cpu_engines)
-    _ACTIVE = True
-
-
-def is_active() -> bool:
-    return _ACTIVE

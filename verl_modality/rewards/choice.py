@@ -52,8 +52,8 @@ from typing import Any
 
 from verl_modality.data.none_answers import NONE_ANSWERS
 from verl_modality.rewards.string_match import matched_option, mmau_string_match, word_tokens
+from verl_modality.vocabulary import LETTERS
 
-LETTERS = "ABCDEF"
 #: data_source prefixes scored with MMAU's string-match rule (SPEC section 8).
 STRING_MATCH_SOURCES = ("mmau", "mmsu", "mmar")
 ANSWER_FORMATS = ("any", "bracket", "answer_tag")

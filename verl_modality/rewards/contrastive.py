@@ -30,13 +30,12 @@ from typing import Any
 
 import torch
 
-from verl_modality import STREAMS
 from verl_modality.data import schema
 from verl_modality.rewards.similarity import BACKENDS, Similarity
+from verl_modality.vocabulary import ABLATIONS, STREAMS
 
 SECTION = "reward.custom_reward_function.reward_kwargs.contrastive"  # where the options live in verl's config
 DEFICIT_MODES = ("any", "drop_one")
-ABLATIONS = ("remove", "blank")
 NEGATIVES = ("per_prompt", "per_response")
 
 

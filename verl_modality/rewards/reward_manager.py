@@ -80,7 +80,7 @@ def _check_finite(out: dict[str, Any], extra_info: dict[str, Any], data_source: 
     )
 
 
-def register_manager() -> str:
+def register_manager(module=None) -> str:
     """Register :class:`ModalityRewardManager` as ``modality`` in verl's reward-loop registry (idempotent)."""
     register(NAME)(ModalityRewardManager)
     return NAME

@@ -256,12 +256,6 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-def register() -> list[str]:
-    """Register ``modality_agent`` in verl's agent loop registry once verl's agent loop module is imported."""
-    from verl_modality.models.import_hooks import when_imported
-
-    def _register(module) -> None:
-        module._agent_loop_registry[AGENT_NAME] = {"_target_": f"{__name__}.{CLASS_NAME}"}
-
-    when_imported("verl.experimental.agent_loop.agent_loop", _register)
-    return [f"{AGENT_NAME} (agent loop: deficit responses for contrastive weighting)"]
+def register_agent(module) -> None:
+    """``modality_agent`` in verl's agent loop registry (``module``: ``verl.experimental.agent_loop.agent_loop``)."""
+    module._agent_loop_registry[AGENT_NAME] = {"_target_": f"{__name__}.{CLASS_NAME}"}

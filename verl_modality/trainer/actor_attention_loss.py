@@ -152,9 +152,3 @@ def with_attention_loss(ppo_loss):
 
 def _patch_engine_workers(module) -> None:
     module.ppo_loss = with_attention_loss(module.ppo_loss)
-
-
-PATCHES = (
-    ("verl.workers.engine.fsdp.transformer_impl", _patch_forward_step, "forward_step: MAPO-AT attention capture"),
-    ("verl.workers.engine_workers", _patch_engine_workers, "ppo_loss: + eta * MAPO-AT attention loss"),
-)

@@ -126,14 +126,13 @@ def _mean_logprob(log_probs: torch.Tensor, mask: torch.Tensor, rows: torch.Tenso
 def run_actor_check(work_dir: str | os.PathLike = "demo_run", seed: int = 0, batch_size: int = 4) -> dict[str, Any]:
     """Build (or reuse) the tiny model and demo data under ``work_dir`` and run one actor update; returns a report."""
     from verl_modality.data.synthetic import make_demo_data
+    from verl_modality.integrations import registry
     from verl_modality.models.tiny import make_tiny_model
-    from verl_modality.platform import cpu
     from verl_modality.trainer.local_actor import LocalActor
 
     if not torch.cuda.is_available():
         os.environ.setdefault("VERL_PLATFORM", "cpu")
-        if cpu.is_selected():
-            cpu.activate()
+        registry.install()  # the entries for the cpu platform, now that it is selected
     t0 = time.time()
     work = Path(work_dir)
     model_dir, data_dir = work / "tiny-omni", work / "data"

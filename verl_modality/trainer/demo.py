@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from verl_modality import TAGS
 from verl_modality.trainer.launch import RunResult, run_main_ppo
 from verl_modality.trainer.warm_start import WarmStartConfig, WarmStartResult, run_warm_start
+from verl_modality.vocabulary import TAGS
 
 DATA_MARKER = "demo_data.json"
 SUMMARY_FILE = "demo_summary.json"

@@ -1,6 +1,6 @@
 """Weak-to-Strong and Mixed-to-Strong data: the SFT and RL parquet files of the two-stage paradigms (SPEC section 6).
 
-From the weak / strong split of audio-contribution filtering (:mod:`verl_modality.data.audio_contribution`):
+From the weak / strong split of audio-contribution filtering (:mod:`verl_modality.audio_contribution.filter`):
 
 * ``weak_to_strong``: SFT on the weak items, then GRPO on the strong items;
 * ``mixed_to_strong``: SFT on all items, then GRPO on the strong items. With ``disjoint`` the strong items are split
@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ import numpy as np
 
 from verl_modality.data import schema
 from verl_modality.data.prompts import PromptConfig, render_messages
+from verl_modality.data.sft_records import write_sft
 
 PARADIGMS = ("weak_to_strong", "mixed_to_strong")
 AUDIO_MODES = ("keep", "drop")
@@ -120,28 +121,6 @@ def sft_row(row: Mapping[str, Any], config: W2SConfig) -> dict[str, Any]:
 def rl_row(row: Mapping[str, Any], config: W2SConfig) -> dict[str, Any]:
     """The schema row with its prompt asking for the ``<answer>`` format."""
     return {**row, schema.PROMPT: answer_prompt(row, config)}
-
-
-def write_sft(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    """Write SFT records with fixed column types; ``videos`` / ``audios`` only when some record has one."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if not rows:
-        raise ValueError(f"{os.fspath(path)}: no SFT rows to write")
-    types = {
-        "messages": pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])),
-        "videos": pa.list_(pa.struct([("video", pa.string())])),
-        "audios": pa.list_(pa.struct([("audio", pa.string())])),
-    }
-    names = ["messages"]
-    names += [k for k in ("videos", "audios") if any(r[k] for r in rows)]
-    names += ["id", "data_source", "modality_tag", "answer", "acf_split"]
-    columns = [pa.array([r[n] for r in rows], type=types.get(n, pa.string())) for n in names]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_arrays(columns, names=names), path)
-    return path
 
 
 def _read(path: str | os.PathLike, what: str) -> list[dict[str, Any]]:

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from verl_modality.audio_contribution.voters import VoterSpec, build_voter, check_unique_names
 from verl_modality.data import media, schema
-from verl_modality.data.voters import VoterSpec, build_voter, check_unique_names
 
 CONDITIONS = ("silent", "audio")
 WEAK, STRONG = "weak", "strong"

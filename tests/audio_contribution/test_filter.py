@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from verl_modality.audio_contribution.filter import ACFConfig, format_report, run_acf, score_response
+from verl_modality.audio_contribution.voters import VoterSpec, load_voter_specs, openai_messages
 from verl_modality.data import schema
-from verl_modality.data.audio_contribution import ACFConfig, format_report, run_acf, score_response
-from verl_modality.data.voters import VoterSpec, load_voter_specs, openai_messages
 
 N = 7
 # voter -> row indices it answers correctly under silence. Votes per row: 3, 2, 2, 1, 2, 1, 0.
@@ -252,7 +252,7 @@ def test_openai_messages_carry_base64_wav_audio(demo, tmp_path):
     import base64
     import io
 
-    from verl_modality.data.audio_contribution import silence_row, write_silence
+    from verl_modality.audio_contribution.filter import silence_row, write_silence
     from verl_modality.data.dataset import resolve_media_paths
 
     row = resolve_media_paths(schema.read_rows(demo)[0], demo.parent)
@@ -290,7 +290,7 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 def test_openai_voter_sends_greedy_requests_and_fails_clearly(demo, tmp_path, monkeypatch):
-    from verl_modality.data.voters import OpenAIVoter, VoterError
+    from verl_modality.audio_contribution.voters import OpenAIVoter, VoterError
     from verl_modality.rewards.openai_client import ChatClient, ChatError
 
     sent: list = []

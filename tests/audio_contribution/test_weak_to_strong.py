@@ -11,8 +11,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from verl_modality.audio_contribution.weak_to_strong import W2SConfig, build_w2s
 from verl_modality.data import schema
-from verl_modality.data.weak_to_strong import W2SConfig, build_w2s
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "recipes" / "audio_contribution"
