@@ -328,6 +328,7 @@ def _patch_vllm_server(module) -> None:
     dedup = module.qwen2_5_vl_dedup_image_tokens
     banned = module.get_vision_placeholder_token_ids
 
+    @functools.wraps(dedup)
     def qwen2_5_vl_dedup_image_tokens(prompt_ids, processor):
         if getattr(processor, "verl_modality_omni", False):
             # Ids were resolved once by configure_processor; this runs on every rollout request.
@@ -335,6 +336,7 @@ def _patch_vllm_server(module) -> None:
             return collapse_placeholders(prompt_ids, ids)
         return dedup(prompt_ids, processor)
 
+    @functools.wraps(banned)
     def get_vision_placeholder_token_ids(processor):
         if getattr(processor, "verl_modality_omni", False):
             return never_sample_token_ids(processor)
