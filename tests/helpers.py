@@ -106,3 +106,35 @@ def assert_mapo_at_steps(steps: dict, n: int = 2) -> None:
             assert math.isfinite(m["actor/mapo_at/loss"]) and m["actor/mapo_at/loss"] >= 0
             assert 0 < m["actor/mapo_at/audio_mass_mean"] <= 1
     assert any(steps[s]["mapo_at/audio_fraction"] > 0 for s in range(1, n + 1))
+
+
+def mapo_at_batch(root: Path, model_dir: Path) -> dict:
+    """An actor batch of 4 demo prompts (audio and video) x 2 responses of different lengths (right and wrong
+    answer), with MAPO-AT's per-token fields as ModalityTrainerSync writes them (entropy differences random)."""
+    import torch
+
+    from verl_modality.data.synthetic import make_demo_data
+    from verl_modality.models.omni_inputs import build_actor_batch
+    from verl_modality.trainer.actor_check import answer_response, encode_row, load_rows
+
+    make_demo_data(root / "data", seed=0, n_train=14, n_test=0, progress=False)
+    rows, processor, tokenizer = load_rows(root / "data" / "train.parquet", model_dir, 4)
+    filler = tokenizer.encode(" Let me listen and look again.", add_special_tokens=False)
+    prompts, responses, scores = [], [], []
+    for i, row in enumerate(rows):
+        encoded = encode_row(row, processor)
+        wrong = next(c for c in "ABCD" if c != row["answer"])
+        for j, letter in enumerate((row["answer"], wrong)):
+            prompts.append(encoded)
+            # responses of different lengths, so the padded layout really pads (left prompts, right responses)
+            responses.append(filler * ((i + j) % 3) + answer_response(tokenizer, letter))
+            scores.append(float(j == 0))
+    batch = build_actor_batch(processor, prompts, responses, pad_token_id=int(tokenizer.pad_token_id))
+    mask = batch["response_mask"].float()
+    g = torch.Generator().manual_seed(0)
+    score = torch.tensor(scores)
+    # MAPO-AT's per-token fields, as ModalityTrainerSync writes them (entropy differences here random)
+    batch["mapo_dh"] = torch.randn(mask.shape, generator=g) * mask
+    batch["mapo_attn_content"] = mask.clone()
+    batch["mapo_attn_reward"] = score[:, None].expand_as(mask).clone()
+    return {"model": model_dir, "batch": batch, "scores": score, "processor": processor, "tokenizer": tokenizer}

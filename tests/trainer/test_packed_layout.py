@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import MAPO_AT_TWO_STEPS, SMALL_BATCH, assert_mapo_at_steps, e2e_inputs
+from helpers import MAPO_AT_TWO_STEPS, SMALL_BATCH, assert_mapo_at_steps, e2e_inputs, mapo_at_batch
 
 pytestmark = pytest.mark.slow
 
@@ -27,32 +27,7 @@ TOL = 1e-5  # fp32 CPU: packed and padded differ by float summation order only (
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_model_dir):
-    from verl_modality.data.synthetic import make_demo_data
-    from verl_modality.models.omni_inputs import build_actor_batch
-    from verl_modality.trainer.actor_check import answer_response, encode_row, load_rows
-
-    root = tmp_path_factory.mktemp("packed")
-    make_demo_data(root / "data", seed=0, n_train=14, n_test=0, progress=False)
-    rows, processor, tokenizer = load_rows(root / "data" / "train.parquet", tiny_model_dir, 4)
-    filler = tokenizer.encode(" Let me listen and look again.", add_special_tokens=False)
-    prompts, responses, scores = [], [], []
-    for i, row in enumerate(rows):
-        encoded = encode_row(row, processor)
-        wrong = next(c for c in "ABCD" if c != row["answer"])
-        for j, letter in enumerate((row["answer"], wrong)):
-            prompts.append(encoded)
-            # responses of different lengths, so the padded layout really pads (left prompts, right responses)
-            responses.append(filler * ((i + j) % 3) + answer_response(tokenizer, letter))
-            scores.append(float(j == 0))
-    batch = build_actor_batch(processor, prompts, responses, pad_token_id=int(tokenizer.pad_token_id))
-    mask = batch["response_mask"].float()
-    g = torch.Generator().manual_seed(0)
-    score = torch.tensor(scores)
-    # MAPO-AT's per-token fields, as ModalityTrainerSync writes them (entropy differences here random)
-    batch["mapo_dh"] = torch.randn(mask.shape, generator=g) * mask
-    batch["mapo_attn_content"] = mask.clone()
-    batch["mapo_attn_reward"] = score[:, None].expand_as(mask).clone()
-    return {"model": tiny_model_dir, "batch": batch, "scores": score, "processor": processor, "tokenizer": tokenizer}
+    return mapo_at_batch(tmp_path_factory.mktemp("packed"), tiny_model_dir)
 
 
 def _grpo(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
