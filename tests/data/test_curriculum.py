@@ -171,7 +171,7 @@ def test_config_from_verl_data_section():
     assert not CurriculumConfig.from_config(OmegaConf.create({})).enabled
     with pytest.raises(ValueError, match="order='uni-first'"):
         CurriculumConfig(order="uni-first")
-    with pytest.raises(ValueError, match=r"unknown data.curriculum option\(s\) \['ordr'\]"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) data.curriculum.\['ordr'\]"):
         CurriculumConfig.from_config(OmegaConf.create({"curriculum": {"ordr": "static"}}))
     with pytest.raises(ValueError, match="unknown modality tag 'X' in row 1"):
         TagCurriculum(["V", "X"], 1, CurriculumConfig(order="static"))

@@ -28,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from verl_modality import options
 from verl_modality.data.schema import LEVELS, canonical_tag, level
+from verl_modality.options import option
 from verl_modality.vocabulary import TAGS
 
 ORDERS = ("none", "mixed", "static", "adaptive")
@@ -38,27 +40,26 @@ ZERO_SHOT_FROM_VALIDATION = "validation"
 
 @dataclass(frozen=True)
 class CurriculumConfig:
-    """Options of ``data.curriculum``."""
+    """Options of ``data.curriculum`` (read and checked by :mod:`verl_modality.options`)."""
 
-    order: str = "none"  # none: verl's own dataloader; mixed / static / adaptive (MAPLE §4.2, §5.2)
-    seed: int = 0
-    window: int = 5  # L_W: difficulties averaged into a tag's priority (MAPLE Alg. 2)
+    order: str = option("none", choices=ORDERS)  # none: verl's dataloader; mixed / static / adaptive (MAPLE §4.2, §5.2)
+    seed: int = 0  # all shuffles derive from (seed, epoch, tag)
+    window: int = option(5, ge=1)  # L_W: difficulties averaged into a tag's priority (MAPLE Alg. 2)
     # first-epoch order for ``adaptive``: {tag: accuracy} or "validation" (the per-tag accuracy of verl's
     # validation before training)
     zero_shot: Any = ZERO_SHOT_FROM_VALIDATION
 
     def __post_init__(self) -> None:
-        if self.order not in ORDERS:
-            raise ValueError(f"data.curriculum.order={self.order!r}: use one of {', '.join(ORDERS)}")
-        if isinstance(self.window, bool) or int(self.window) != self.window or self.window < 1:
-            raise ValueError(f"data.curriculum.window must be an integer >= 1, got {self.window!r}")
-        if self.zero_shot != ZERO_SHOT_FROM_VALIDATION:
-            if not isinstance(self.zero_shot, Mapping):
+        options.validate(self, "data.curriculum")
+        zero_shot = options.plain(self.zero_shot)
+        if zero_shot != ZERO_SHOT_FROM_VALIDATION:
+            if not isinstance(zero_shot, Mapping):
                 raise ValueError(
-                    f"data.curriculum.zero_shot must be {ZERO_SHOT_FROM_VALIDATION!r} or a mapping tag -> accuracy, "
-                    f"got {self.zero_shot!r}"
+                    f"data.curriculum.zero_shot={zero_shot!r}: expected {ZERO_SHOT_FROM_VALIDATION!r} or a mapping "
+                    "tag -> accuracy"
                 )
-            object.__setattr__(self, "zero_shot", _accuracies(self.zero_shot, "data.curriculum.zero_shot"))
+            zero_shot = _accuracies(zero_shot, "data.curriculum.zero_shot")
+        object.__setattr__(self, "zero_shot", zero_shot)
 
     @property
     def enabled(self) -> bool:
@@ -68,33 +69,19 @@ class CurriculumConfig:
     def from_config(cls, data_config: Any) -> CurriculumConfig:
         """From verl's data config (reads ``curriculum``; absent means ``order: none``)."""
         node = data_config.get("curriculum", None) if data_config is not None else None
-        if node is None:
-            return cls()
-        options = {str(k): v for k, v in node.items()}
-        unknown = set(options) - {"order", "seed", "window", "zero_shot"}
-        if unknown:
-            raise ValueError(f"unknown data.curriculum option(s) {sorted(unknown)}: use order, seed, window, zero_shot")
-        zero_shot = options.get("zero_shot", ZERO_SHOT_FROM_VALIDATION)
-        if hasattr(zero_shot, "items"):
-            zero_shot = {str(k): float(v) for k, v in zero_shot.items()}
-        return cls(
-            order=str(options.get("order", "none")),
-            seed=int(options.get("seed", 0)),
-            window=int(options.get("window", 5)),
-            zero_shot=zero_shot,
-        )
+        return options.load(cls, node, "data.curriculum")
 
 
 def _accuracies(values: Mapping[str, Any], what: str) -> dict[str, float]:
     out = {}
     for tag, acc in values.items():
-        canon = canonical_tag(str(tag))
+        try:
+            canon = canonical_tag(str(tag))
+        except ValueError:
+            canon = None
         if canon not in TAGS:
-            raise ValueError(f"{what}: unknown tag {tag!r}")
-        acc = float(acc)
-        if not math.isfinite(acc):
-            raise ValueError(f"{what}: accuracy of {tag!r} is {acc}")
-        out[canon] = acc
+            raise ValueError(f"{what}: unknown tag {tag!r} (use one of {', '.join(TAGS)})")
+        out[canon] = options.check(f"{what}.{tag}", acc, float)
     return out
 
 

@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from verl_modality import options
+from verl_modality.options import option
 from verl_modality.rewards.openai_client import (
     ChatClient,
     ChatEndpoint,
@@ -40,6 +42,8 @@ GRADES = tuple(k / 5 for k in range(6))
 GRID_TOL = 1e-6
 STREAM_NAMES = {"V": "the video frames", "A": "the audio track", "S": "the subtitles (spoken words as text)"}
 ON_FAILURE = ("raise", "mark")
+#: Where the judge options live in verl's config.
+SECTION = "reward.custom_reward_function.reward_kwargs.judge"
 #: Keys that verl's reward managers add to reward_kwargs on their own; not ours, ignored.
 _VERL_REWARD_KWARGS = frozenset({"reward_router_address", "reward_model_tokenizer"})
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
@@ -62,43 +66,34 @@ class CaptionJudgeConfig:
     base_url: str
     model: str
     api_key_env: str | None = None  # name of the environment variable holding the key; None: no key
-    timeout_s: float = 60.0
-    max_retries: int = 3  # HTTP retries per request (timeouts, connection errors, 408/429/5xx)
-    backoff_s: float = 1.0  # wait before retry k is backoff_s * 2**k
-    concurrency: int = 8  # requests in flight per process
+    timeout_s: float = option(60.0, gt=0)
+    max_retries: int = option(3, ge=0)  # HTTP retries per request (timeouts, connection errors, 408/429/5xx)
+    backoff_s: float = option(1.0, ge=0)  # wait before retry k is backoff_s * 2**k
+    concurrency: int = option(8, ge=1)  # requests in flight per process
     cache_dir: str | None = None  # on-disk reply cache; None: off
-    temperature: float = 0.0  # deterministic grading
-    max_tokens: int = 256
-    on_failure: str = "raise"  # "raise" | "mark" (NaN score, judge_failed=1.0)
-    max_reasks: int = 2  # extra turns asking again for a reply that did not parse
+    temperature: float = option(0.0, ge=0)  # deterministic grading
+    max_tokens: int = option(256, ge=1)
+    on_failure: str = option("raise", choices=ON_FAILURE)  # "raise" | "mark" (NaN score, judge_failed=1.0)
+    max_reasks: int = option(2, ge=0)  # extra turns asking again for a reply that did not parse
     extra_params: dict[str, Any] = field(default_factory=dict)  # more request fields, e.g. response_format
 
     def __post_init__(self) -> None:
-        if self.on_failure not in ON_FAILURE:
-            raise ValueError(f"judge.on_failure must be one of {ON_FAILURE}, got {self.on_failure!r}")
-        if self.max_reasks < 0:
-            raise ValueError(f"judge.max_reasks must be >= 0, got {self.max_reasks!r}")
-        if self.max_tokens < 1:
-            raise ValueError(f"judge.max_tokens must be >= 1, got {self.max_tokens!r}")
+        options.validate(self, SECTION)
         clash = sorted(set(self.extra_params) & {"model", "messages", "temperature", "max_tokens"})
         if clash:
-            raise ValueError(f"judge.extra_params may not set {clash}; use the judge's own keys")
+            raise ValueError(f"{SECTION}.extra_params may not set {clash}; use the judge's own keys")
         self.endpoint()  # validates the endpoint fields
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> CaptionJudgeConfig:
         """From a dict or OmegaConf node; unknown or missing keys raise ``ValueError`` naming them."""
-        cfg = _plain(cfg)
-        if not isinstance(cfg, dict):
-            raise ValueError(f"judge config must be a mapping, got {type(cfg).__name__}")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - names)
-        if unknown:
-            raise ValueError(f"unknown judge config key(s) {unknown}; known: {sorted(names)}")
-        missing = [k for k in ("base_url", "model") if not cfg.get(k)]
-        if missing:
-            raise ValueError(f"judge config lacks {missing}")
-        return cls(**cfg)
+        cfg = options.plain(cfg)
+        if isinstance(cfg, Mapping):
+            options.refuse_unknown(cls, cfg, SECTION)
+            missing = [k for k in ("base_url", "model") if not cfg.get(k)]
+            if missing:
+                raise ValueError(f"{SECTION} lacks {missing}")
+        return options.load(cls, cfg, SECTION)
 
     def endpoint(self) -> ChatEndpoint:
         """The :class:`ChatEndpoint` part of the config."""

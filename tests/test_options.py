@@ -1,0 +1,109 @@
+"""The option loader: types, rules, unknown keys and plain-Python values, with the option's full name in every
+message; and the sections built on it."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from verl_modality import options
+from verl_modality.options import option
+
+
+@dataclass(frozen=True)
+class Section:
+    flag: bool = False
+    count: int = option(3, ge=1)
+    rate: float = option(0.5, gt=0, lt=1)
+    mode: str = option("a", choices=("a", "b"))
+    window: int | None = option(None, ge=2)
+    names: tuple[str, ...] = option(("x",), nonempty=True, distinct=True)
+    extra: Any = None
+
+    def __post_init__(self) -> None:
+        options.validate(self, "sec")
+
+
+def test_defaults_and_plain_values():
+    assert options.load(Section, None, "sec") == Section()
+    got = options.load(Section, OmegaConf.create({"count": 7, "names": ["p", "q"], "window": 4}), "sec")
+    assert (got.count, got.names, got.window) == (7, ("p", "q"), 4)
+    typed = Section(count=np.int64(2), rate=np.float32(0.25))
+    assert type(typed.count) is int and type(typed.rate) is float and typed.rate == 0.25
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"flag": "yes"}, "sec.flag='yes': expected true or false"),
+        ({"count": "five"}, "sec.count='five': expected an integer >= 1"),
+        ({"count": 0}, "sec.count=0: expected an integer >= 1"),
+        ({"count": 2.0}, "sec.count=2.0: expected an integer >= 1"),
+        ({"count": True}, "sec.count=True: expected an integer >= 1"),
+        ({"rate": 1}, "sec.rate=1: expected a finite number > 0 and < 1"),
+        ({"rate": float("nan")}, "sec.rate=nan: expected a finite number > 0 and < 1"),
+        ({"rate": "0.5"}, "sec.rate='0.5': expected a finite number > 0 and < 1"),
+        ({"mode": "c"}, "sec.mode='c': expected one of ('a', 'b')"),
+        ({"window": 1}, "sec.window=1: expected an integer >= 2 or null"),
+        ({"names": []}, "sec.names=[]: expected a non-empty list"),
+        ({"names": ["x", "x"]}, "sec.names=['x', 'x']: expected distinct values"),
+        ({"names": ["x", 3]}, "sec.names[1]=3: expected a string"),
+        ({"names": "x"}, "sec.names='x': expected a list of strings"),
+        ({"cuont": 3}, "unknown option(s) sec.['cuont']: known options are"),
+    ],
+)
+def test_bad_values_name_the_option(values, message):
+    with pytest.raises(ValueError) as err:
+        options.load(Section, values, "sec")
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_not_a_mapping():
+    with pytest.raises(ValueError, match=r"sec must be a mapping of options, got list: \[1\]"):
+        options.load(Section, [1], "sec")
+
+
+@pytest.mark.parametrize(
+    ("curriculum", "message"),
+    [
+        ({"window": "five"}, "data.curriculum.window='five': expected an integer >= 1"),
+        ({"order": "adaptive", "zero_shot": {"V": "abc"}}, "data.curriculum.zero_shot.V='abc': expected a finite"),
+        ({"order": "adaptive", "zero_shot": {"X": 0.5}}, "data.curriculum.zero_shot: unknown tag 'X'"),
+        ({"order": "adaptive", "zero_shot": 0.5}, "data.curriculum.zero_shot=0.5: expected 'validation'"),
+        ({"seed": "s"}, "data.curriculum.seed='s': expected an integer"),
+    ],
+)
+def test_curriculum_options_name_the_option(curriculum, message):
+    from verl_modality.data.curriculum import CurriculumConfig
+
+    with pytest.raises(ValueError) as err:
+        CurriculumConfig.from_config(OmegaConf.create({"curriculum": curriculum}))
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_curriculum_zero_shot_is_read_in_canonical_tags():
+    from verl_modality.data.curriculum import CurriculumConfig
+
+    cfg = CurriculumConfig.from_config(OmegaConf.create({"curriculum": {"order": "adaptive", "zero_shot": {"av": 1}}}))
+    assert cfg.zero_shot == {"VA": 1.0} and type(cfg.zero_shot["VA"]) is float
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("timeout_s", "30s", "a finite number > 0"),
+        ("max_retries", "x", "an integer >= 0"),
+        ("concurrency", 0, "an integer >= 1"),
+        ("backoff_s", -1, "a finite number >= 0"),
+        ("on_failure", "zero", "one of ('raise', 'mark')"),
+        ("extra_params", [1], "a mapping"),
+    ],
+)
+def test_judge_options_name_the_option(key, value, expected):
+    from verl_modality.rewards.caption_judge import SECTION, CaptionJudgeConfig
+
+    with pytest.raises(ValueError) as err:
+        CaptionJudgeConfig.from_dict({"base_url": "http://127.0.0.1:9/v1", "model": "m", key: value})
+    assert str(err.value) == f"{SECTION}.{key}={value!r}: expected {expected}"

@@ -1,0 +1,161 @@
+"""The one option loader: typed, frozen dataclasses describe each config section; this module reads and checks them.
+
+A section's dataclass declares each option's type (``bool``, ``int``, ``float``, ``str``, ``X | None``,
+``tuple[T, ...]``, ``dict[K, V]``, ``Any``) and, with :func:`option`, its allowed values (``choices``, bounds, ``nonempty``,
+``distinct``). :func:`load` turns a mapping (a dict or an OmegaConf node) into the dataclass, refusing unknown keys;
+the dataclass's ``__post_init__`` calls :func:`validate`, so direct construction is checked the same way. Every
+message names the option in full, ``<section>.<name>=<value>: expected ...``, before any conversion can fail on it.
+Values come out as plain Python (numpy scalars become ``int`` / ``float``, lists become tuples).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+
+def option(
+    default: Any,
+    *,
+    choices: tuple | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    nonempty: bool = False,
+    distinct: bool = False,
+) -> Any:
+    """A dataclass field with its allowed values (checked by :func:`validate`)."""
+    rules = {"choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "nonempty": nonempty, "distinct": distinct}
+    return dataclasses.field(default=default, metadata={"rules": rules})
+
+
+def plain(values: Any) -> Any:
+    """An OmegaConf node as plain containers (resolved); anything else unchanged."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf ships with verl
+        return values
+    if isinstance(values, DictConfig | ListConfig):
+        return OmegaConf.to_container(values, resolve=True)
+    return values
+
+
+def load(cls: type, values: Any, section: str) -> Any:
+    """``cls(**values)`` after refusing unknown keys; ``None`` gives the defaults."""
+    values = plain(values)
+    if values is None:
+        return cls()
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{section} must be a mapping of options, got {type(values).__name__}: {values!r}")
+    refuse_unknown(cls, values, section)
+    return cls(**{str(k): v for k, v in values.items()})
+
+
+def refuse_unknown(cls: type, values: Mapping[str, Any], section: str) -> None:
+    """Raise ``ValueError`` naming the keys of ``values`` that are not fields of ``cls``, and the known ones."""
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(str(k) for k in values if k not in known)
+    if unknown:
+        raise ValueError(f"unknown option(s) {section}.{unknown}: known options are {sorted(known)}")
+
+
+def validate(instance: Any, section: str) -> None:
+    """Check every field of a (frozen) dataclass instance against its type and rules; store plain-Python values."""
+    hints = typing.get_type_hints(type(instance))
+    for f in dataclasses.fields(instance):
+        name = f"{section}.{f.name}"
+        value = check(name, getattr(instance, f.name), hints[f.name], f.metadata.get("rules", {}))
+        object.__setattr__(instance, f.name, value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _bounds(rules: Mapping[str, Any]) -> str:
+    parts = []
+    for key, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if rules.get(key) is not None:
+            parts.append(f"{sign} {rules[key]:g}")
+    return " and ".join(parts)
+
+
+def _in_bounds(value: float, rules: Mapping[str, Any]) -> bool:
+    ge, gt, le, lt = (rules.get(k) for k in ("ge", "gt", "le", "lt"))
+    return (
+        (ge is None or value >= ge)
+        and (gt is None or value > gt)
+        and (le is None or value <= le)
+        and (lt is None or value < lt)
+    )
+
+
+def _plural(kind: Any) -> str:
+    return {bool: "true / false values", int: "integers", float: "numbers", str: "strings"}.get(kind, str(kind))
+
+
+def check(name: str, value: Any, kind: Any, rules: Mapping[str, Any] | None = None) -> Any:
+    """``value`` checked against the type ``kind`` and ``rules``; raises ``ValueError`` naming ``name``."""
+    rules = rules or {}
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if value is None and len(inner) < len(args):
+            return None
+        if len(inner) == 1:
+            try:
+                return check(name, value, inner[0], rules)
+            except ValueError as err:
+                raise ValueError(f"{err} or null") from None
+        raise TypeError(f"{name}: unsupported option type {kind}")
+    if origin is dict:
+        value = plain(value)
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{name}={value!r}: expected a mapping")
+        out = {check(f"{name} key", k, args[0]): check(f"{name}.{k}", v, args[1]) for k, v in value.items()}
+    elif origin is tuple:
+        value = plain(value)
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{name}={value!r}: expected a list of {_plural(args[0])}")
+        items = tuple(check(f"{name}[{i}]", v, args[0]) for i, v in enumerate(value))
+        if rules.get("nonempty") and not items:
+            raise ValueError(f"{name}={value!r}: expected a non-empty list")
+        if rules.get("distinct") and len(set(items)) != len(items):
+            raise ValueError(f"{name}={value!r}: expected distinct values")
+        out: Any = items
+    elif kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}={value!r}: expected true or false")
+        out = value
+    elif kind is int:
+        bounds = _bounds(rules)
+        if not _is_int(value) or not _in_bounds(value, rules):
+            raise ValueError(f"{name}={value!r}: expected an integer{' ' + bounds if bounds else ''}")
+        out = int(value)
+    elif kind is float:
+        bounds = _bounds(rules)
+        if not _is_real(value) or not _in_bounds(value, rules):
+            raise ValueError(f"{name}={value!r}: expected a finite number{' ' + bounds if bounds else ''}")
+        out = float(value)
+    elif kind is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{name}={value!r}: expected a string")
+        out = value
+    else:
+        raise TypeError(f"{name}: unsupported option type {kind}")
+    choices = rules.get("choices")
+    if choices is not None and out not in choices:
+        raise ValueError(f"{name}={value!r}: expected one of {tuple(choices)}")
+    return out
