@@ -153,7 +153,7 @@ def integration_states() -> list[tuple[Any, str]]:
 
 
 def _state_ok(state: str) -> bool:
-    return state == "applied" or state.startswith(("waiting for", "not applicable"))
+    return state == "applied" or state.startswith(("waiting for", "not applicable", "disabled"))
 
 
 def check() -> Report:

@@ -112,3 +112,18 @@ def test_every_entry_is_documented():
     rows = {line.split(" | ")[0].lstrip("| ") for line in doc.splitlines() if line.startswith("| ")}
     missing = [i.name for i in INTEGRATIONS if i.name not in rows]
     assert missing == [], f"docs/integrations.md lacks {missing}"
+
+
+def test_entries_can_be_switched_off_by_name_or_group(fake, monkeypatch):
+    target, patches = fake
+    item = _entry(target, patches)
+    monkeypatch.setenv(registry.DISABLE_ENV, "rollouts, patches")
+    assert registry.install((item,)) == [] and registry.status(item) == f"disabled ({registry.DISABLE_ENV})"
+    assert __import__(target).f() == "original"
+    trainer = next(i for i in INTEGRATIONS if i.group == "trainers")
+    assert registry.applies_here(trainer)
+    monkeypatch.setenv(registry.DISABLE_ENV, trainer.name)
+    assert not registry.applies_here(trainer)
+    monkeypatch.setenv(registry.DISABLE_ENV, "trainer")
+    with pytest.raises(ValueError, match=r"VERL_MODALITY_DISABLE: \['trainer'\] name no integration entry or group"):
+        registry.applies_here(item)

