@@ -22,6 +22,15 @@ LIGHT = (
 )
 
 
+def test_hooking_the_registry_imports_nothing_heavy():
+    out = run_json(
+        "import json, sys; from verl_modality.integrations import registry; hooked = registry.install();"
+        "print(json.dumps([len(hooked), sorted(set(m.split('.')[0] for m in sys.modules))]))",
+        env={"VERL_PLATFORM": "cpu"},
+    )
+    assert out[0] > 0 and not set(HEAVY) & set(out[1]), sorted(set(HEAVY) & set(out[1]))
+
+
 @pytest.mark.parametrize("module", LIGHT)
 def test_light_modules_import_without_heavy_packages(module):
     out = run_json(f"import json, sys, {module}; print(json.dumps(sorted(set(m.split('.')[0] for m in sys.modules))))")

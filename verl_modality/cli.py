@@ -265,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The plugin's changes apply to this process as they do where verl loads it (e.g. eval's transformers loading);
+    # hooking them imports nothing.
+    from verl_modality.integrations import registry
+
+    registry.install()
     return int(args.func(args) or 0)
 
 

@@ -127,3 +127,12 @@ def test_entries_can_be_switched_off_by_name_or_group(fake, monkeypatch):
     monkeypatch.setenv(registry.DISABLE_ENV, "trainer")
     with pytest.raises(ValueError, match=r"VERL_MODALITY_DISABLE: \['trainer'\] name no integration entry or group"):
         registry.applies_here(item)
+
+
+def test_the_cli_hooks_the_registry(monkeypatch, tmp_path):
+    from verl_modality import cli
+
+    calls = []
+    monkeypatch.setattr(registry, "install", lambda *a: calls.append(a) or [])
+    assert cli.main(["validate-data", str(tmp_path / "none.parquet")]) == 1
+    assert calls == [()]

@@ -189,10 +189,11 @@ def test_generate(thinker, av_inputs):
     assert 1 <= new <= 4
 
 
+PLUGIN_LINE = "PLUGIN"  # replaced by a way of loading the plugin's log filter for the talker's thinker-vocabulary ids
 LOAD_QUIETLY = """
 import logging, sys
 from transformers import AutoConfig, AutoProcessor
-import verl  # noqa: F401  (loads the plugin: its log filter for the talker's thinker-vocabulary ids)
+PLUGIN
 records = []
 class Keep(logging.Handler):
     def emit(self, record):
@@ -208,13 +209,20 @@ print("\\n".join(records))
 """
 
 
-def test_loads_without_warnings(tiny_dir):
+@pytest.mark.parametrize(
+    "plugin",
+    [
+        "import verl  # noqa: F401  (loads the plugin)",
+        "from verl_modality.integrations import registry; registry.install()  # what the CLI does",
+    ],
+)
+def test_loads_without_warnings(tiny_dir, plugin):
     import subprocess
     import sys
 
-    proc = subprocess.run(
-        [sys.executable, "-c", LOAD_QUIETLY, str(tiny_dir)], capture_output=True, text=True, timeout=300
-    )
+    code = LOAD_QUIETLY.replace(PLUGIN_LINE, plugin)
+    assert code != LOAD_QUIETLY
+    proc = subprocess.run([sys.executable, "-c", code, str(tiny_dir)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     cut = lines.index("-- loaded --")

@@ -21,8 +21,6 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-import torch
-
 PLATFORM_NAME = "cpu"
 
 
@@ -42,6 +40,8 @@ def _rss_bytes() -> int:
 
 def _build_device_module() -> types.ModuleType:
     """A ``torch.cuda``-shaped module for the CPU: what verl calls on ``get_torch_device()``."""
+    import torch
+
     mod = types.ModuleType("verl_modality_cpu_device")
     cpu = torch.cpu
 
@@ -97,6 +97,7 @@ def platform_class() -> type:
     global _PLATFORM_CLASS
     if _PLATFORM_CLASS is not None:
         return _PLATFORM_CLASS
+    import torch
     from verl.plugin.platform.platform_base import PlatformBase
 
     class PlatformCPU(PlatformBase):
