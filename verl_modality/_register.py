@@ -35,3 +35,4 @@ except Exception:
     logger.error(msg)
     print(msg, file=sys.stderr, flush=True)
     # Not re-raised: verl would swallow it and Python would drop this module, losing LOAD_ERRORS for the doctor.
+    # An entry that fails later, when its target is imported, is reported the same way by the registry.

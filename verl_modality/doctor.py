@@ -192,8 +192,9 @@ def check() -> Report:
             report.problems.append(f"integration {item.name!r} ({item.target}): {state}")
 
     from verl_modality import _register
+    from verl_modality.integrations import registry
 
-    for tb in _register.LOAD_ERRORS:
+    for tb in [*_register.LOAD_ERRORS, *registry.LOAD_ERRORS]:
         report.problems.append("the plugin raised while verl loaded it:\n" + tb)
     for kind, names in report.registered.items():
         for name, present in names.items():

@@ -16,8 +16,10 @@ own ``PPOTrainerSync`` with everything else of the plugin in place.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -329,6 +331,16 @@ INTEGRATIONS: tuple[Integration, ...] = (
 
 _INSTALLED: set[str] = set()
 _STATE: dict[str, str] = {}  # name -> "applied" or "error: ..."
+#: Tracebacks of entries that failed in this process (the doctor reports them).
+LOAD_ERRORS: list[str] = []
+FAILURE = "verl-modality failed to load into verl; its algorithms and models are NOT available:\n"
+
+
+def report_failure(tb: str) -> None:
+    """Keep a failure's traceback and print it: verl swallows what plugins raise, so the plugin is loud itself."""
+    LOAD_ERRORS.append(tb)
+    logging.getLogger("verl_modality").error(FAILURE + tb)
+    print(FAILURE + tb, file=sys.stderr, flush=True)
 
 
 def disabled() -> set[str]:
@@ -379,8 +391,10 @@ def _runner(item: Integration) -> Callable[[ModuleType], None]:
         try:
             resolve(item)(module)
         except Exception as exc:
+            # Not raised into the import of the target (verl's or transformers' own): loud, and failed in the doctor.
             _STATE[item.name] = f"error: {type(exc).__name__}: {exc}"
-            raise
+            report_failure(f"integration {item.name!r} on {item.target}:\n{traceback.format_exc()}")
+            return
         _STATE[item.name] = "applied"
 
     run.__qualname__ = f"apply[{item.name}]"
