@@ -352,9 +352,14 @@ def disabled() -> set[str]:
     return names
 
 
+def _is_disabled(item: Integration) -> bool:
+    off = disabled()
+    return item.name in off or item.group in off
+
+
 def applies_here(item: Integration) -> bool:
     """Whether ``item.when`` holds in this process and ``VERL_MODALITY_DISABLE`` does not switch it off."""
-    if item.name in disabled() or item.group in disabled():
+    if _is_disabled(item):
         return False
     if item.when == "always":
         return True
@@ -424,7 +429,7 @@ def status(item: Integration, import_target: bool = False) -> str:
     ``import_target`` imports the target first where it is importable (what the doctor does), so that ``waiting``
     means the module cannot be imported in this environment.
     """
-    if item.name in disabled() or item.group in disabled():
+    if _is_disabled(item):
         return f"disabled ({DISABLE_ENV})"
     if not applies_here(item):
         return f"not applicable (when={item.when})"

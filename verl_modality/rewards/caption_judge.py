@@ -398,14 +398,8 @@ async def _capture(coro: Any) -> Any:
 
 
 def _plain(obj: Any) -> Any:
-    """A plain dict / list from an OmegaConf node (others unchanged)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf comes with verl
-        pass
+    """A plain dict / list from an OmegaConf node or any mapping (others unchanged)."""
+    obj = options.plain(obj)
     return dict(obj) if isinstance(obj, Mapping) else obj
 
 
