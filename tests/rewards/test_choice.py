@@ -227,8 +227,10 @@ def test_compute_score_config_errors():
         compute_score("maple-qa+", "[B]", "B", INFO, answer_format="xml")
     with pytest.raises(ValueError, match="'regex'"):
         compute_score("maple-qa+", "[B]", "B", INFO, match="regex")
-    with pytest.raises(ValueError, match="answer_weight"):
+    with pytest.raises(ValueError, match=r"reward_kwargs\.answer_weight='two': expected a finite number"):
         compute_score("maple-qa+", "[B]", "B", INFO, answer_weight="two")
+    with pytest.raises(ValueError, match=r"reward_kwargs\.require_think='yes': expected true or false"):
+        compute_score("maple-qa+", "[B]", "B", INFO, require_think="yes")
     with pytest.raises(ValueError, match="none_index 7"):
         compute_score("maple-qa+", "[B]", "B", {**INFO, "none_index": 7})
     # verl's own extra kwargs (reward router) are accepted and ignored

@@ -127,7 +127,7 @@ def test_config():
     assert shared_similarity(cfg) is shared_similarity(ContrastiveConfig(similarity="embedding", alpha=0.9))
     assert shared_similarity(cfg) is not shared_similarity(ContrastiveConfig())
     with pytest.raises(
-        ValueError, match=r"unknown reward\.custom_reward_function\.reward_kwargs\.contrastive option\(s\) \['beta'\]"
+        ValueError, match=r"unknown option\(s\) reward\.custom_reward_function\.reward_kwargs\.contrastive\.\['beta'\]"
     ):
         ContrastiveConfig.from_config({"beta": 1})
     with pytest.raises(ValueError, match=r"reward_kwargs\.contrastive\.alpha=-0\.1"):
@@ -136,3 +136,9 @@ def test_config():
         ContrastiveConfig(similarity="rouge")
     with pytest.raises(ValueError, match=r"reward_kwargs\.contrastive\.tau=nan"):
         ContrastiveConfig(tau=float("nan"))
+    with pytest.raises(ValueError, match=r"reward_kwargs\.contrastive\.batch_size='8': expected an integer >= 1"):
+        ContrastiveConfig.from_config({"batch_size": "8"})
+    with pytest.raises(ValueError, match=r"reward_kwargs\.contrastive\.baseline=1\.5: expected a finite number < 1"):
+        ContrastiveConfig(baseline=1.5)
+    with pytest.raises(ValueError, match=r"reward_kwargs\.contrastive\.model='': expected a path or null"):
+        ContrastiveConfig(model="")

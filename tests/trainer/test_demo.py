@@ -60,7 +60,11 @@ def test_overrides_put_the_users_last_and_keep_their_rollout(tmp_path):
     cfg = DemoConfig(work_dir=tmp_path, steps=5, val_every=5, overrides=["cpu_rollout=hf", "data.seed=9"])
     ov = rl_overrides(cfg, tmp_path, tmp_path / "m", "mapo")
     assert "cpu_rollout=vllm" not in ov and ov[-2:] == ["cpu_rollout=hf", "data.seed=9"]
-    assert f"actor_rollout_ref.actor.optim.lr={cfg.rl_lr}" in ov and "trainer.total_training_steps=5" in ov
+    assert (
+        f"actor_rollout_ref.actor.optim.lr={cfg.rl_lr}" in ov
+        and "trainer.total_training_steps=5" in ov
+        and "trainer.total_epochs=5" in ov
+    )
     assert rl_overrides(DemoConfig(work_dir=tmp_path), tmp_path, tmp_path / "m", "mapo")[0] == "cpu_rollout=vllm"
 
 

@@ -29,8 +29,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from verl_modality import options
 from verl_modality.data import schema
+from verl_modality.options import option
 from verl_modality.vocabulary import ABLATIONS, STREAMS
+
+SECTION = "data.modality"
 
 POLICIES = ("as_stored", "exact", "full", "superset", "deficit")
 NO_STREAMS = ("none", "text", "")
@@ -54,20 +58,27 @@ def parse_policy(policy: str) -> str:
         ) from None
 
 
+def _named_policy(name: str, policy: str) -> str:
+    try:
+        return parse_policy(policy)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+
+
 @dataclass(frozen=True)
 class ModalityView:
     """Options of ``data.modality`` (see the module docstring)."""
 
     policy: str = "as_stored"  # SPEC §1: exact for MAPO, full for the MUPO baseline
-    ablation: str = "remove"  # SPEC §1: removal, or silence / black frames / empty subtitles
+    ablation: str = option("remove", choices=ABLATIONS)  # SPEC §1: removal, or silence / black frames / empty subtitles
     seed: int = 0  # seeds the per-sample choice of ``superset`` and ``deficit``
     by_source: dict[str, str] = field(default_factory=dict)  # data_source -> policy, overriding ``policy``
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "policy", parse_policy(self.policy))
-        object.__setattr__(self, "by_source", {str(k): parse_policy(v) for k, v in dict(self.by_source).items()})
-        if self.ablation not in ABLATIONS:
-            raise ValueError(f"data.modality.ablation={self.ablation!r}: use one of {', '.join(ABLATIONS)}")
+        options.validate(self, SECTION)
+        object.__setattr__(self, "policy", _named_policy(f"{SECTION}.policy", self.policy))
+        by_source = {k: _named_policy(f"{SECTION}.by_source.{k}", v) for k, v in self.by_source.items()}
+        object.__setattr__(self, "by_source", by_source)
 
     @classmethod
     def from_config(cls, config: Any) -> ModalityView:
@@ -77,23 +88,7 @@ class ModalityView:
         node = config.get("modality", None) if hasattr(config, "get") else None
         if node is None and isinstance(config, Mapping) and "policy" in config:
             node = config
-        if node is None:
-            return cls()
-        if not hasattr(node, "items"):
-            raise TypeError(f"data.modality must be a mapping, got {node!r}")
-        options = {str(k): v for k, v in node.items()}
-        unknown = set(options) - {"policy", "ablation", "seed", "by_source"}
-        if unknown:
-            raise ValueError(
-                f"unknown data.modality option(s) {sorted(unknown)}: use policy, ablation, seed, by_source"
-            )
-        by_source = options.get("by_source") or {}
-        return cls(
-            policy=str(options.get("policy", "as_stored")),
-            ablation=str(options.get("ablation", "remove")),
-            seed=int(options.get("seed", 0)),
-            by_source={str(k): str(v) for k, v in dict(by_source).items()},
-        )
+        return options.load(cls, node, SECTION)
 
     @property
     def is_identity(self) -> bool:

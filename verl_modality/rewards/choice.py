@@ -50,7 +50,9 @@ from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any
 
+from verl_modality import options
 from verl_modality.data.none_answers import NONE_ANSWERS
+from verl_modality.options import option
 from verl_modality.rewards.string_match import matched_option, mmau_string_match, word_tokens
 from verl_modality.vocabulary import LETTERS
 
@@ -58,6 +60,7 @@ from verl_modality.vocabulary import LETTERS
 STRING_MATCH_SOURCES = ("mmau", "mmsu", "mmar")
 ANSWER_FORMATS = ("any", "bracket", "answer_tag")
 MATCH_RULES = ("auto", "letter", "string")
+SECTION = "reward.custom_reward_function.reward_kwargs"  # where verl's config holds these options
 #: Where caption rows are scored instead.
 CAPTION_JUDGE = "pkg://verl_modality.rewards.caption_judge"
 
@@ -261,27 +264,19 @@ class AnswerRewardConfig:
 
     answer_weight: float = 1.0  # SPEC section 4: 1/0 for the answer; the audio-contribution recipe (section 6) uses 2.0
     format_weight: float = 0.0  # SPEC section 4: optional format bonus; the audio-contribution recipe uses 0.5
-    answer_format: str = "any"  # which structure earns the bonus: any | bracket | answer_tag
+    # which structure earns the bonus: any | bracket | answer_tag
+    answer_format: str = option("any", choices=ANSWER_FORMATS)
     require_think: bool = False  # the bonus also needs a leading <think>...</think> (R1-style format reward)
-    match: str = "auto"  # auto (string rule for mmau/mmsu/mmar data sources) | letter | string (SPEC section 8)
+    # auto (string rule for mmau/mmsu/mmar data sources) | letter | string (SPEC section 8)
+    match: str = option("auto", choices=MATCH_RULES)
 
     def __post_init__(self) -> None:
-        if self.answer_format not in ANSWER_FORMATS:
-            raise ValueError(f"reward_kwargs.answer_format {self.answer_format!r} is not one of {ANSWER_FORMATS}")
-        if self.match not in MATCH_RULES:
-            raise ValueError(f"reward_kwargs.match {self.match!r} is not one of {MATCH_RULES}")
-        for name in ("answer_weight", "format_weight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-                raise ValueError(f"reward_kwargs.{name} must be a number, got {value!r}")
+        options.validate(self, SECTION)
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any]) -> AnswerRewardConfig:
         """From ``reward_kwargs``; an unknown key raises ``ValueError`` naming it (see :data:`ANSWER_KWARGS`)."""
-        unknown = sorted(set(kwargs) - set(ANSWER_KWARGS) - set(_VERL_KWARGS))
-        if unknown:
-            raise ValueError(f"unknown reward_kwargs {unknown} for {__name__}.compute_score; known: {ANSWER_KWARGS}")
-        return cls(**{k: v for k, v in kwargs.items() if k in ANSWER_KWARGS})
+        return options.load(cls, {k: v for k, v in kwargs.items() if k not in _VERL_KWARGS}, SECTION)
 
 
 #: The reward_kwargs :func:`compute_score` accepts.

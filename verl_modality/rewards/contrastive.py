@@ -25,12 +25,14 @@ import itertools
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from verl_modality import options
 from verl_modality.data import schema
+from verl_modality.options import option
 from verl_modality.rewards.similarity import BACKENDS, Similarity
 from verl_modality.vocabulary import ABLATIONS, STREAMS
 
@@ -69,53 +71,32 @@ class ContrastiveConfig:
     (see docs/contrastive_reward.md for how they were chosen). Values are validated on construction."""
 
     enable: bool = False  # CRW is an add-on to MAPO for captions (MAPLE §5.4.2)
-    alpha: float = 0.2  # boost factor of Eq. 10 (MAPLE App. E.3; value not given there: project default)
+    alpha: float = option(0.2, ge=0)  # boost factor of Eq. 10 (MAPLE App. E.3; value not given there: project default)
     tau: float = 0.8  # similarity threshold of the gate 1[s < tau] (MAPLE App. E.3; value not given: project default)
-    similarity: str = "bertscore"  # Sim(y+, y-) is BERTScore (MAPLE App. E.3, Eq. 11)
+    similarity: str = option("bertscore", choices=BACKENDS)  # Sim(y+, y-) is BERTScore (MAPLE App. E.3, Eq. 11)
     model: str | None = None  # encoder: None = packaged all-MiniLM-L6-v2 (project choice; the paper names none)
-    deficit: str = "any"  # negatives see "one or more modalities removed" (MAPLE App. E.3): any such subset
-    ablation: str = "remove"  # "removed or degraded" (MAPLE App. E.3): remove the streams, or blank them
-    negatives: str = "per_prompt"  # one negative "from the same sample" per prompt (MAPLE App. E.3)
+    # negatives see "one or more modalities removed" (MAPLE App. E.3): any such subset
+    deficit: str = option("any", choices=DEFICIT_MODES)
+    ablation: str = option("remove", choices=ABLATIONS)  # "removed or degraded" (MAPLE App. E.3): remove, or blank
+    negatives: str = option(
+        "per_prompt", choices=NEGATIVES
+    )  # one negative "from the same sample" per prompt (App. E.3)
     seed: int = 0  # seeds the per-sample choice of the deficit streams
     idf: bool = False  # BERTScore idf weighting (off, as BERTScore's default)
-    baseline: float | None = None  # BERTScore baseline rescaling (off)
-    batch_size: int = 32  # similarity batch size
+    baseline: float | None = option(None, lt=1)  # BERTScore baseline rescaling (off)
+    batch_size: int = option(32, ge=1)  # similarity batch size
     device: str = "cpu"  # similarity encoder device
 
     def __post_init__(self) -> None:
-        def check(name: str, ok: bool, expected: str) -> None:
-            if not ok:
-                raise ValueError(f"{SECTION}.{name}={getattr(self, name)!r}: {expected}")
-
-        check("enable", isinstance(self.enable, bool), "expected true or false")
-        check("idf", isinstance(self.idf, bool), "expected true or false")
-        check("alpha", _real(self.alpha) and self.alpha >= 0, "expected a finite number >= 0")
-        check("tau", _real(self.tau), "expected a finite number")
-        check("similarity", self.similarity in BACKENDS, f"expected one of {BACKENDS}")
-        check("deficit", self.deficit in DEFICIT_MODES, f"expected one of {DEFICIT_MODES}")
-        check("ablation", self.ablation in ABLATIONS, f"expected one of {ABLATIONS}")
-        check("negatives", self.negatives in NEGATIVES, f"expected one of {NEGATIVES}")
-        check("model", self.model is None or (isinstance(self.model, str) and bool(self.model)), "expected a path")
-        check("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool), "expected an integer")
-        check("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1, "expected an integer >= 1")
-        check("baseline", self.baseline is None or (_real(self.baseline) and self.baseline < 1), "expected < 1")
-        check("device", isinstance(self.device, str) and bool(self.device), "expected a device name such as 'cpu'")
-        object.__setattr__(self, "alpha", float(self.alpha))
-        object.__setattr__(self, "tau", float(self.tau))
+        options.validate(self, SECTION)
+        for name, what in (("model", "a path or null"), ("device", "a device name such as 'cpu'")):
+            if getattr(self, name) == "":
+                raise ValueError(f"{SECTION}.{name}='': expected {what}")
 
     @classmethod
     def from_config(cls, node: Any) -> ContrastiveConfig:
         """From the ``reward_kwargs.contrastive`` node or a plain mapping; None gives the defaults (disabled)."""
-        if node is None:
-            return cls()
-        if not hasattr(node, "items"):
-            raise TypeError(f"{SECTION} must be a mapping, got {node!r}")
-        options = {str(k): v for k, v in node.items()}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"unknown {SECTION} option(s) {unknown}: use {', '.join(sorted(known))}")
-        return cls(**options)
+        return options.load(cls, node, SECTION)
 
     def make_similarity(self, progress: bool = False) -> Similarity:
         """The similarity backend these options select (the model loads on first use)."""
@@ -142,10 +123,6 @@ def shared_similarity(config: ContrastiveConfig) -> Similarity:
         if key not in _SHARED:
             _SHARED[key] = config.make_similarity()
         return _SHARED[key]
-
-
-def _real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def deficit_options(tag: str, available: str, mode: str = "any") -> list[str]:

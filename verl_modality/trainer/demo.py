@@ -121,6 +121,8 @@ def rl_overrides(cfg: DemoConfig, work: Path, model_dir: Path, run: str) -> list
         f"data.seed={cfg.seed}",
         f"actor_rollout_ref.rollout.seed={cfg.seed}",
         f"trainer.total_training_steps={cfg.steps}",
+        # verl's loop also ends with its epochs (one is 42 steps of the RL rows): the step budget must decide
+        f"trainer.total_epochs={cfg.steps}",
         f"trainer.test_freq={cfg.val_every}",
         f"trainer.default_local_dir={work / run / 'checkpoints'}",
         *cfg.overrides,
