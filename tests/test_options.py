@@ -107,3 +107,49 @@ def test_judge_options_name_the_option(key, value, expected):
     with pytest.raises(ValueError) as err:
         CaptionJudgeConfig.from_dict({"base_url": "http://127.0.0.1:9/v1", "model": "m", key: value})
     assert str(err.value) == f"{SECTION}.{key}={value!r}: expected {expected}"
+
+
+@dataclass
+class Command:
+    path: str = option(options.REQUIRED, metavar="IN", help="input")
+    count: int = option(3, ge=1, help="how many")
+    mode: str = option("a", choices=("a", "b"))
+    limit: int | None = option(None, ge=1)
+    quiet: bool = option(False, help="say less")
+    progress: bool = option(True, help="show a progress bar")
+    names: tuple[str, ...] = ("x",)
+
+    def __post_init__(self) -> None:
+        options.validate(self, "cmd")
+
+
+def test_command_line_from_the_dataclass():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    options.add_arguments(parser, Command, skip=("names",))
+    args = parser.parse_args(["--path", "f"])
+    assert options.from_arguments(Command, args) == Command(path="f")
+    args = parser.parse_args(["--path", "f", "--count", "5", "--mode", "b", "--limit", "2", "--quiet", "--no-progress"])
+    assert options.from_arguments(Command, args, names=("y",)) == Command("f", 5, "b", 2, True, False, ("y",))
+    for argv in ([], ["--path", "f", "--mode", "c"], ["--path", "f", "--count", "x"]):  # required, choices, type
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+    with pytest.raises(ValueError, match="cmd.count=0: expected an integer >= 1"):  # rules: when the dataclass is built
+        options.from_arguments(Command, parser.parse_args(["--path", "f", "--count", "0"]))
+    help_text = parser.format_help()
+    assert "--path IN" in help_text and "turn off: show a progress bar" in help_text and "--names" not in help_text
+
+
+def test_key_value_pairs_read_as_the_fields_types():
+    got = options.parse_pairs(Command, ["path=f", "count=7", "limit=null", "quiet=true", "names=p,q"], "cmd")
+    assert got == Command(path="f", count=7, limit=None, quiet=True, names=("p", "q"))
+    for items, message in (
+        (["path=f", "count=seven"], "cmd.count='seven': expected an integer >= 1"),
+        (["path=f", "quiet=maybe"], "cmd.quiet='maybe': expected true or false"),
+        (["path=f", "cuont=1"], "unknown option(s) cmd.['cuont']"),
+        (["count"], "cmd 'count': expected key=value"),
+    ):
+        with pytest.raises(ValueError) as err:
+            options.parse_pairs(Command, items, "cmd")
+        assert str(err.value).startswith(message), str(err.value)

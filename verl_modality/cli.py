@@ -7,6 +7,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from verl_modality import options
+
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from verl_modality.doctor import check
@@ -45,7 +47,7 @@ def _cmd_augment_qa(args: argparse.Namespace) -> int:
 
     try:
         prompt = PromptConfig.from_config(args.prompt_config) if args.prompt_config else None
-        config = AugmentConfig(args.seed, args.rate, args.combinations, args.replace, args.deficit, prompt)
+        config = options.from_arguments(AugmentConfig, args, prompt=prompt)
         summary = augment_file(args.in_path, args.out_path, config)
     except (OSError, ValueError) as exc:
         print(f"augment-qa: {exc}", file=sys.stderr)
@@ -59,15 +61,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from verl_modality.trainer.demo import DemoConfig, parse_warm_start, run_demo
 
     try:
-        cfg = DemoConfig(
-            work_dir=args.work_dir,
-            seed=args.seed,
-            steps=args.steps,
-            val_every=args.val_every if args.val_every is not None else min(10, args.steps),
-            compare=args.compare,
-            rollout=args.rollout,
-            overrides=list(args.overrides),
-            warm_start=parse_warm_start(args.warm_start),
+        cfg = options.from_arguments(
+            DemoConfig, args, overrides=tuple(args.overrides), warm_start=parse_warm_start(args.warm_start)
         )
     except ValueError as exc:
         print(f"demo: {exc}", file=sys.stderr)
@@ -117,7 +112,7 @@ def _cmd_acf(args: argparse.Namespace) -> int:
     from verl_modality.audio_contribution.voters import VoterError, load_voter_specs
 
     try:
-        config = ACFConfig(args.min_votes, args.silence_seconds, with_audio=args.with_audio, limit=args.limit)
+        config = options.from_arguments(ACFConfig, args)
         report = run_acf(args.data, load_voter_specs(args.voters), args.out_dir, config)
     except (OSError, ValueError, VoterError) as exc:
         print(f"acf: {exc}", file=sys.stderr)
@@ -131,15 +126,7 @@ def _cmd_w2s(args: argparse.Namespace) -> int:
     from verl_modality.audio_contribution.weak_to_strong import W2SConfig, build_w2s
 
     try:
-        config = W2SConfig(
-            paradigm=args.paradigm,
-            answer_content=args.answer_content,
-            system_prompt=args.system_prompt,
-            audio=args.sft_audio,
-            disjoint=args.disjoint,
-            sft_strong_fraction=args.sft_strong_fraction,
-            seed=args.seed,
-        )
+        config = options.from_arguments(W2SConfig, args)
         summary = build_w2s(args.weak, args.strong, args.out_dir, config)
     except (OSError, ValueError) as exc:
         print(f"w2s: {exc}", file=sys.stderr)
@@ -191,23 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("augment-qa", help="MAPLE-QA+: exact, superset and deficit variants with none-answers")
     p.add_argument("in_path", metavar="IN.parquet", help="exact QA rows")
     p.add_argument("out_path", metavar="OUT.parquet")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rate", type=float, default=0.25, help="share of exact/superset items given a none-answer")
-    p.add_argument("--combinations", choices=("all", "one"), default="all", help="every stream set or one per stratum")
-    p.add_argument("--replace", choices=("incorrect", "correct"), default="incorrect", help="option replaced there")
-    p.add_argument("--deficit", choices=("subset", "any"), default="subset", help="deficit sets: tag subsets or any")
+    from verl_modality.data.augmentation import AugmentConfig
+
+    options.add_arguments(p, AugmentConfig, skip=("prompt",))
     p.add_argument("--prompt-config", default=None, help="YAML file of a PromptConfig (default: the standard prompt)")
     p.set_defaults(func=_cmd_augment_qa)
 
     p = sub.add_parser(
         "demo", help="CPU demo: warm start with verl's SFT trainer, then MAPO (and with --compare MUPO) with main_ppo"
     )
-    p.add_argument("--work-dir", default="demo_run")
-    p.add_argument("--seed", type=int, default=0, help="seed of the tiny model, the data, the warm start and RL")
-    p.add_argument("--steps", type=int, default=40, help="RL steps of each run")
-    p.add_argument("--val-every", type=int, default=None, help="steps between validations (default min(10, steps))")
-    p.add_argument("--compare", action="store_true", help="also train the MUPO baseline from the same warm start")
-    p.add_argument("--rollout", choices=("vllm", "hf"), default="vllm", help="verl's vLLM rollout or transformers")
+    from verl_modality.trainer.demo import DemoConfig
+
+    options.add_arguments(p, DemoConfig, skip=("overrides", "warm_start"))
     p.add_argument(
         "--warm-start", action="append", default=[], metavar="KEY=VALUE",
         help="warm-start option (max_steps, eval_every, window_low, window_high, heldout_per_tag, lr, ...)",
@@ -242,23 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="IN.parquet", help="multiple-choice rows in the schema")
     p.add_argument("--voters", required=True, metavar="VOTERS.yaml", help="voters file (YAML or JSON)")
     p.add_argument("--out-dir", required=True, help="answers, silent wav, weak/strong/all parquet, report.json")
-    p.add_argument("--min-votes", type=int, default=2, help="voters right under silence that make an item weak")
-    p.add_argument("--silence-seconds", type=float, default=30.0, help="length of the silence replacing the audio")
-    p.add_argument("--with-audio", action="store_true", help="also ask with the real audio and report AC")
-    p.add_argument("--limit", type=int, default=None, help="only the first N rows")
+    from verl_modality.audio_contribution.filter import ACFConfig
+
+    options.add_arguments(p, ACFConfig, skip=("sample_rate",))
     p.set_defaults(func=_cmd_acf)
 
     p = sub.add_parser("w2s", help="Weak-to-Strong / Mixed-to-Strong: SFT and RL parquet files from an ACF split")
     p.add_argument("--weak", required=True, metavar="weak.parquet")
     p.add_argument("--strong", required=True, metavar="strong.parquet")
-    p.add_argument("--paradigm", choices=("weak_to_strong", "mixed_to_strong"), default="weak_to_strong")
     p.add_argument("--out-dir", required=True, help="sft.parquet, rl.parquet, summary.json")
-    p.add_argument("--answer-content", choices=("letter", "text"), default="letter", help="inside <answer> in SFT")
-    p.add_argument("--system-prompt", default=None, help="system turn for both files")
-    p.add_argument("--sft-audio", choices=("keep", "drop"), default="keep", help="drop: text/video-only SFT rows")
-    p.add_argument("--disjoint", action="store_true", help="mixed_to_strong: no item in both SFT and RL")
-    p.add_argument("--sft-strong-fraction", type=float, default=0.5, help="with --disjoint: strong share for SFT")
-    p.add_argument("--seed", type=int, default=0)
+    from verl_modality.audio_contribution.weak_to_strong import W2SConfig
+
+    options.add_arguments(p, W2SConfig)
     p.set_defaults(func=_cmd_w2s)
     return parser
 

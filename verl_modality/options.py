@@ -1,11 +1,15 @@
 """The one option loader: typed, frozen dataclasses describe each config section; this module reads and checks them.
 
-A section's dataclass declares each option's type (``bool``, ``int``, ``float``, ``str``, ``X | None``,
-``tuple[T, ...]``, ``dict[K, V]``, ``Any``) and, with :func:`option`, its allowed values (``choices``, bounds, ``nonempty``,
-``distinct``). :func:`load` turns a mapping (a dict or an OmegaConf node) into the dataclass, refusing unknown keys;
-the dataclass's ``__post_init__`` calls :func:`validate`, so direct construction is checked the same way. Every
-message names the option in full, ``<section>.<name>=<value>: expected ...``, before any conversion can fail on it.
-Values come out as plain Python (numpy scalars become ``int`` / ``float``, lists become tuples).
+A section's dataclass declares each option's type (``bool``, ``int``, ``float``, ``str``, ``Path``, ``X | None``,
+``tuple[T, ...]``, ``dict[K, V]``, ``Any``) and, with :func:`option`, its allowed values (``choices``, bounds,
+``nonempty``, ``distinct``). :func:`load` turns a mapping (a dict or an OmegaConf node) into the dataclass, refusing
+unknown keys; the dataclass's ``__post_init__`` calls :func:`validate`, so direct construction is checked the same
+way. Every message names the option in full, ``<section>.<name>=<value>: expected ...``, before any conversion can
+fail on it. Values come out as plain Python (numpy scalars become ``int`` / ``float``, lists become tuples).
+
+Command lines are built from the same dataclasses: :func:`add_arguments` adds one ``--flag`` per field (type,
+default, choices, help), :func:`from_arguments` builds the dataclass from the parsed flags, and :func:`parse_pairs`
+reads ``key=value`` items, so no default or choice is written twice.
 """
 
 from __future__ import annotations
@@ -13,10 +17,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+#: ``option(REQUIRED, ...)``: a field the caller must give (a required ``--flag`` on the command line).
+REQUIRED: Any = dataclasses.MISSING
 
 
 def option(
@@ -29,10 +38,18 @@ def option(
     lt: float | None = None,
     nonempty: bool = False,
     distinct: bool = False,
+    help: str | None = None,
+    metavar: str | None = None,
+    flag: str | None = None,
 ) -> Any:
-    """A dataclass field with its allowed values (checked by :func:`validate`)."""
+    """A dataclass field with its allowed values (checked by :func:`validate`) and, for a command line built by
+    :func:`add_arguments`, its help text, metavar and flag (default ``--<name>``). ``default=REQUIRED`` makes a field
+    without a default."""
     rules = {"choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "nonempty": nonempty, "distinct": distinct}
-    return dataclasses.field(default=default, metadata={"rules": rules})
+    metadata = {"rules": rules, "help": help, "metavar": metavar, "flag": flag}
+    if default is REQUIRED:
+        return dataclasses.field(metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def plain(values: Any) -> Any:
@@ -153,9 +170,98 @@ def check(name: str, value: Any, kind: Any, rules: Mapping[str, Any] | None = No
         if not isinstance(value, str):
             raise ValueError(f"{name}={value!r}: expected a string")
         out = value
+    elif kind is Path:
+        if not isinstance(value, str | os.PathLike) or not os.fspath(value):
+            raise ValueError(f"{name}={value!r}: expected a path")
+        out = Path(value)
     else:
         raise TypeError(f"{name}: unsupported option type {kind}")
     choices = rules.get("choices")
     if choices is not None and out not in choices:
         raise ValueError(f"{name}={value!r}: expected one of {tuple(choices)}")
     return out
+
+
+# ------------------------------------------------------------------------------------------------ command lines
+
+
+def _cli_flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def add_arguments(parser: Any, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per field of the dataclass ``cls`` (``work_dir`` -> ``--work-dir``) on an argparse parser, its
+    type, default, choices, help and metavar taken from the field, so a command line never restates them. A bool
+    field defaulting to true becomes ``--no-<name>``; a field without a default is a required flag. Values given on
+    the command line are checked when :func:`from_arguments` builds the dataclass."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind = hints[f.name]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        rules = f.metadata.get("rules", {})
+        kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help")}
+        flag = _cli_flag(f)
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if kind is bool:
+            if f.default is True:
+                flag = "--no-" + flag[2:]
+                kwargs["help"] = f"turn off: {kwargs['help']}" if kwargs["help"] else None
+            kwargs["action"] = "store_false" if f.default is True else "store_true"
+        else:
+            if kind not in (int, float, str, Path):
+                raise TypeError(f"{cls.__name__}.{f.name}: no command-line form for {kind}")
+            kwargs["type"] = str if kind is Path else kind
+            if required:
+                kwargs["required"] = True
+            else:
+                kwargs["default"] = f.default
+            if rules.get("choices") is not None:
+                kwargs["choices"] = rules["choices"]
+            if f.metadata.get("metavar"):
+                kwargs["metavar"] = f.metadata["metavar"]
+        parser.add_argument(flag, **kwargs)
+
+
+def from_arguments(cls: type, args: Any, **overrides: Any) -> Any:
+    """The dataclass ``cls`` from an argparse namespace filled by :func:`add_arguments` (fields it lacks keep their
+    defaults), ``overrides`` replacing values."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**{**values, **overrides})
+
+
+def _from_text(raw: str, kind: Any) -> Any:
+    """A command-line value as the type ``kind`` asks for; left as text when it is not one (the check names it)."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        if raw.lower() in ("null", "none"):
+            return None
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    if typing.get_origin(kind) is tuple:
+        return [_from_text(v, typing.get_args(kind)[0]) for v in raw.split(",") if v]
+    if kind is bool:
+        return {"true": True, "false": False}.get(raw.lower(), raw)
+    if kind is Path:
+        return Path(raw)
+    for convert in (int, float):
+        if kind is convert:
+            try:
+                return convert(raw)
+            except ValueError:
+                return raw
+    return raw
+
+
+def parse_pairs(cls: type, items: Any, section: str) -> Any:
+    """``["key=value", ...]`` into the dataclass ``cls``: each value read as its field's type (``600``, ``1e-3``,
+    ``true``, ``null``, a comma-separated list), then checked like any loaded option."""
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = str(item).partition("=")
+        if not sep:
+            raise ValueError(f"{section} {item!r}: expected key=value")
+        refuse_unknown(cls, {key: None}, section)
+        values[key] = _from_text(raw, hints[key])
+    return load(cls, values, section)

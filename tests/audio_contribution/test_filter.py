@@ -310,3 +310,28 @@ def test_openai_voter_sends_greedy_requests_and_fails_clearly(demo, tmp_path, mo
     assert sent[0][1] == {"max_tokens": 64, "temperature": 0.0}  # greedy by default
     assert voter.answer(rows[:1]) == ["[A]"]
     assert [p["type"] for p in sent[1][0][0][-1]["content"] if p["type"] != "text"] == ["video_url", "input_audio"]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("v.yaml", "voters:\n  - {name: x, kind: callable\n", r"voters file '.*v.yaml' is not valid YAML: "),
+        ("v.json", '{"voters": [{"name": "x", ', r"voters file '.*v.json' is not valid JSON: "),
+        (
+            "v.yaml",
+            "voters:\n  - {name: x, kind: openai, base_url: u, model: m, timeout_s: 30s}\n",
+            r"voters file '.*v.yaml': voters.x.timeout_s='30s': expected a finite number > 0",
+        ),
+        (
+            "v.yaml",
+            "voters:\n  - {name: x, kind: callable, target: 'm:f', batch_sise: 2}\n",
+            r"voters file '.*v.yaml': unknown option\(s\) voters.x.\['batch_sise'\]",
+        ),
+        ("v.yaml", "voters:\n  - {name: x, kind: remote}\n", r"voters.x.kind='remote': expected one of \('local'"),
+    ],
+)
+def test_voters_file_errors_name_the_file_and_option(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_voter_specs(path)

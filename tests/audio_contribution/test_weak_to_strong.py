@@ -116,8 +116,10 @@ def test_sft_options_and_errors(split, tmp_path):
         assert rec["messages"][2]["content"].endswith(f"<answer>{text}</answer>")
     with pytest.raises(ValueError, match="in both"):
         build_w2s(weak, weak, tmp_path / "x")
-    with pytest.raises(ValueError, match="paradigm 'strong_only' is not one of"):
+    with pytest.raises(ValueError, match=r"w2s.paradigm='strong_only': expected one of \('weak_to_strong'"):
         W2SConfig(paradigm="strong_only")
+    with pytest.raises(ValueError, match="w2s.sft_strong_fraction=1.0: expected a finite number > 0 and < 1"):
+        W2SConfig(sft_strong_fraction=1.0)
 
 
 def test_cli_w2s(split, tmp_path, capsys):

@@ -219,9 +219,9 @@ def test_errors(sources):
         augment_rows([src.to_row(), src.to_row()])
     with pytest.raises(AugmentationError, match=r"^row 0: not a schema row"):
         augment_rows([{"question": "?"}])
-    with pytest.raises(ValueError, match="combinations 'some'"):
+    with pytest.raises(ValueError, match=r"augment.combinations='some': expected one of \('all', 'one'\)"):
         AugmentConfig(combinations="some")
-    with pytest.raises(ValueError, match="rate 1.5"):
+    with pytest.raises(ValueError, match="augment.rate=1.5: expected a finite number >= 0 and <= 1"):
         AugmentConfig(rate=1.5)
 
 

@@ -114,14 +114,14 @@ def test_custom_templates():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"style": "json"}, "unknown prompt style 'json'.*bracket, answer_tag"),
+        ({"style": "json"}, r"prompt.style='json': expected one of \('bracket', 'answer_tag'\)"),
         ({"qa_template": "{question} {options} {foo}"}, r"unknown field \{foo\}"),
         ({"qa_template": "{question} {options} {}"}, r"unknown field \{\}"),
         ({"qa_template": "{question} {options} {question.upper}"}, r"unknown field \{question.upper\}"),
         ({"caption_template": "Describe {clip}"}, r"caption_template uses the unknown field \{clip\}"),
         ({"qa_template": "{question} and no options"}, r"lacks \{options\}"),
         ({"qa_template": "{question {options}"}, "not a valid format string"),
-        ({"system_prompt": 3}, "system_prompt must be a string"),
+        ({"system_prompt": 3}, "prompt.system_prompt=3: expected a string or null"),
     ],
 )
 def test_config_errors(kwargs, match):
@@ -152,8 +152,14 @@ def test_from_config(tmp_path):
     loaded = PromptConfig.from_config(path)
     assert loaded.style == "answer_tag" and loaded.system_prompt == "Be brief."
     assert PromptConfig.from_config(str(path)) == loaded
-    with pytest.raises(ValueError, match="unknown key.*stlye"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) prompt.\['stlye'\]"):
         PromptConfig.from_config({"stlye": "bracket"})
+    (tmp_path / "typo.yaml").write_text("stlye: bracket\n")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) prompt \(file '.*typo.yaml'\).\['stlye'\]"):
+        PromptConfig.from_config(tmp_path / "typo.yaml")
+    (tmp_path / "broken.yaml").write_text("style: [bracket\n")
+    with pytest.raises(ValueError, match=r"prompt config file '.*broken.yaml' is not valid YAML"):
+        PromptConfig.from_config(tmp_path / "broken.yaml")
     with pytest.raises(ValueError, match="does not exist"):
         PromptConfig.from_config(tmp_path / "missing.yaml")
     (tmp_path / "list.yaml").write_text("- 1\n")

@@ -287,6 +287,25 @@ def test_cli_writes_results(tmp_path, tiny_model_dir, demo, capsys):
     assert len(_lines(out)) == 1 and "wrote 1 record(s)" in capsys.readouterr().out
     assert main([*args, "--temperature", "0.3"]) == 1
     assert "temperature: was 1.0, now 0.3" in capsys.readouterr().err
+    for bad, message in ((["--k", "0"], "eval.k=0: expected an integer >= 1"), (["--limit", "0"], "eval.limit=0")):
+        assert main([*args, *bad]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"eval: {message}") and len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_flags_are_the_config_fields():
+    """The eval command line is built from EvalConfig: every field a flag with the field's default."""
+    import argparse
+    import dataclasses
+
+    from verl_modality.evaluation.runner import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--model", "m", "--data", "d", "--out", "o"])
+    assert {f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)} == dataclasses.asdict(
+        EvalConfig("m", "d", "o")
+    )
 
 
 def test_benchmark_rows_media_root_and_hint(tmp_path, tiny_model_dir, demo, backend):

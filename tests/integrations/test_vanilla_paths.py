@@ -57,7 +57,7 @@ def _importable(module_name: str) -> bool:
 
 
 def probe_talker_log_filter():
-    from verl_modality.models.qwen2_5_omni import TalkerTokenIdFilter
+    from verl_modality.integrations.transformers_logging import TalkerTokenIdFilter
 
     importlib.import_module("transformers.configuration_utils")  # transformers imports it lazily; the hook then runs
     log = logging.getLogger("transformers.configuration_utils")
@@ -76,7 +76,7 @@ def probe_talker_log_filter():
 def probe_hf_processor(tmp_path):
     from transformers import Qwen2Config
 
-    from verl_modality.models.qwen2_5_omni import omni_hf_processor
+    from verl_modality.integrations.verl_utils import omni_hf_processor
 
     _wraps_verl("verl.utils.tokenizer", "hf_processor")
     Qwen2Config(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path)
@@ -88,35 +88,35 @@ def probe_hf_processor(tmp_path):
 
 
 def probe_hf_model_config():
-    from verl_modality.models.qwen2_5_omni import _patched_post_init
+    from verl_modality.integrations.verl_workers import thinker_post_init
 
     _wraps_verl("verl.workers.config.model", "HFModelConfig.__post_init__")
     spy = Spy()
     cfg = types.SimpleNamespace(hf_config=types.SimpleNamespace(model_type="qwen2"), path="x")
     before = dict(vars(cfg))
-    _patched_post_init(spy)(cfg)
+    thinker_post_init(spy)(cfg)
     assert spy.calls == [((cfg,), {})] and vars(cfg) == before  # nothing set on a non-Omni config
 
 
 def probe_fsdp_build_module():
-    from verl_modality.models.qwen2_5_omni import _patched_build_module
+    from verl_modality.integrations.verl_workers import leaf_layer_build_module
 
     _wraps_verl("verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._build_module")
     built = types.SimpleNamespace(config=types.SimpleNamespace(model_type="qwen2"))
     spy = Spy(result=built)
     engine = object()
-    assert _patched_build_module(spy)(engine) is built
+    assert leaf_layer_build_module(spy)(engine) is built
     assert spy.calls == [((engine,), {})] and not hasattr(built, "_no_split_modules")
 
 
 def probe_position_id_fix():
     from tensordict import TensorDict
 
-    from verl_modality.models.qwen2_5_omni import _fixed_3d_position_ids
+    from verl_modality.integrations.verl_utils import fixed_3d_position_ids
 
     _wraps_verl("verl.utils.tensordict_utils", "maybe_fix_3d_position_ids")
     spy = Spy()
-    fixed = _fixed_3d_position_ids(spy)
+    fixed = fixed_3d_position_ids(spy)
     for data in (TensorDict({}, batch_size=[]), TensorDict({"position_ids": torch.arange(6).view(2, 3)}, [2])):
         assert fixed(data) is spy.result and spy.calls[-1] == ((data,), {})  # no position ids; a plain (bs, L) tensor
 
@@ -133,7 +133,7 @@ def _probe_rebound(module_name):
 
 
 def probe_vllm_server():
-    from verl_modality.models.qwen2_5_omni import _patch_vllm_server
+    from verl_modality.integrations.verl_rollout import patch_vllm_server
 
     target = "verl.workers.rollout.vllm_rollout.vllm_async_server"
     if _importable(target):
@@ -141,7 +141,7 @@ def probe_vllm_server():
         _wraps_verl(target, "get_vision_placeholder_token_ids")
     dedup, banned = Spy(), Spy()
     fake = types.SimpleNamespace(qwen2_5_vl_dedup_image_tokens=dedup, get_vision_placeholder_token_ids=banned)
-    _patch_vllm_server(fake)
+    patch_vllm_server(fake)
     processor = types.SimpleNamespace()  # a processor the Omni support did not configure
     assert fake.qwen2_5_vl_dedup_image_tokens([1, 2, 2], processor) is dedup.result
     assert fake.get_vision_placeholder_token_ids(processor) is banned.result
@@ -149,7 +149,7 @@ def probe_vllm_server():
 
 
 def probe_vllm_adapter():
-    from verl_modality.models.qwen2_5_omni import _patch_vllm_adapter
+    from verl_modality.integrations.verl_rollout import patch_vllm_adapter
 
     target = "verl.workers.rollout.vllm_rollout.vllm_rollout"
     if _importable(target):
@@ -161,7 +161,7 @@ def probe_vllm_adapter():
             seen.append(weights)
             return "done"
 
-    _patch_vllm_adapter(types.SimpleNamespace(ServerAdapter=ServerAdapter))
+    patch_vllm_adapter(types.SimpleNamespace(ServerAdapter=ServerAdapter))
     adapter = ServerAdapter()
     adapter.model_config = types.SimpleNamespace(hf_config=types.SimpleNamespace(model_type="qwen2"))
     weights = [("model.embed_tokens.weight", torch.zeros(1))]
@@ -171,7 +171,7 @@ def probe_vllm_adapter():
 def probe_forward_step():
     from tensordict import TensorDict
 
-    from verl_modality.trainer.actor_attention_loss import _patch_forward_step
+    from verl_modality.integrations.verl_workers import patch_forward_step
 
     _wraps_verl("verl.workers.engine.fsdp.transformer_impl", "FSDPEngineWithLMHead.forward_step")
     seen = []
@@ -181,7 +181,7 @@ def probe_forward_step():
             seen.append((micro_batch, loss_function, forward_only))
             return "out"
 
-    _patch_forward_step(types.SimpleNamespace(FSDPEngineWithLMHead=FSDPEngineWithLMHead))
+    patch_forward_step(types.SimpleNamespace(FSDPEngineWithLMHead=FSDPEngineWithLMHead))
     batch, loss = TensorDict({}, batch_size=[]), object()  # no MAPO-AT knob: attention loss not selected
     for forward_only in (False, True):
         assert FSDPEngineWithLMHead().forward_step(batch, loss, forward_only) == "out"
@@ -191,7 +191,7 @@ def probe_forward_step():
 def probe_ppo_loss():
     from tensordict import TensorDict
 
-    from verl_modality.trainer.actor_attention_loss import with_attention_loss
+    from verl_modality.integrations.verl_workers import with_attention_loss
 
     _wraps_verl("verl.workers.engine_workers", "ppo_loss")
     loss, metrics = torch.tensor(0.5), {"actor/pg_loss": 0.5}

@@ -60,7 +60,9 @@ def test_vllm_server_patch_only_touches_omni(tiny):
         qwen2_5_vl_dedup_image_tokens=lambda ids, p: calls.append("orig") or ids,
         get_vision_placeholder_token_ids=lambda p: ["orig"],
     )
-    omni._patch_vllm_server(fake)
+    from verl_modality.integrations.verl_rollout import patch_vllm_server
+
+    patch_vllm_server(fake)
     other = types.SimpleNamespace()
     assert fake.qwen2_5_vl_dedup_image_tokens([1, 1, 2], other) == [1, 1, 2] and calls == ["orig"]
     assert fake.get_vision_placeholder_token_ids(other) == ["orig"]

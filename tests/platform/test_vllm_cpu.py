@@ -8,6 +8,7 @@ import pytest
 from helpers import run_json
 
 from verl_modality.integrations import registry
+from verl_modality.integrations import vllm_cpu as vllm_cpu_patches
 from verl_modality.platform import vllm_cpu
 
 
@@ -20,14 +21,14 @@ def test_version_alias_answers_for_vllm_cpu_only():
         return known[name]
 
     mod = types.SimpleNamespace(version=version)
-    vllm_cpu._alias_vllm_distribution(mod)
+    vllm_cpu_patches.alias_vllm_distribution(mod)
     assert mod.version("vllm") == "0.24.0+cpu"  # the +cpu suffix is what vLLM's platform detection looks for
     assert mod.version("VLLM") == "0.24.0+cpu"
     assert mod.version("torch") == "2.11.0"
     with pytest.raises(md.PackageNotFoundError):
         mod.version("sglang")
     wrapped = mod.version
-    vllm_cpu._alias_vllm_distribution(mod)  # idempotent
+    vllm_cpu_patches.alias_vllm_distribution(mod)  # idempotent
     assert mod.version is wrapped
     known["vllm"] = "0.24.0"  # a real vllm distribution answers for itself
     assert mod.version("vllm") == "0.24.0"
@@ -41,20 +42,20 @@ def test_accelerator_ids_gain_the_cpu_resource():
             return dict(self.answer)
 
     mod = types.SimpleNamespace(RuntimeContext=RuntimeContext)
-    vllm_cpu._cpu_accelerator_ids(mod)
+    vllm_cpu_patches.cpu_accelerator_ids(mod)
     ctx = RuntimeContext()
     assert ctx.get_accelerator_ids() == {"CPU": ["0"]}
     RuntimeContext.answer = {"GPU": ["3"], "CPU": ["7"]}
     assert ctx.get_accelerator_ids() == {"GPU": ["3"], "CPU": ["7"]}  # Ray's own answer wins
     patched = RuntimeContext.get_accelerator_ids
-    vllm_cpu._cpu_accelerator_ids(mod)
+    vllm_cpu_patches.cpu_accelerator_ids(mod)
     assert RuntimeContext.get_accelerator_ids is patched
 
 
 def test_linear_weights_are_kept():
     calls = []
     mod = types.SimpleNamespace(dispatch_cpu_unquantized_gemm=lambda layer, remove_weight: calls.append(remove_weight))
-    vllm_cpu._keep_linear_weights(mod)
+    vllm_cpu_patches.keep_linear_weights(mod)
     mod.dispatch_cpu_unquantized_gemm(object(), remove_weight=True)
     mod.dispatch_cpu_unquantized_gemm(object(), True)
     assert calls == [False, False]

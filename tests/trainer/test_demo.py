@@ -24,18 +24,45 @@ from verl_modality.trainer.warm_start import WarmStartConfig
 
 
 def test_options_are_checked_with_their_names():
-    with pytest.raises(ValueError, match="demo steps must be >= 1, got -1"):
+    with pytest.raises(ValueError, match="demo.steps=-1: expected an integer >= 1"):
         DemoConfig(steps=-1)
-    with pytest.raises(ValueError, match="rollout must be hf or vllm"):
+    with pytest.raises(ValueError, match=r"demo.rollout='sglang': expected one of \('vllm', 'hf'\)"):
         DemoConfig(rollout="sglang")
-    with pytest.raises(ValueError, match=r"val_rows \(400\) must be <= n_test \(350\)"):
+    with pytest.raises(ValueError, match=r"demo.val_rows \(400\) must be <= demo.n_test \(350\)"):
         DemoConfig(val_rows=400)
-    cfg = parse_warm_start(["max_steps=600", "window_low=0.3", "policies=exact"])
-    assert (cfg.max_steps, cfg.window_low, cfg.policies) == (600, 0.3, ("exact",))
-    with pytest.raises(ValueError, match="--warm-start max_steps='many': expected a int"):
+    assert DemoConfig(steps=4).val_every == 4 and DemoConfig().val_every == 10  # min(10, steps) unless given
+    cfg = parse_warm_start(["max_steps=600", "window_low=0.3", "policies=exact", "lr=5e-4"])
+    assert (cfg.max_steps, cfg.window_low, cfg.policies, cfg.lr) == (600, 0.3, ("exact",), 5e-4)
+    with pytest.raises(ValueError, match="warm_start.max_steps='many': expected an integer >= 1"):
         parse_warm_start(["max_steps=many"])
-    with pytest.raises(ValueError, match="key one of max_steps"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) warm_start.\['steps'\]: known options are .*max_steps"):
         parse_warm_start(["steps=3"])
+    with pytest.raises(ValueError, match="warm_start 'max_steps': expected key=value"):
+        parse_warm_start(["max_steps"])
+
+
+def test_command_line_is_built_from_the_options(tmp_path, capsys):
+    """Every DemoConfig field (but the nested and positional ones) is a flag with the field's default and choices;
+    bad values get the option's message and exit status 2."""
+    import argparse
+    import dataclasses
+
+    from verl_modality import options
+    from verl_modality.cli import main
+
+    parser = argparse.ArgumentParser()
+    options.add_arguments(parser, DemoConfig, skip=("overrides", "warm_start"))
+    defaults = parser.parse_args([])
+    for f in dataclasses.fields(DemoConfig):
+        if f.name not in ("overrides", "warm_start"):
+            assert getattr(defaults, f.name) == f.default, f.name
+    built = options.from_arguments(DemoConfig, parser.parse_args(["--steps", "7", "--compare", "--work-dir", "w"]))
+    assert (built.steps, built.val_every, built.compare, str(built.work_dir)) == (7, 7, True, "w")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--rollout", "sglang"])
+    assert main(["demo", "--steps", "-1", "--work-dir", str(tmp_path / "w")]) == 2
+    assert "demo.steps=-1: expected an integer >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()  # refused before any work
 
 
 def test_rl_rows_skip_the_heldout_and_balance_the_tags(tmp_path):

@@ -185,6 +185,45 @@ def compute_mapo_advantage(
     it, its rows and the allowed tags), or a batch without valid rows.
     """
     cfg = config or MapoConfig()
+    tags, index_arr, valid = _batch_arrays(token_level_rewards, response_mask, index, modality_tags, valid)
+    with torch.no_grad():
+        scores_t = token_level_rewards.sum(dim=-1).detach().cpu()
+        scores = scores_t.double().numpy()
+        _check_rows(scores, tags, index_arr, valid, cfg.tags)
+
+        # Step 1. Padding rows become singleton groups of their own, so they never touch a real group's statistics.
+        gid, uniques = _factorize(index_arr, "group labels (index)")
+        if not valid.all():
+            pad = np.flatnonzero(~valid)
+            gid = gid.copy()
+            gid[pad] = uniques.size + np.arange(pad.size)
+        adv = group_advantage(scores_t, gid, epsilon, norm_adv_by_std_in_grpo)
+        codes = _tag_codes(tags, valid, gid, index_arr, cfg.tags)
+
+        # Step 2.
+        balance = stratum_balance(tags, valid) if cfg.balance else valid.astype(np.float64)
+        # Steps 4 and 3.
+        difficulties, weights = _tag_weights(scores, valid, codes, cfg, state, step)
+        code_weight = np.zeros(len(cfg.tags))
+        for tag, w in weights.items():
+            code_weight[cfg.tags.index(tag)] = w
+
+        factor = balance * code_weight[codes]  # 0 on padding rows
+        scalar = adv * torch.from_numpy(factor).to(adv.dtype)
+        scalar = torch.where(torch.from_numpy(valid), scalar, torch.zeros((), dtype=scalar.dtype))
+        advantages = scalar.to(response_mask.device).unsqueeze(-1) * response_mask
+
+    per_tag = _tag_stats(scores, valid, gid, codes, balance, scalar.abs().double().numpy(), cfg.tags)
+    for tag, stats in per_tag.items():
+        stats["difficulty"] = float(difficulties[tag])
+        stats["weight"] = float(weights[tag])
+    return MapoResult(advantages, advantages, per_tag)
+
+
+def _batch_arrays(
+    token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index: Any, modality_tags: Any, valid: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(tags, index, valid)`` as flat arrays of the batch's N rows, after the shape checks."""
     if token_level_rewards.dim() != 2 or response_mask.shape != token_level_rewards.shape:
         raise ValueError(
             f"{ESTIMATOR_NAME}: token_level_rewards {tuple(token_level_rewards.shape)} and response_mask "
@@ -200,71 +239,73 @@ def compute_mapo_advantage(
             raise ValueError(f"{ESTIMATOR_NAME}: {name} has {arr.size} entries for {n} responses")
     if not valid.any():
         raise ValueError(f"{ESTIMATOR_NAME}: the batch has no real responses (all {n} rows are padding)")
+    return tags, index_arr, valid
 
-    with torch.no_grad():
-        scores_t = token_level_rewards.sum(dim=-1).detach().cpu()
-        scores = scores_t.double().numpy()
-        _check_rows(scores, tags, index_arr, valid, cfg.tags)
 
-        # Step 1. Padding rows become singleton groups of their own, so they never touch a real group's statistics.
-        gid, uniques = _factorize(index_arr, "group labels (index)")
-        if not valid.all():
-            pad = np.flatnonzero(~valid)
-            gid = gid.copy()
-            gid[pad] = uniques.size + np.arange(pad.size)
-        adv = group_advantage(scores_t, gid, epsilon, norm_adv_by_std_in_grpo)
+def _tag_codes(
+    tags: np.ndarray, valid: np.ndarray, gid: np.ndarray, index: np.ndarray, allowed: Sequence[str]
+) -> np.ndarray:
+    """Each row's tag as its position in ``allowed`` (N,); per-tag reductions are then bincounts. Padding rows with
+    a missing tag get 0 (they carry weight 0). Raises ``ValueError`` for a prompt group with more than one tag: its
+    responses share the prompt, so a mix means tags and rows are misaligned."""
+    tag_ids, tag_uniques = pd.factorize(tags, sort=False)
+    code_of = {t: i for i, t in enumerate(allowed)}
+    codes = np.array([code_of.get(t, 0) if isinstance(t, str) else 0 for t in tag_uniques] + [0], np.int64)
+    codes = codes[tag_ids]  # a missing tag (-1) maps to the appended 0
+    group_code = np.zeros(gid.max() + 1, dtype=np.int64)
+    group_code[gid[valid][::-1]] = codes[valid][::-1]  # the code of each group's first valid row
+    mixed = np.unique(gid[valid & (codes != group_code[gid])])[:5]
+    if mixed.size:
+        detail = "; ".join(
+            f"uid {index[valid & (gid == g)][0]}: tags {sorted(set(tags[valid & (gid == g)]))}" for g in mixed
+        )
+        raise ValueError(f"{ESTIMATOR_NAME}: prompt groups with more than one modality tag: {detail}")
+    return codes
 
-        # Tags as codes into cfg.tags (canonical order); per-tag reductions below are bincounts.
-        n_tags = len(cfg.tags)
-        tag_ids, tag_uniques = pd.factorize(tags, sort=False)
-        code_of = {t: i for i, t in enumerate(cfg.tags)}
-        codes = np.array([code_of.get(t, 0) if isinstance(t, str) else 0 for t in tag_uniques] + [0], np.int64)
-        codes = codes[tag_ids]  # padding rows with a missing tag (-1) map to the appended 0; they carry weight 0
-        # A prompt group has one tag (its responses share the prompt); a mix means tags and rows are misaligned.
-        group_code = np.zeros(gid.max() + 1, dtype=np.int64)
-        group_code[gid[valid][::-1]] = codes[valid][::-1]  # the code of each group's first valid row
-        mixed = np.unique(gid[valid & (codes != group_code[gid])])[:5]
-        if mixed.size:
-            detail = "; ".join(
-                f"uid {index_arr[valid & (gid == g)][0]}: tags {sorted(set(tags[valid & (gid == g)]))}" for g in mixed
-            )
-            raise ValueError(f"{ESTIMATOR_NAME}: prompt groups with more than one modality tag: {detail}")
-        w_valid = valid.astype(np.float64)
-        n_m = np.bincount(codes, weights=w_valid, minlength=n_tags)
-        present_codes = np.flatnonzero(n_m > 0)
 
-        # Step 2.
-        balance = stratum_balance(tags, valid) if cfg.balance else w_valid
+def _tag_weights(
+    scores: np.ndarray,
+    valid: np.ndarray,
+    codes: np.ndarray,
+    cfg: MapoConfig,
+    state: AdaptiveWeightState | None,
+    step: int | None,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """SPEC §2 steps 4 and 3: ``({tag: difficulty}, {tag: weight})`` for the tags present among the valid rows."""
+    kind = detect_reward_kind(scores[valid]) if cfg.difficulty == "auto" else cfg.difficulty
+    difficulties = {}
+    for c in np.unique(codes[valid]):
+        tag = cfg.tags[c]
+        try:
+            difficulties[tag] = tag_difficulty(scores[valid & (codes == c)], kind, cfg)
+        except ValueError as err:
+            if cfg.adaptive_weights:
+                raise ValueError(
+                    f"{ESTIMATOR_NAME}: difficulty of tag {tag!r} ({kind} rewards): {err}. Adaptive "
+                    "weights need rewards in [0, 1] (MAPLE's KL to Beta(100, 1)); rescale the reward or turn "
+                    "algorithm.mapo.adaptive_weights off"
+                ) from err
+            difficulties[tag] = float("nan")  # only a statistic here; GRPO itself takes any scale
+    if not cfg.adaptive_weights:
+        return difficulties, dict.fromkeys(difficulties, 1.0)
+    state = state if state is not None else AdaptiveWeightState(cfg)
+    return difficulties, state.weights(difficulties, step)
 
-        # Steps 4 and 3.
-        kind = detect_reward_kind(scores[valid]) if cfg.difficulty == "auto" else cfg.difficulty
-        difficulties = {}
-        for c in present_codes:
-            try:
-                difficulties[cfg.tags[c]] = tag_difficulty(scores[valid & (codes == c)], kind, cfg)
-            except ValueError as err:
-                if cfg.adaptive_weights:
-                    raise ValueError(
-                        f"{ESTIMATOR_NAME}: difficulty of tag {cfg.tags[c]!r} ({kind} rewards): {err}. Adaptive "
-                        "weights need rewards in [0, 1] (MAPLE's KL to Beta(100, 1)); rescale the reward or turn "
-                        "algorithm.mapo.adaptive_weights off"
-                    ) from err
-                difficulties[cfg.tags[c]] = float("nan")  # only a statistic here; GRPO itself takes any scale
-        if cfg.adaptive_weights:
-            state = state if state is not None else AdaptiveWeightState(cfg)
-            weights = state.weights(difficulties, step)
-        else:
-            weights = dict.fromkeys(difficulties, 1.0)
-        code_weight = np.zeros(n_tags)
-        for tag, w in weights.items():
-            code_weight[code_of[tag]] = w
 
-        factor = balance * code_weight[codes]  # 0 on padding rows
-        scalar = adv * torch.from_numpy(factor).to(adv.dtype)
-        scalar = torch.where(torch.from_numpy(valid), scalar, torch.zeros((), dtype=scalar.dtype))
-        advantages = scalar.to(response_mask.device).unsqueeze(-1) * response_mask
-
-    # Statistics over valid rows. Zero-variance groups from per-group min == max over rows sorted by group.
+def _tag_stats(
+    scores: np.ndarray,
+    valid: np.ndarray,
+    gid: np.ndarray,
+    codes: np.ndarray,
+    balance: np.ndarray,
+    adv_abs: np.ndarray,
+    allowed: Sequence[str],
+) -> dict[str, dict[str, float]]:
+    """Per-tag statistics over the valid rows (all shapes (N,)): count, reward mean / std, the fraction of
+    zero-variance groups (per-group min == max), the balance factor and the mean |advantage|."""
+    n_tags = len(allowed)
+    w_valid = valid.astype(np.float64)
+    n_m = np.bincount(codes, weights=w_valid, minlength=n_tags)
     counts = np.bincount(gid)
     order = np.argsort(gid, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -278,22 +319,18 @@ def compute_mapo_advantage(
     mean_r = np.divide(sum_r, n_m, out=np.zeros(n_tags), where=n_m > 0)
     dev = np.where(valid, scores - mean_r[codes], 0.0)
     sq_dev = np.bincount(codes, weights=dev * dev, minlength=n_tags)
-    abs_sum = np.bincount(codes, weights=scalar.abs().double().numpy(), minlength=n_tags)
+    abs_sum = np.bincount(codes, weights=adv_abs, minlength=n_tags)
     per_tag: dict[str, dict[str, float]] = {}
-    for c in present_codes:
-        tag = cfg.tags[c]
-        rows_balance = float(balance[np.flatnonzero(valid & (codes == c))[0]])
-        per_tag[tag] = {
+    for c in np.flatnonzero(n_m > 0):
+        per_tag[allowed[c]] = {
             "count": float(n_m[c]),
             "reward_mean": float(mean_r[c]),
             "reward_std": float(np.sqrt(sq_dev[c] / n_m[c])),
             "zero_var_frac": float(zero_var_per_tag[c] / groups_per_tag[c]),
-            "difficulty": float(difficulties[tag]),
-            "weight": float(weights[tag]),
-            "balance": rows_balance,
+            "balance": float(balance[np.flatnonzero(valid & (codes == c))[0]]),
             "adv_abs_mean": float(abs_sum[c] / n_m[c]),
         }
-    return MapoResult(advantages, advantages, per_tag)
+    return per_tag
 
 
 def mapo_stratified_advantage(

@@ -30,8 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from verl_modality import options
 from verl_modality.audio_contribution.voters import VoterSpec, build_voter, check_unique_names
 from verl_modality.data import media, schema
+from verl_modality.options import option
 
 CONDITIONS = ("silent", "audio")
 WEAK, STRONG = "weak", "strong"
@@ -43,22 +45,18 @@ MEDIA_DIR = "media"
 class ACFConfig:
     """Options of :func:`run_acf`."""
 
-    min_votes: int = 2  # an item is weak when >= min_votes voters are right under silence (paper §3.3, 2 of 3)
-    silence_seconds: float = 30.0  # audio replaced by this much silence (paper §3.2: 30 s)
-    sample_rate: int = media.SAMPLE_RATE  # of the silent wav (16 kHz, the models' input rate)
-    with_audio: bool = False  # also ask with the real audio, for AC = 1[audio] - 1[silence] (paper §3.2)
-    limit: int | None = None  # only the first N rows
-    progress: bool = True
+    # an item is weak when >= min_votes voters are right under silence (paper §3.3, 2 of 3)
+    min_votes: int = option(2, ge=1, help="voters right under silence that make an item weak")
+    # audio replaced by this much silence (paper §3.2: 30 s)
+    silence_seconds: float = option(30.0, gt=0, help="length of the silence replacing the audio")
+    sample_rate: int = option(media.SAMPLE_RATE, ge=1, help="of the silent wav (16 kHz, the models' input rate)")
+    # also ask with the real audio, for AC = 1[audio] - 1[silence] (paper §3.2)
+    with_audio: bool = option(False, help="also ask with the real audio and report AC")
+    limit: int | None = option(None, ge=1, help="only the first N rows")
+    progress: bool = option(True, help="show a progress bar")
 
     def __post_init__(self) -> None:
-        if self.min_votes < 1:
-            raise ValueError(f"min_votes must be >= 1, got {self.min_votes}")
-        if not self.silence_seconds > 0:
-            raise ValueError(f"silence_seconds must be > 0, got {self.silence_seconds}")
-        if self.sample_rate < 1:
-            raise ValueError(f"sample_rate must be >= 1, got {self.sample_rate}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be >= 1, got {self.limit}")
+        options.validate(self, "acf")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -22,11 +22,13 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from verl_modality import options
 from verl_modality.data import schema
+from verl_modality.options import REQUIRED, option
 
 KINDS = ("local", "openai", "callable")
 _PLACEHOLDER = re.compile(r"(<audio>|<video>)")
@@ -59,47 +61,44 @@ class VoterSpec:
     recorded configuration except through its qualified name.
     """
 
-    name: str
-    kind: str
+    name: str = option(REQUIRED)
+    kind: str = option(REQUIRED, choices=KINDS)
     model_path: str | None = None
     base_url: str | None = None
     model: str | None = None
     api_key_env: str | None = None
     target: str | None = None
     sampling: dict[str, Any] = field(default_factory=dict)
-    max_prompt_length: int = 4096
-    max_response_length: int = 512
+    max_prompt_length: int = option(4096, ge=1)
+    max_response_length: int = option(512, ge=1)
     seed: int = 0
     data_config: dict[str, Any] = field(default_factory=dict)
-    timeout_s: float = 60.0
-    concurrency: int = 8
-    max_retries: int = 3
+    timeout_s: float = option(60.0, gt=0)
+    concurrency: int = option(8, ge=1)
+    max_retries: int = option(3, ge=0)
     cache_dir: str | None = None
-    batch_size: int = 0  # 0: 1 for local, 4 * concurrency for openai, 64 for callable
+    batch_size: int = option(0, ge=0)  # 0: 1 for local, 4 * concurrency for openai, 64 for callable
     params: dict[str, Any] = field(default_factory=dict)  # free-form settings recorded with a callable voter
-    fn: Callable[[list[dict]], list[str]] | None = field(default=None, repr=False, compare=False)
+    fn: Any = field(default=None, repr=False, compare=False)  # Callable[[list[dict]], list[str]] | None
 
     def __post_init__(self) -> None:
-        where = f"voter {self.name!r}"
         if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name or ""):
             raise ValueError(f"voter name {self.name!r} must be letters, digits, '_', '.', '-' (it names a file)")
-        if self.kind not in KINDS:
-            raise ValueError(f"{where}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        where = f"voter {self.name!r}"
+        options.validate(self, f"voters.{self.name}")
         if self.kind == "local" and not self.model_path:
             raise ValueError(f"{where}: kind 'local' needs model_path")
         if self.kind == "openai" and not (self.base_url and self.model):
             raise ValueError(f"{where}: kind 'openai' needs base_url and model")
         if self.kind == "callable" and not (self.target or self.fn):
             raise ValueError(f"{where}: kind 'callable' needs target ('module:function') or fn")
-        if not isinstance(self.sampling, Mapping):
-            raise ValueError(f"{where}: sampling must be a mapping, got {type(self.sampling).__name__}")
+        if self.fn is not None and not callable(self.fn):
+            raise ValueError(f"{where}: fn must be callable, got {type(self.fn).__name__}")
         allowed = {"local": LOCAL_SAMPLING, "openai": OPENAI_SAMPLING}.get(self.kind)
         if allowed is not None:
             bad = sorted(set(self.sampling) - set(allowed))
             if bad:
                 raise ValueError(f"{where}: unknown sampling key(s) {', '.join(bad)}; {self.kind} takes {allowed}")
-        if self.batch_size < 0:
-            raise ValueError(f"{where}: batch_size must be >= 0, got {self.batch_size}")
 
     @property
     def rows_per_call(self) -> int:
@@ -126,20 +125,15 @@ class VoterSpec:
         """From one entry of a voters file; unknown keys raise ``ValueError`` naming the file and entry."""
         if not isinstance(data, Mapping):
             raise ValueError(f"{source}: every voter must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)} - {"fn"}
-        unknown = sorted(str(k) for k in data if k not in known)
-        if unknown:
-            raise ValueError(
-                f"{source}: voter {data.get('name')!r} has unknown key(s) {', '.join(unknown)}; "
-                f"expected some of {', '.join(sorted(known))}"
-            )
         for key in ("name", "kind"):
             if key not in data:
                 raise ValueError(f"{source}: a voter lacks {key!r}: {dict(data)!r}")
+        if "fn" in data:
+            raise ValueError(f"{source}: voter {data['name']!r}: fn is for voters built in Python; use target")
         try:
-            return cls(**dict(data))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{source}: {exc}") from exc
+            return options.load(cls, data, f"voters.{data['name']}")
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
 
 
 def _sampling(spec: VoterSpec) -> dict[str, Any]:
@@ -152,14 +146,14 @@ def load_voter_specs(path: str | os.PathLike) -> list[VoterSpec]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"voters file {os.fspath(path)!r} does not exist")
-    text = path.read_text()
-    if path.suffix.lower() == ".json":
-        data = json.loads(text)
-    else:
-        import yaml
-
-        data = yaml.safe_load(text)
     source = f"voters file {os.fspath(path)!r}"
+    import yaml
+
+    fmt = "JSON" if path.suffix.lower() == ".json" else "YAML"
+    try:
+        data = json.loads(path.read_text()) if fmt == "JSON" else yaml.safe_load(path.read_text())
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"{source} is not valid {fmt}: {' '.join(str(err).split())}") from None
     if isinstance(data, Mapping):
         extra = sorted(set(data) - {"voters"})
         if extra or "voters" not in data:

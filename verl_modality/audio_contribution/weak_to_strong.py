@@ -36,9 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from verl_modality import options
 from verl_modality.data import schema
 from verl_modality.data.prompts import PromptConfig, render_messages
 from verl_modality.data.sft_records import write_sft
+from verl_modality.options import option
 
 PARADIGMS = ("weak_to_strong", "mixed_to_strong")
 AUDIO_MODES = ("keep", "drop")
@@ -49,25 +51,21 @@ ANSWER_CONTENTS = ("letter", "text")
 class W2SConfig:
     """Options of :func:`build_w2s`."""
 
-    paradigm: str = "weak_to_strong"  # SFT on weak (W2S) or on all items (M2S), GRPO on strong (paper §3.4)
-    answer_content: str = "letter"  # inside <answer>: the option letter, or the option text
-    reasoning_key: str = "cot"  # extra_info key of a reasoning text for <think>...</think> (paper §3.1: CoT)
-    system_prompt: str | None = None  # system turn of both files (None: none)
-    audio: str = "keep"  # SFT audio: keep (placeholders + audios column) or drop (verl's MultiTurnSFTDataset)
-    disjoint: bool = False  # M2S: no item in both files (paper §4: no overlap between SFT and GRPO data)
-    sft_strong_fraction: float = 0.5  # M2S with disjoint: share of strong items given to SFT
+    # SFT on weak (W2S) or on all items (M2S), GRPO on strong (paper §3.4)
+    paradigm: str = option("weak_to_strong", choices=PARADIGMS, help="SFT on weak (W2S) or on all items (M2S)")
+    answer_content: str = option("letter", choices=ANSWER_CONTENTS, help="inside <answer> in SFT")
+    # paper §3.1: CoT
+    reasoning_key: str = option("cot", help="extra_info key of a reasoning text for <think>...</think>")
+    system_prompt: str | None = option(None, help="system turn for both files")
+    # keep: placeholders + audios column; drop: verl's MultiTurnSFTDataset
+    audio: str = option("keep", choices=AUDIO_MODES, flag="--sft-audio", help="drop: text/video-only SFT rows")
+    # paper §4: no overlap between SFT and GRPO data
+    disjoint: bool = option(False, help="mixed_to_strong: no item in both SFT and RL")
+    sft_strong_fraction: float = option(0.5, gt=0, lt=1, help="with --disjoint: strong share for SFT")
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (
-            ("paradigm", self.paradigm, PARADIGMS),
-            ("audio", self.audio, AUDIO_MODES),
-            ("answer_content", self.answer_content, ANSWER_CONTENTS),
-        ):
-            if value not in allowed:
-                raise ValueError(f"{name} {value!r} is not one of {', '.join(allowed)}")
-        if not 0.0 < self.sft_strong_fraction < 1.0:
-            raise ValueError(f"sft_strong_fraction must be in (0, 1), got {self.sft_strong_fraction}")
+        options.validate(self, "w2s")
 
     @property
     def prompt(self) -> PromptConfig:

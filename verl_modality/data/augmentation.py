@@ -33,15 +33,19 @@ from typing import Any
 
 import numpy as np
 
+from verl_modality import options
 from verl_modality.data import schema
 from verl_modality.data.none_answers import NONE_ANSWERS
 from verl_modality.data.prompts import PromptConfig, render_messages
 from verl_modality.data.schema import LETTERS, Sample, canonical_tag, stratum_of
+from verl_modality.options import option
 from verl_modality.vocabulary import STREAMS, TAGS
 
 COMBINATIONS = ("all", "one")
 REPLACE_MODES = ("incorrect", "correct")
 DEFICIT_MODES = ("subset", "any")
+#: how the options are named in messages (`verl-modality augment-qa --rate ...`)
+SECTION = "augment"
 NO_STREAMS_ID = "none"
 
 
@@ -53,23 +57,17 @@ class AugmentationError(ValueError):
 class AugmentConfig:
     """Options of :func:`augment_sample` (see the module docstring)."""
 
-    seed: int = 0
-    rate: float = 0.25
-    combinations: str = "all"
-    replace: str = "incorrect"
-    deficit: str = "subset"
-    prompt: PromptConfig | None = None  # None: the schema's default prompt
+    seed: int = option(0, help="random seed of the augmentation")
+    rate: float = option(0.25, ge=0, le=1, help="share of exact / superset items given a none-answer")
+    combinations: str = option("all", choices=COMBINATIONS, help="every stream set or one per stratum")
+    replace: str = option("incorrect", choices=REPLACE_MODES, help="the option a none-answer replaces")
+    deficit: str = option("subset", choices=DEFICIT_MODES, help="deficit sets: subsets of the tag or any")
+    prompt: Any = None  # a PromptConfig; None: the schema's default prompt
 
     def __post_init__(self) -> None:
-        if not 0.0 <= float(self.rate) <= 1.0:
-            raise ValueError(f"rate {self.rate!r} is outside [0, 1]")
-        for name, allowed in (
-            ("combinations", COMBINATIONS),
-            ("replace", REPLACE_MODES),
-            ("deficit", DEFICIT_MODES),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        options.validate(self, SECTION)
+        if self.prompt is not None and not isinstance(self.prompt, PromptConfig):
+            raise ValueError(f"{SECTION}.prompt must be a PromptConfig, got {type(self.prompt).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

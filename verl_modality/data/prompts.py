@@ -19,10 +19,12 @@ from __future__ import annotations
 import os
 import string
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from verl_modality import options
+from verl_modality.options import option
 from verl_modality.vocabulary import AUDIO_PLACEHOLDER, VIDEO_PLACEHOLDER, letter
 
 #: The default answer instruction of multiple-choice prompts (style ``bracket``).
@@ -34,6 +36,8 @@ ANSWER_INSTRUCTION = (
 CAPTION_INSTRUCTION = "Describe the clip in a few sentences, using every input you are given."
 
 STYLES = ("bracket", "answer_tag")
+#: how the options are named in messages
+SECTION = "prompt"
 PROMPT_TASKS = ("qa", "caption")
 FIELDS = ("media", "streams", "question", "options", "instruction")
 
@@ -142,19 +146,14 @@ class PromptConfig:
     sentence ("" drops it). ``system_prompt``: when set, a system message in front of the user message.
     """
 
-    style: str = "bracket"
+    style: str = option("bracket", choices=STYLES)
     qa_template: str = "default"
     caption_template: str = "default"
     instruction: str | None = None
     system_prompt: str | None = None
 
     def __post_init__(self) -> None:
-        if self.style not in STYLES:
-            raise ValueError(f"unknown prompt style {self.style!r}; expected one of {', '.join(STYLES)}")
-        for name in ("qa_template", "caption_template", "instruction", "system_prompt"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str):
-                raise ValueError(f"prompt {name} must be a string, got {type(value).__name__}")
+        options.validate(self, SECTION)
         qa = self.template("qa")
         used = template_fields(qa, "qa_template")
         missing = [f for f in ("question", "options") if f not in used]
@@ -190,33 +189,26 @@ class PromptConfig:
             return cls()
         if isinstance(config, cls):
             return config
-        source = "prompt config"
+        section = SECTION
         if isinstance(config, str | os.PathLike):
             import yaml
 
             path = Path(config)
             if not path.is_file():
                 raise ValueError(f"prompt config file {os.fspath(path)!r} does not exist")
-            config = yaml.safe_load(path.read_text()) or {}
-            source = f"prompt config {os.fspath(path)!r}"
-        if not isinstance(config, Mapping):
             try:
-                from omegaconf import DictConfig, OmegaConf
-
-                if isinstance(config, DictConfig):
-                    config = OmegaConf.to_container(config, resolve=True)
-            except ImportError:  # pragma: no cover - omegaconf comes with verl
-                pass
-        if not isinstance(config, Mapping):
-            raise ValueError(f"{source} must be a mapping, got {type(config).__name__}")
-        config = dict(config)
-        if set(config) == {"prompt"} and isinstance(config["prompt"], Mapping):
-            config = dict(config["prompt"])
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(str(k) for k in config if k not in known)
-        if unknown:
-            raise ValueError(f"{source} has unknown key(s) {', '.join(unknown)}; expected some of {', '.join(known)}")
-        return cls(**config)
+                config = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as err:
+                raise ValueError(
+                    f"prompt config file {os.fspath(path)!r} is not valid YAML: {' '.join(str(err).split())}"
+                ) from None
+            section = f"{SECTION} (file {os.fspath(path)!r})"
+            if not isinstance(config, Mapping):
+                raise ValueError(f"{section} must be a mapping, got {type(config).__name__}")
+        config = options.plain(config)
+        if isinstance(config, Mapping) and set(config) == {"prompt"} and isinstance(config["prompt"], Mapping):
+            config = config["prompt"]
+        return options.load(cls, config, section)
 
 
 def render_user_text(

@@ -450,8 +450,7 @@ def _check_row(
     source: str | None,
     media_cache: dict[str, str | None] | None = None,
 ) -> list[SchemaIssue]:
-    from verl_modality.data import media as media_io
-
+    """Every problem of one row, field by field (the sections below), media files opened when ``check_media``."""
     if not isinstance(row, Mapping):
         return [SchemaIssue(source, index, None, None, f"a row must be a mapping, got {type(row).__name__}")]
     c = _Checker(row, index, source)
@@ -465,31 +464,54 @@ def _check_row(
     c.string(DATA_SOURCE)
     c.string(QUESTION)
     subtitle = c.string(SUBTITLE, allow_empty=True)
+    caption = _check_task(c)
+    messages = _check_prompt(c)
+    answer = _check_choices_and_answer(c, caption)
+    _check_reward_model(c, caption, answer)
+    tag, have, shown = _check_tags(c)
+    _check_extra_info(c, tag)
+    videos, audios, all_videos, all_audios = _check_media_lists(c)
+    if messages is not None:
+        _check_placeholders(c, messages, videos, audios)
+    _check_streams(c, shown, have, subtitle, messages, videos, audios, all_videos, all_audios)
+    if check_media:
+        listed = (videos or []) + (audios or [])
+        _check_media_files(c, all_videos, all_audios, listed, root, media_cache if media_cache is not None else {})
+    return c.issues
+
+
+def _check_task(c: _Checker) -> bool:
+    """The task; returns whether the row is checked as a caption row."""
     task = c.string(TASK)
     caption = task == "caption"
+    choices = c.row.get(CHOICES)
     if task is not None and task not in TASKS:
         c.add(TASK, f"{task!r} is not one of {', '.join(TASKS)}")
-    elif caption and _is_list(row.get(CHOICES)) and len(row.get(CHOICES)):
+    elif caption and _is_list(choices) and len(choices):
         c.add(TASK, f"{task!r} is not one of {', '.join(CHOICE_TASKS)}, the tasks of rows with choices")
         caption = False  # check the rest as the multiple-choice row it looks like
+    return caption
 
-    # prompt
-    prompt = row.get(PROMPT)
-    messages = None
+
+def _check_prompt(c: _Checker) -> list[Mapping[str, Any]] | None:
+    """The chat messages (None when they are malformed)."""
+    prompt = c.row.get(PROMPT)
     if not _is_list(prompt) or not len(prompt):
         c.add(PROMPT, "expected a non-empty list of {'role': str, 'content': str} messages")
-    else:
-        messages = _as_list(prompt)
-        for i, m in enumerate(messages):
-            if not isinstance(m, Mapping) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
-                c.add(PROMPT, f"message {i} must be {{'role': one of {', '.join(ROLES)}, 'content': str}}, got {m!r}")
-                messages = None
-                break
-        if messages is not None and not any(m["role"] == "user" for m in messages):
-            c.add(PROMPT, "has no user message")
+        return None
+    messages = _as_list(prompt)
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
+            c.add(PROMPT, f"message {i} must be {{'role': one of {', '.join(ROLES)}, 'content': str}}, got {m!r}")
+            return None
+    if not any(m["role"] == "user" for m in messages):
+        c.add(PROMPT, "has no user message")
+    return messages
 
-    # choices and answer
-    choices = row.get(CHOICES)
+
+def _check_choices_and_answer(c: _Checker, caption: bool) -> str | None:
+    """The options and the answer letter among them; returns the answer."""
+    choices = c.row.get(CHOICES)
     n_choices = None
     if caption:
         if not _is_list(choices):
@@ -512,18 +534,24 @@ def _check_row(
             ANSWER,
             f"{answer!r} is not an option letter of the {n_choices} choices ({LETTERS[0]}-{LETTERS[n_choices - 1]})",
         )
+    return answer
 
-    reward = row.get(REWARD_MODEL)
+
+def _check_reward_model(c: _Checker, caption: bool, answer: str | None) -> None:
+    reward = c.row.get(REWARD_MODEL)
     if not isinstance(reward, Mapping):
         c.add(REWARD_MODEL, f"expected {{'style': 'rule', 'ground_truth': letter}}, got {type(reward).__name__}")
-    else:
-        style = JUDGE_STYLE if caption else REWARD_STYLE
-        if reward.get("style") != style:
-            c.add(REWARD_MODEL, f"style {reward.get('style')!r} is not {style!r}")
-        if answer is not None and reward.get("ground_truth") != answer:
-            c.add(REWARD_MODEL, f"ground_truth {reward.get('ground_truth')!r} differs from answer {answer!r}")
+        return
+    style = JUDGE_STYLE if caption else REWARD_STYLE
+    if reward.get("style") != style:
+        c.add(REWARD_MODEL, f"style {reward.get('style')!r} is not {style!r}")
+    if answer is not None and reward.get("ground_truth") != answer:
+        c.add(REWARD_MODEL, f"ground_truth {reward.get('ground_truth')!r} differs from answer {answer!r}")
 
-    # tags and strata
+
+def _check_tags(c: _Checker) -> tuple[str | None, str | None, str | None]:
+    """The required tag, the streams the record has and those shown, and the stratum they imply; returns
+    ``(modality_tag, media_streams, available)``."""
     tag = c.streams(MODALITY_TAG, allow_empty=False)
     have = c.streams(MEDIA_STREAMS, allow_empty=True)
     shown = c.streams(AVAILABLE, allow_empty=True)
@@ -538,50 +566,71 @@ def _check_row(
                 STRATUM,
                 f"{stratum!r} contradicts modality_tag {tag!r} with available {shown!r} (expected {stratum_of(tag, shown)!r})",
             )
+    return tag, have, shown
 
-    info = row.get(EXTRA_INFO)
+
+def _check_extra_info(c: _Checker, tag: str | None) -> None:
+    info = c.row.get(EXTRA_INFO)
     if not isinstance(info, Mapping):
         c.add(EXTRA_INFO, f"expected a dict with index, split, modality_tag, id; got {type(info).__name__}")
-    else:
-        if isinstance(info.get("index"), bool) or not isinstance(info.get("index"), int | np.integer):
-            c.add(EXTRA_INFO, f"index must be an int, got {info.get('index')!r}")
-        if not isinstance(info.get("split"), str):
-            c.add(EXTRA_INFO, f"split must be a string, got {info.get('split')!r}")
-        if tag is not None and info.get("modality_tag") != tag:
-            c.add(EXTRA_INFO, f"modality_tag {info.get('modality_tag')!r} differs from the row's {tag!r}")
-        if c.id is not None and info.get("id") != c.id:
-            c.add(EXTRA_INFO, f"id {info.get('id')!r} differs from the row's {c.id!r}")
+        return
+    if isinstance(info.get("index"), bool) or not isinstance(info.get("index"), int | np.integer):
+        c.add(EXTRA_INFO, f"index must be an int, got {info.get('index')!r}")
+    if not isinstance(info.get("split"), str):
+        c.add(EXTRA_INFO, f"split must be a string, got {info.get('split')!r}")
+    if tag is not None and info.get("modality_tag") != tag:
+        c.add(EXTRA_INFO, f"modality_tag {info.get('modality_tag')!r} differs from the row's {tag!r}")
+    if c.id is not None and info.get("id") != c.id:
+        c.add(EXTRA_INFO, f"id {info.get('id')!r} differs from the row's {c.id!r}")
 
-    # media lists, placeholders, shown streams
+
+def _check_media_lists(c: _Checker) -> tuple[list[str] | None, list[str] | None, list[str], list[str]]:
+    """``(videos, audios, all_videos, all_audios)``: the shown files (None when malformed), and those plus the
+    unshown ones the record keeps under ``media``."""
     videos = c.items(VIDEOS, "video")
     audios = c.items(AUDIOS, "audio")
     all_videos, all_audios = list(videos or []), list(audios or [])
-    media = row.get(MEDIA)
-    if media is not None:
-        if not isinstance(media, Mapping):
-            c.add(MEDIA, f"expected {{'videos': [path], 'audios': [path]}}, got {type(media).__name__}")
-        else:
-            for key, bucket in (("videos", all_videos), ("audios", all_audios)):
-                paths = media.get(key)
-                paths = [] if paths is None else paths
-                if not _is_list(paths) or not all(isinstance(p, str) and p for p in _as_list(paths)):
-                    c.add(MEDIA, f"{key} must be a list of non-empty path strings")
-                    continue
-                bucket.extend(p for p in _as_list(paths) if p not in bucket)
+    media = c.row.get(MEDIA)
+    if media is None:
+        return videos, audios, all_videos, all_audios
+    if not isinstance(media, Mapping):
+        c.add(MEDIA, f"expected {{'videos': [path], 'audios': [path]}}, got {type(media).__name__}")
+        return videos, audios, all_videos, all_audios
+    for key, bucket in (("videos", all_videos), ("audios", all_audios)):
+        paths = media.get(key)
+        paths = [] if paths is None else paths
+        if not _is_list(paths) or not all(isinstance(p, str) and p for p in _as_list(paths)):
+            c.add(MEDIA, f"{key} must be a list of non-empty path strings")
+            continue
+        bucket.extend(p for p in _as_list(paths) if p not in bucket)
+    return videos, audios, all_videos, all_audios
 
-    if messages is not None:
-        counts = count_placeholders(messages)
-        if counts[IMAGE_PLACEHOLDER]:
-            c.add(PROMPT, f"has {counts[IMAGE_PLACEHOLDER]} <image> placeholder(s); samples carry video and audio only")
-        if videos is not None and counts[VIDEO_PLACEHOLDER] != len(videos):
-            c.add(
-                PROMPT, f"has {counts[VIDEO_PLACEHOLDER]} <video> placeholder(s) but videos has {len(videos)} entries"
-            )
-        if audios is not None and counts[AUDIO_PLACEHOLDER] != len(audios):
-            c.add(
-                PROMPT, f"has {counts[AUDIO_PLACEHOLDER]} <audio> placeholder(s) but audios has {len(audios)} entries"
-            )
 
+def _check_placeholders(
+    c: _Checker, messages: list[Mapping[str, Any]], videos: list[str] | None, audios: list[str] | None
+) -> None:
+    counts = count_placeholders(messages)
+    if counts[IMAGE_PLACEHOLDER]:
+        c.add(PROMPT, f"has {counts[IMAGE_PLACEHOLDER]} <image> placeholder(s); samples carry video and audio only")
+    if videos is not None and counts[VIDEO_PLACEHOLDER] != len(videos):
+        c.add(PROMPT, f"has {counts[VIDEO_PLACEHOLDER]} <video> placeholder(s) but videos has {len(videos)} entries")
+    if audios is not None and counts[AUDIO_PLACEHOLDER] != len(audios):
+        c.add(PROMPT, f"has {counts[AUDIO_PLACEHOLDER]} <audio> placeholder(s) but audios has {len(audios)} entries")
+
+
+def _check_streams(
+    c: _Checker,
+    shown: str | None,
+    have: str | None,
+    subtitle: str | None,
+    messages: list[Mapping[str, Any]] | None,
+    videos: list[str] | None,
+    audios: list[str] | None,
+    all_videos: list[str],
+    all_audios: list[str],
+) -> None:
+    """The shown streams (``available``) against the shown files and prompt, the record's streams
+    (``media_streams``) against every file it keeps."""
     if shown is not None:
         if videos is not None and ("V" in shown) != bool(videos):
             c.add(
@@ -606,24 +655,29 @@ def _check_row(
         if subtitle is not None and ("S" in have) != bool(subtitle.strip()):
             c.add(SUBTITLE, f"media_streams is {have!r} but the subtitle is {'empty' if 'S' in have else 'not empty'}")
 
-    if check_media:
-        cache = media_cache if media_cache is not None else {}
-        for name, paths, probe in (
-            (VIDEOS, all_videos, media_io.probe_video),
-            (AUDIOS, all_audios, media_io.probe_audio),
-        ):
-            for p in paths:
-                full = str(resolve_path(p, root))
-                if full not in cache:
-                    try:
-                        probe(full)
-                        cache[full] = None
-                    except media_io.MediaError as exc:
-                        cache[full] = str(exc)
-                if cache[full] is not None:
-                    field_name = name if p in (videos or []) + (audios or []) else MEDIA
-                    c.add(field_name, f"{p!r}: {cache[full]}")
-    return c.issues
+
+def _check_media_files(
+    c: _Checker,
+    all_videos: list[str],
+    all_audios: list[str],
+    listed: list[str],
+    root: str | os.PathLike | None,
+    cache: dict[str, str | None],
+) -> None:
+    """Open every media file once per ``cache`` (path -> problem or None); a problem names the field that lists it."""
+    from verl_modality.data import media as media_io
+
+    for name, paths, probe in ((VIDEOS, all_videos, media_io.probe_video), (AUDIOS, all_audios, media_io.probe_audio)):
+        for p in paths:
+            full = str(resolve_path(p, root))
+            if full not in cache:
+                try:
+                    probe(full)
+                    cache[full] = None
+                except media_io.MediaError as exc:
+                    cache[full] = str(exc)
+            if cache[full] is not None:
+                c.add(name if p in listed else MEDIA, f"{p!r}: {cache[full]}")
 
 
 def validate_row(

@@ -28,13 +28,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from verl_modality import options
 from verl_modality.data import schema
 from verl_modality.data.modality_view import ModalityView, apply_view, plan_views
 from verl_modality.models.generation import Generation
+from verl_modality.options import REQUIRED, option
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "hf", "vllm")
+#: how the options are named in messages
+SECTION = "eval"
 CONFIG_SUFFIX = ".config.json"
 #: settings a resumed run must share with the run that wrote the file (``limit`` may grow or shrink)
 IDENTITY_KEYS = (
@@ -64,29 +68,36 @@ class EvalConfigError(ValueError):
 
 @dataclass
 class EvalConfig:
-    """Options of ``verl-modality eval``."""
+    """Options of ``verl-modality eval`` (its command line is built from these fields)."""
 
-    model: str
-    data: str
-    out: str
-    k: int = 4  # samples per query; pass@1 = mean over the k (SPEC section 8)
-    policy: str = "as_stored"  # modality policy (SPEC section 1): exact, full, as_stored, superset, deficit, a set
-    ablation: str = "remove"  # how unshown streams are dropped (SPEC section 1): remove or blank
-    view_seed: int = 0  # seeds the per-sample choice of superset / deficit (data.modality.seed)
-    temperature: float = 1.0  # MAPLE training temperature (SPEC section 2.6)
-    top_p: float = 1.0
-    top_k: int = -1
-    max_prompt_length: int = 8192  # MAPLE's max prompt length (SPEC section 2.6)
-    max_response_length: int = 512
-    seed: int = 0
-    benchmark: str | None = None  # registered scorer (evaluation/scorers.py); None: option-letter scoring
-    benchmark_version: str | None = None  # None: the benchmark's default version
-    limit: int | None = None  # evaluate only the first N rows
-    backend: str = "auto"  # auto: vllm on a CUDA GPU when installed, else hf (vllm on the CPU: ask for it)
-    judge_config: str | None = None  # YAML/JSON file of a CaptionJudgeConfig; None: captions unscored (null)
-    media_root: str | None = None  # root of relative media paths; None: the parquet's directory
-    overwrite: bool = False  # replace an existing results file instead of resuming it
-    progress: bool = True
+    model: str = option(REQUIRED, help="local checkpoint directory (Qwen2.5-Omni class)")
+    data: str = option(REQUIRED, metavar="TEST.parquet", help="schema parquet to evaluate")
+    out: str = option(REQUIRED, metavar="RESULTS.jsonl", help="one JSON record per response (resumable)")
+    k: int = option(4, ge=1, help="samples per query; pass@1 = mean over the k (SPEC section 8)")
+    # modality policy (SPEC section 1)
+    policy: str = option("as_stored", help="streams shown: exact, full, as_stored, superset, deficit, or a set")
+    ablation: str = option("remove", choices=("remove", "blank"), help="how unshown streams are dropped (SPEC §1)")
+    view_seed: int = option(0, help="seed of the superset / deficit choice per sample (data.modality.seed)")
+    temperature: float = option(1.0, ge=0, help="sampling temperature (MAPLE's training one, SPEC §2.6); 0: greedy")
+    top_p: float = option(1.0, gt=0, le=1)
+    top_k: int = option(-1, ge=-1, help="-1: off")
+    max_prompt_length: int = option(8192, ge=1, help="longer prompts are an error (MAPLE's length, SPEC §2.6)")
+    max_response_length: int = option(512, ge=1)
+    seed: int = option(0, help="sampling seed")
+    benchmark: str | None = option(None, help="scorer of a registered benchmark (mmau, mmsu, mmar, ...)")
+    benchmark_version: str | None = option(None, help="benchmark version (default: the scorer's)")
+    limit: int | None = option(None, ge=1, help="evaluate only the first N rows")
+    backend: str = option("auto", choices=BACKENDS, help="auto: vllm on a CUDA GPU when installed, else hf")
+    judge_config: str | None = option(None, help="YAML/JSON caption-judge settings (captions unscored without)")
+    media_root: str | None = option(None, help="root of relative media paths (default: the parquet's folder)")
+    overwrite: bool = option(False, help="replace RESULTS.jsonl instead of resuming it")
+    progress: bool = option(True, help="show a progress bar")
+
+    def __post_init__(self) -> None:
+        try:
+            options.validate(self, SECTION)
+        except ValueError as err:
+            raise EvalConfigError(str(err)) from None
 
 
 @dataclass
@@ -558,17 +569,52 @@ def run_eval(cfg: EvalConfig, backend: Any = None) -> EvalSummary:
     """Evaluate ``cfg.data`` into ``cfg.out`` (see the module docstring). ``backend`` replaces the generation
     backend (an object with ``name`` and ``generate(row, cfg) -> list[Generation]`` built for the same model, lengths
     and seed), so that several runs can share one loaded model."""
-    from tqdm.auto import tqdm
+    run = _plan_run(cfg, backend)
+    summary = run.summary
+    out, sidecar = Path(cfg.out), Path(cfg.out + CONFIG_SUFFIX)
+    identity = _identity(cfg, summary.backend, run.policy, run.bench, run.judge)
+    done: set[tuple[str, int]] = set()
+    if cfg.overwrite:
+        out.unlink(missing_ok=True)
+        sidecar.unlink(missing_ok=True)
+    elif out.exists() and out.stat().st_size > 0:
+        _check_identity(out, sidecar, identity)
+        done, summary.dropped_partial_line = read_done(out, {str(r[schema.ID]) for r in run.rows} | _ids_beyond(cfg))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sidecar.write_text(json.dumps(identity, indent=2) + "\n", encoding="utf-8")
 
-    if cfg.k < 1:
-        raise EvalConfigError(f"--k must be >= 1, got {cfg.k}")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise EvalConfigError(f"--limit must be >= 1, got {cfg.limit}")
+    todo = [r for r in run.rows if any((str(r[schema.ID]), s) not in done for s in range(cfg.k))]
+    summary.skipped = sum(1 for r in run.rows for s in range(cfg.k) if (str(r[schema.ID]), s) in done)
+    n_captions = sum(1 for r in todo if r.get(schema.TASK) == "caption")
+    if n_captions and run.judge is None:
+        logger.warning(
+            "%d caption row(s) are written with score null: no --judge-config was given to grade them", n_captions
+        )
+        summary.notes.append(f"caption scores are null for {n_captions} row(s): no --judge-config given")
+    if todo:
+        gen = backend if backend is not None else make_backend(cfg, summary.backend)
+        _generate_into(out, todo, done, gen, run, cfg)
+    return summary
+
+
+@dataclass
+class _Run:
+    """What :func:`run_eval` settled before any generation: the rows, the view, scorer, judge and the summary."""
+
+    rows: list[dict]
+    view: ModalityView
+    policy: str
+    bench: Any
+    judge: Any
+    summary: EvalSummary
+
+
+def _plan_run(cfg: EvalConfig, backend: Any) -> _Run:
+    """Every setting and every row checked, so that a bad one fails before a model is loaded."""
     try:
         view = ModalityView(policy=cfg.policy, ablation=cfg.ablation, seed=cfg.view_seed)
     except ValueError as err:
         raise EvalConfigError(str(err)) from None
-    policy = view.policy or "none"
     bench = None
     if cfg.benchmark:
         from verl_modality.evaluation.scorers import get_benchmark
@@ -604,47 +650,32 @@ def run_eval(cfg: EvalConfig, backend: Any = None) -> EvalSummary:
         summary.notes.append(
             f"{len(plan.fallbacks)} row(s) have no stream beyond their tag; 'superset' shows them exactly"
         )
+    return _Run(rows, view, view.policy or "none", bench, judge, summary)
 
-    out, sidecar = Path(cfg.out), Path(cfg.out + CONFIG_SUFFIX)
-    identity = _identity(cfg, backend_name, policy, bench, judge)
-    done: set[tuple[str, int]] = set()
-    if cfg.overwrite:
-        out.unlink(missing_ok=True)
-        sidecar.unlink(missing_ok=True)
-    elif out.exists() and out.stat().st_size > 0:
-        _check_identity(out, sidecar, identity)
-        done, summary.dropped_partial_line = read_done(out, {str(r[schema.ID]) for r in rows} | _ids_beyond(cfg))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sidecar.write_text(json.dumps(identity, indent=2) + "\n", encoding="utf-8")
 
-    todo = [r for r in rows if any((str(r[schema.ID]), s) not in done for s in range(cfg.k))]
-    summary.skipped = sum(1 for r in rows for s in range(cfg.k) if (str(r[schema.ID]), s) in done)
-    n_captions = sum(1 for r in todo if r.get(schema.TASK) == "caption")
-    if n_captions and judge is None:
-        logger.warning(
-            "%d caption row(s) are written with score null: no --judge-config was given to grade them", n_captions
-        )
-        summary.notes.append(f"caption scores are null for {n_captions} row(s): no --judge-config given")
-    if not todo:
-        return summary
-    gen = backend if backend is not None else make_backend(cfg, backend_name)
+def _generate_into(
+    out: Path, todo: list[dict], done: set[tuple[str, int]], gen: Any, run: _Run, cfg: EvalConfig
+) -> None:
+    """k samples of every row of ``todo``, scored and appended to ``out`` (flushed and synced per query)."""
+    from tqdm.auto import tqdm
+
+    summary = run.summary
     with open(out, "a", encoding="utf-8") as f:
         for row in tqdm(todo, desc="eval", unit="query", disable=not cfg.progress):
-            shown = apply_view(row, view)
+            shown = apply_view(row, run.view)
             gens = gen.generate(shown, cfg)
             if len(gens) != cfg.k:
-                raise RuntimeError(f"backend {backend_name} returned {len(gens)} samples for k={cfg.k}")
-            for rec in make_records(row, shown, gens, cfg, policy, bench, judge):
+                raise RuntimeError(f"backend {summary.backend} returned {len(gens)} samples for k={cfg.k}")
+            for rec in make_records(row, shown, gens, cfg, run.policy, run.bench, run.judge):
                 if (rec["id"], rec["sample"]) in done:
                     continue
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 summary.written += 1
-                if rec["task"] == "caption" and rec["score"] is None and judge is None:
+                if rec["task"] == "caption" and rec["score"] is None and run.judge is None:
                     summary.unscored_captions += 1
             f.flush()
             os.fsync(f.fileno())
             summary.generated_queries += 1
-    return summary
 
 
 def _ids_beyond(cfg: EvalConfig) -> set[str]:
@@ -658,30 +689,9 @@ def _ids_beyond(cfg: EvalConfig) -> set[str]:
 
 
 def add_arguments(p: Any) -> None:
-    """The ``verl-modality eval`` options on an argparse (sub)parser; sets ``func``."""
-    p.add_argument("--model", required=True, help="local checkpoint directory (Qwen2.5-Omni class)")
-    p.add_argument("--data", required=True, metavar="TEST.parquet", help="schema parquet to evaluate")
-    p.add_argument("--out", required=True, metavar="RESULTS.jsonl", help="one JSON record per response (resumable)")
-    p.add_argument("--k", type=int, default=4, help="samples per query")
-    p.add_argument(
-        "--policy", default="as_stored", help="streams shown: exact, full, as_stored, superset, deficit, or a set"
-    )
-    p.add_argument("--ablation", choices=("remove", "blank"), default="remove", help="how unshown streams are dropped")
-    p.add_argument("--view-seed", type=int, default=0, help="seed of the superset/deficit choice per sample")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=-1, help="-1: off")
-    p.add_argument("--max-prompt-length", type=int, default=8192, help="longer prompts are an error")
-    p.add_argument("--max-response-length", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--benchmark", default=None, help="scorer of a registered benchmark (mmau, mmsu, mmar, ...)")
-    p.add_argument("--benchmark-version", default=None, help="benchmark version (default: the scorer's)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: vllm on a GPU when installed, else hf")
-    p.add_argument("--judge-config", default=None, help="YAML/JSON caption-judge settings (captions unscored without)")
-    p.add_argument("--media-root", default=None, help="root of relative media paths (default: the parquet's folder)")
-    p.add_argument("--overwrite", action="store_true", help="replace RESULTS.jsonl instead of resuming it")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    """The ``verl-modality eval`` options on an argparse (sub)parser, one per :class:`EvalConfig` field; sets
+    ``func``."""
+    options.add_arguments(p, EvalConfig)
     p.set_defaults(func=cli_main)
 
 
@@ -689,29 +699,11 @@ def cli_main(args: Any) -> int:
     """Run ``verl-modality eval``; errors in the settings or data print one message and exit 1."""
     import sys
 
-    cfg = EvalConfig(
-        model=args.model,
-        data=args.data,
-        out=args.out,
-        k=args.k,
-        policy=args.policy,
-        ablation=args.ablation,
-        view_seed=args.view_seed,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        max_prompt_length=args.max_prompt_length,
-        max_response_length=args.max_response_length,
-        seed=args.seed,
-        benchmark=args.benchmark,
-        benchmark_version=args.benchmark_version,
-        limit=args.limit,
-        backend=args.backend,
-        judge_config=args.judge_config,
-        media_root=args.media_root,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
+    try:
+        cfg = options.from_arguments(EvalConfig, args)
+    except EvalConfigError as err:
+        print(f"eval: {err}", file=sys.stderr)
+        return 1
     try:
         summary = run_eval(cfg)
     except (ValueError, OSError) as err:  # settings, schema, media and over-long prompts name what is wrong

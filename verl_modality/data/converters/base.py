@@ -485,27 +485,54 @@ def run_conversion(
     progress: bool = True,
 ) -> ConvertReport:
     """Convert ``source`` to the schema parquet ``out``; see the module docstring. Returns the report."""
-    from tqdm.auto import tqdm
-
     if on_missing not in ON_MISSING:
         raise ValueError(f"on_missing must be one of {', '.join(ON_MISSING)}, got {on_missing!r}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     source = Path(source)
     out = Path(out)
-    root = Path(media_root) if media_root is not None else source.parent
-    root = Path(os.path.abspath(root))
-    out_dir = Path(os.path.abspath(out.parent))
-    ctx = Context(root)
+    root = Path(os.path.abspath(Path(media_root) if media_root is not None else source.parent))
     report = ConvertReport(converter.name, str(source), media_root=str(root), on_missing=on_missing)
 
     records = converter.read(source)
     if limit is not None:
         records = records[:limit]
     report.rows_read = len(records)
+    converted, media_bad = _convert_records(converter, records, Context(root), out, report, progress)
 
+    if media_bad and on_missing == "fail":
+        rows = sorted({b.row for b in media_bad})
+        lines = [
+            f"{converter.name}: {len(rows)} of {report.rows_read} rows of {source} reference missing or unreadable "
+            f"media (media root {root}):",
+            *_list_rows(media_bad),
+            "Fix the media root (--media-root) or rerun with on_missing='skip' (--on-missing skip) to drop and count "
+            "these rows.",
+        ]
+        raise ConvertError("\n".join(lines), media_bad)
+    for row in sorted({b.row for b in media_bad}):
+        _skip(report, next(b for b in media_bad if b.row == row))
+
+    rows = _schema_rows(converter, converted, out, report)
+    report.rows_written = len(rows)
+    if rows:
+        schema.validate_rows(rows, check_media=False, source=str(out))  # media were opened above
+        schema.write_rows(rows, out)
+        report.out = str(out)
+    return report
+
+
+def _convert_records(
+    converter: Converter, records: list[dict], ctx: Context, out: Path, report: ConvertReport, progress: bool
+) -> tuple[list[tuple[int, Record, dict[str, str]]], list[BadRow]]:
+    """Each source record through the converter, its media opened once per file: ``(converted, media_bad)``, the
+    records with their media mapping (source path -> path relative to ``out``'s folder) and the media problems.
+    Invalid records and duplicate ids are skipped into ``report``."""
+    from tqdm.auto import tqdm
+
+    out_dir = Path(os.path.abspath(out.parent))
     media_bad: list[BadRow] = []
-    converted: list[tuple[int, Record, dict[str, str]]] = []  # row, record, source path -> output path
+    converted: list[tuple[int, Record, dict[str, str]]] = []
     probed: dict[Path, tuple[str, str] | None] = {}
     seen_ids: dict[str, int] = {}
     for i, record in enumerate(tqdm(records, desc=f"convert {converter.name}", unit="row", disable=not progress)):
@@ -535,22 +562,15 @@ def run_conversion(
             media_bad += bad_here
             continue
         converted.append((i, rec, mapping))
+    return converted, media_bad
 
-    if media_bad and on_missing == "fail":
-        rows = sorted({b.row for b in media_bad})
-        lines = [
-            f"{converter.name}: {len(rows)} of {report.rows_read} rows of {source} reference missing or unreadable "
-            f"media (media root {root}):",
-            *_list_rows(media_bad),
-            "Fix the media root (--media-root) or rerun with on_missing='skip' (--on-missing skip) to drop and count "
-            "these rows.",
-        ]
-        raise ConvertError("\n".join(lines), media_bad)
-    for row in sorted({b.row for b in media_bad}):
-        first = next(b for b in media_bad if b.row == row)
-        _skip(report, first)
 
-    rows = []
+def _schema_rows(
+    converter: Converter, converted: list[tuple[int, Record, dict[str, str]]], out: Path, report: ConvertReport
+) -> list[dict]:
+    """The converted records as schema rows, counted per tag, stratum and task; rows the schema refuses are skipped
+    into ``report``."""
+    rows: list[dict] = []
     for i, rec, mapping in converted:
         try:
             row = _to_row(converter, rec, mapping, index=len(rows))
@@ -562,13 +582,7 @@ def run_conversion(
         report.per_tag[row[schema.MODALITY_TAG]] += 1
         report.per_stratum[row[schema.STRATUM]] += 1
         report.per_task[row[schema.TASK]] += 1
-
-    report.rows_written = len(rows)
-    if rows:
-        schema.validate_rows(rows, check_media=False, source=str(out))  # media were opened above
-        schema.write_rows(rows, out)
-        report.out = str(out)
-    return report
+    return rows
 
 
 def _skip(report: ConvertReport, bad: BadRow) -> None:

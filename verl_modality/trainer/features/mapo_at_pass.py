@@ -176,7 +176,7 @@ class MapoATPass:
         )
 
     def actor_settings(self, tokenizer: Any) -> dict[str, Any]:
-        """``extra_info["mapo_at"]`` of the actor update: what :mod:`verl_modality.trainer.actor_attention_loss`
+        """``extra_info["mapo_at"]`` of the actor update: what :mod:`verl_modality.integrations.verl_workers`
         reads."""
         from verl_modality.models.qwen2_5_omni import placeholder_token_ids
 

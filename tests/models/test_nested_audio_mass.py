@@ -1,4 +1,4 @@
-"""The actor-side attention loss: the per-response audio mass from captured q/k in verl's two layouts."""
+"""The actor-side audio mass from captured q/k in verl's two layouts (packed and padded), and the usable layers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import torch
 
 from verl_modality.algorithms.attention_loss import naive_audio_attention_mass
-from verl_modality.trainer.actor_attention_loss import response_audio_mass, usable_layers
+from verl_modality.models.attention_capture import nested_response_audio_mass, usable_layers
 
 AUDIO = 99
 
@@ -30,10 +30,14 @@ def test_packed_and_padded_layouts_give_each_sequence_its_own_mass():
             q[:, :, p - 1 : n - 1], k[:, :, : n - 1], (x[: n - 1] == AUDIO)[None], causal=True, scale=0.5
         )
         expected.append(mass[0].max(0).values)
-    packed = response_audio_mass(_capture(torch.cat(qs, 2), torch.cat(ks, 2)), nested, responses, AUDIO, packed=True)
+    packed = nested_response_audio_mass(
+        _capture(torch.cat(qs, 2), torch.cat(ks, 2)), nested, responses, AUDIO, packed=True
+    )
     pad = [torch.nn.functional.pad(t, (0, 0, 0, 7 - t.shape[2])) for t in qs]
     kpad = [torch.nn.functional.pad(t, (0, 0, 0, 7 - t.shape[2])) for t in ks]
-    padded = response_audio_mass(_capture(torch.cat(pad), torch.cat(kpad)), nested, responses, AUDIO, packed=False)
+    padded = nested_response_audio_mass(
+        _capture(torch.cat(pad), torch.cat(kpad)), nested, responses, AUDIO, packed=False
+    )
     for out in (packed, padded):
         assert out.shape == (2, 3)
         assert torch.allclose(out[0], expected[0], atol=1e-6)

