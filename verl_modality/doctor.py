@@ -38,7 +38,9 @@ class Report:
             lines += ["", "  integrations (verl_modality/integrations/registry.py):"]
             for item, state in self.integrations:
                 lines.append(f"    [{state}] {item.name}")
-                lines.append(f"        {item.kind} of {item.target}: {item.attribute}; when={item.when}; by {item.apply}")
+                lines.append(
+                    f"        {item.kind} of {item.target}: {item.attribute}; when={item.when}; by {item.apply}"
+                )
         lines.append("")
         if self.problems:
             lines.append(f"FAILED: {len(self.problems)} problem(s)")

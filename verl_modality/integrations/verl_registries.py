@@ -1,7 +1,10 @@
-"""The algorithms' registrations into verl's ``core_algos`` (the algorithms themselves know nothing of verl).
+"""The plugin's components in verl's registries: the algorithms in ``core_algos`` (the algorithms themselves know
+nothing of verl), the ``hf`` rollout, the ``modality_agent`` agent loop, and verl's FSDP engines for the ``cpu``
+platform.
 
 Each function takes the verl module that holds the registry; :mod:`verl_modality.integrations.registry` calls it
-once that module is imported.
+once that module is imported. (The ``cpu`` platform, the trainer and the reward manager register themselves through
+functions beside them, named in the same registry.)
 """
 
 from __future__ import annotations
@@ -23,3 +26,41 @@ def register_policy_loss(core_algos: ModuleType) -> None:
 
     if core_algos.POLICY_LOSS_REGISTRY.get(LOSS_MODE) is not compute_policy_loss_mapo_relevance:
         core_algos.register_policy_loss(LOSS_MODE)(compute_policy_loss_mapo_relevance)
+
+
+def register_hf_replica(module: ModuleType) -> None:
+    """``rollout.name=hf`` in verl's ``RolloutReplicaRegistry`` (``module``: ``verl.workers.rollout.replica``)."""
+    from verl_modality.rollout import hf_rollout
+
+    module.RolloutReplicaRegistry.register(hf_rollout.NAME, lambda: hf_rollout.HFReplica)
+
+
+def register_hf_adapter(module: ModuleType) -> None:
+    """The ``(hf, async)`` server adapter in verl's ``_ROLLOUT_REGISTRY`` (``module``: ``verl.workers.rollout.base``)."""
+    from verl_modality.rollout import hf_rollout
+
+    module._ROLLOUT_REGISTRY[(hf_rollout.NAME, "async")] = f"{hf_rollout.__name__}.HFServerAdapter"
+
+
+def register_agent_loop(module: ModuleType) -> None:
+    """``modality_agent`` in verl's agent loop registry (``module``: ``verl.experimental.agent_loop.agent_loop``)."""
+    from verl_modality.rollout import deficit_agent_loop as loop
+
+    module._agent_loop_registry[loop.AGENT_NAME] = {"_target_": f"{loop.__name__}.{loop.CLASS_NAME}"}
+
+
+def register_cpu_engines(module: ModuleType | None = None) -> list[tuple[str, str]]:
+    """Make verl's FSDP engines resolvable for ``device='cpu'``; returns the (model_type, backend) pairs added."""
+    from verl.workers.engine.base import EngineRegistry
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
+
+    from verl_modality.platform.cpu import PLATFORM_NAME
+
+    added = []
+    for model_type, cls in (("language_model", FSDPEngineWithLMHead), ("value_model", FSDPEngineWithValueHead)):
+        for backend in ("fsdp", "fsdp2"):
+            slot = EngineRegistry._engines.setdefault(model_type, {}).setdefault(backend, {})
+            if PLATFORM_NAME not in slot:
+                slot[PLATFORM_NAME] = cls
+                added.append((model_type, backend))
+    return added

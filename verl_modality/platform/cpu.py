@@ -5,7 +5,8 @@ auto-detection: it is used only when selected explicitly with ``VERL_PLATFORM=cp
 describes the same choice to the trainer). Only when it is selected does the plugin also (entries ``when=cpu`` of
 :mod:`verl_modality.integrations.registry`):
 
-* register verl's FSDP engines for ``device="cpu"`` (verl registers them for cuda/npu only), and
+* register verl's FSDP engines for ``device="cpu"`` (verl registers them for cuda/npu only;
+  :func:`verl_modality.integrations.verl_registries.register_cpu_engines`), and
 * make ``initialize_global_process_group_ray`` (Ray workers) and ``initialize_global_process_group`` (torchrun
   entry points such as verl's SFT trainer) use plain ``gloo`` (verl builds ``"cpu:gloo,cpu:gloo"`` from the
   platform, which torch rejects as a duplicate device type; :mod:`verl_modality.integrations.verl_utils`).
@@ -196,18 +197,3 @@ def register_platform(module=None) -> type:
     if PlatformRegistry.get(PLATFORM_NAME) is not cls:
         PlatformRegistry.register(platform=PLATFORM_NAME)(cls)
     return cls
-
-
-def register_cpu_engines(module=None) -> list[tuple[str, str]]:
-    """Make verl's FSDP engines resolvable for ``device='cpu'``; returns the (model_type, backend) pairs added."""
-    from verl.workers.engine.base import EngineRegistry
-    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
-
-    added = []
-    for model_type, cls in (("language_model", FSDPEngineWithLMHead), ("value_model", FSDPEngineWithValueHead)):
-        for backend in ("fsdp", "fsdp2"):
-            slot = EngineRegistry._engines.setdefault(model_type, {}).setdefault(backend, {})
-            if PLATFORM_NAME not in slot:
-                slot[PLATFORM_NAME] = cls
-                added.append((model_type, backend))
-    return added

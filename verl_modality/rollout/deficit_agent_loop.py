@@ -249,8 +249,3 @@ def __getattr__(name: str):
         globals()[name] = cls
         return cls
     raise AttributeError(name)
-
-
-def register_agent(module) -> None:
-    """``modality_agent`` in verl's agent loop registry (``module``: ``verl.experimental.agent_loop.agent_loop``)."""
-    module._agent_loop_registry[AGENT_NAME] = {"_target_": f"{__name__}.{CLASS_NAME}"}

@@ -259,13 +259,3 @@ def __getattr__(name: str):
         globals()[name] = cls
         return cls
     raise AttributeError(name)
-
-
-def register_replica(module) -> None:
-    """``rollout.name=hf`` in verl's ``RolloutReplicaRegistry`` (``module``: ``verl.workers.rollout.replica``)."""
-    module.RolloutReplicaRegistry.register(NAME, lambda: __getattr__("HFReplica"))
-
-
-def register_adapter(module) -> None:
-    """The ``(hf, async)`` server adapter in verl's ``_ROLLOUT_REGISTRY`` (``module``: ``verl.workers.rollout.base``)."""
-    module._ROLLOUT_REGISTRY[(NAME, "async")] = f"{__name__}.HFServerAdapter"
