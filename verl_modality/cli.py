@@ -1,13 +1,110 @@
-"""``verl-modality`` command line: set-up helpers, the self-check and the CPU demo."""
+"""``verl-modality`` command line: set-up helpers, the self-check and the CPU demo.
+
+A user's mistake (a bad option, a missing or unreadable file, a folder that would be overwritten) ends a verb with
+one line, ``<verb>: <message>``, and exit status 1 (2 for usage errors, argparse's own included), not a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from verl_modality import options
+
+if TYPE_CHECKING:
+    from verl_modality.trainer.demo import DemoConfig
+
+#: the command-line tools of verl's accelerator platforms (nvidia, amd, huawei), looked for as scripts/env.sh does
+ACCELERATOR_TOOLS = ("nvidia-smi", "rocm-smi", "npu-smi")
+
+
+def select_platform(verb: str) -> bool:
+    """Select the plugin's ``cpu`` platform (``VERL_PLATFORM=cpu``) when the user chose no platform and no
+    accelerator tool is on PATH, saying so on stderr; True when it did. Runs before the verb imports verl: verl picks
+    its platform once, when it loads."""
+    if os.environ.get("VERL_PLATFORM", "").strip() or any(shutil.which(tool) for tool in ACCELERATOR_TOOLS):
+        return False
+    os.environ["VERL_PLATFORM"] = "cpu"
+    print(
+        f"{verb}: no GPU found (none of {', '.join(ACCELERATOR_TOOLS)} on PATH): using the CPU platform, "
+        "VERL_PLATFORM=cpu",
+        file=sys.stderr,
+    )
+    from verl_modality.integrations import registry
+
+    registry.install()  # the entries that apply only on the cpu platform
+    return True
+
+
+def one_line(message: Any) -> str:
+    """An error message on one line: lines joined with ``; ``, an indented list after a ``heading:`` joined with
+    ``, ``; Hydra's search-path listing dropped."""
+    parts: list[str] = []
+    listing = False
+    for raw in str(message).splitlines():
+        if raw.startswith("Config search path"):
+            break
+        line = raw.strip()
+        if not line:
+            continue
+        if parts and raw[:1] in (" ", "\t") and (listing or parts[-1].endswith(":")):
+            parts[-1] += (", " if listing else " ") + line
+            listing = True
+        else:
+            parts.append(line)
+            listing = False
+    return "; ".join(parts)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user's mistake raises (bugs still show a traceback); imported only when a verb failed."""
+    from verl_modality.audio_contribution.voters import VoterError
+    from verl_modality.evaluation.plots import PlotsUnavailable
+    from verl_modality.rewards.caption_judge import JudgeError
+    from verl_modality.rewards.openai_client import ChatError
+
+    return (ValueError, OSError, VoterError, JudgeError, ChatError, PlotsUnavailable)
+
+
+def _at_least(least: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``least`` (argparse names the option when it is not)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < least:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text!r}")
+        return value
+
+    return parse
+
+
+@contextmanager
+def _overwrite_flag() -> Iterator[None]:
+    """A refusal to overwrite names the command line's ``--overwrite`` instead of the function's argument."""
+    try:
+        yield
+    except FileExistsError as exc:
+        raise FileExistsError(str(exc).replace("overwrite=True", "--overwrite")) from None
+
+
+def _folder_option(value: str | os.PathLike, flag: str, itself: bool = True) -> str | None:
+    """The problem with writing into the folder ``value`` (or, without ``itself``, the file ``value``) named by
+    ``flag``: a path on the way that is a file. None when there is none."""
+    path = Path(value)
+    for part in (path, *path.parents) if itself else path.parents:
+        if part.exists() and not part.is_dir():
+            return f"{flag} {value}: {part} is a file, not a folder"
+    return None
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -21,7 +118,8 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from verl_modality.models.tiny import make_tiny_model
 
-    path = make_tiny_model(args.out_dir, seed=args.seed, overwrite=args.overwrite)
+    with _overwrite_flag():
+        path = make_tiny_model(args.out_dir, seed=args.seed, overwrite=args.overwrite)
     print(f"tiny Qwen2.5-Omni checkpoint written to {path}")
     return 0
 
@@ -29,14 +127,16 @@ def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
 def _cmd_make_demo_data(args: argparse.Namespace) -> int:
     from verl_modality.data.synthetic import make_demo_data
 
-    summary = make_demo_data(
-        args.out_dir,
-        seed=args.seed,
-        n_train=args.n_train,
-        n_test=args.n_test,
-        caption_every=args.caption_every,
-        families=args.families,
-    )
+    with _overwrite_flag():
+        summary = make_demo_data(
+            args.out_dir,
+            seed=args.seed,
+            n_train=args.n_train,
+            n_test=args.n_test,
+            caption_every=args.caption_every,
+            families=args.families,
+            overwrite=args.overwrite,
+        )
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -45,6 +145,12 @@ def _cmd_augment_qa(args: argparse.Namespace) -> int:
     from verl_modality.data.augmentation import AugmentConfig, augment_file, format_summary
     from verl_modality.data.prompts import PromptConfig
 
+    problem = _folder_option(args.out_path, "OUT.parquet", itself=False)
+    if not Path(args.in_path).is_file():
+        problem = f"IN.parquet {args.in_path}: no such file"
+    if problem:
+        print(f"augment-qa: {problem}", file=sys.stderr)
+        return 1
     try:
         prompt = PromptConfig.from_config(args.prompt_config) if args.prompt_config else None
         config = options.from_arguments(AugmentConfig, args, prompt=prompt)
@@ -64,6 +170,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         cfg = options.from_arguments(
             DemoConfig, args, overrides=tuple(args.overrides), warm_start=parse_warm_start(args.warm_start)
         )
+        problem = _folder_option(cfg.work_dir, "--work-dir")
+        if problem:
+            raise ValueError(problem)
+    except ValueError as exc:
+        print(f"demo: {one_line(exc)}", file=sys.stderr)
+        return 2
+    select_platform("demo")
+    try:
+        check_demo_overrides(cfg)
     except ValueError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
@@ -79,14 +194,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_demo_overrides(cfg: DemoConfig) -> None:
+    """Compose every RL run's Hydra config of the demo as ``main_ppo`` will, so that an override Hydra refuses (an
+    unknown key or recipe option, bad syntax) fails now, not after the warm start; raises ``ValueError``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from verl_modality.trainer.demo import RECIPES, rl_overrides
+    from verl_modality.trainer.launch import config_dir_of
+
+    work = Path(cfg.work_dir).resolve()
+    for run in ("mapo", "mupo") if cfg.compare else ("mapo",):
+        config_dir, name = config_dir_of(RECIPES[run])
+        try:
+            with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+                compose(name, overrides=rl_overrides(cfg, work, work / "model", run))
+        except (HydraException, OmegaConfBaseException) as exc:
+            raise ValueError(f"Hydra refuses the overrides for {name}: {one_line(exc)}") from None
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from verl_modality.data.converters import CONVERTERS, ConvertError, convert, layouts
 
-    if args.list or args.layout not in CONVERTERS:
-        if not args.list:
-            print(f"convert: unknown layout {args.layout!r}; the layouts are:", file=sys.stderr)
-        print(layouts(), file=sys.stdout if args.list else sys.stderr)
-        return 0 if args.list else 2
+    if args.list:
+        print(layouts())
+        return 0
+    if args.layout not in CONVERTERS:
+        what = f"unknown layout {args.layout!r}" if args.layout else "give LAYOUT SOURCE OUT"
+        print(f"convert: {what}; the layouts are {', '.join(CONVERTERS)} (convert --list)", file=sys.stderr)
+        return 2
     if not args.source or not args.out:
         print("convert: give LAYOUT SOURCE OUT", file=sys.stderr)
         return 2
@@ -100,6 +237,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_actor_check(args: argparse.Namespace) -> int:
+    problem = _folder_option(args.work_dir, "--work-dir")
+    if problem:
+        print(f"actor-check: {problem}", file=sys.stderr)
+        return 2
+    select_platform("actor-check")
     from verl_modality.trainer.actor_check import run_actor_check
 
     result = run_actor_check(args.work_dir, seed=args.seed, batch_size=args.batch_size)
@@ -135,6 +277,14 @@ def _cmd_w2s(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_validate_data(args: argparse.Namespace) -> int:
+    from verl_modality.data import media
+    from verl_modality.data import report as data_report
+
+    with media.probe_depth(full=not args.quick):
+        return data_report.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="verl-modality", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,15 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-tiny-model", help="build a tiny random-weight Qwen2.5-Omni checkpoint offline")
     p.add_argument("out_dir")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
     p.set_defaults(func=_cmd_make_tiny_model)
 
     p = sub.add_parser("make-demo-data", help="write the synthetic tagged QA demo set (train/test parquet + media)")
     p.add_argument("out_dir")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-train", type=int, default=56)
-    p.add_argument("--n-test", type=int, default=28)
-    p.add_argument("--caption-every", type=int, default=0, help="every k-th record is a caption row (0: none)")
+    p.add_argument("--seed", type=_at_least(0), default=0)
+    p.add_argument("--n-train", type=_at_least(1), default=56)
+    p.add_argument("--n-test", type=_at_least(0), default=28)
+    p.add_argument("--caption-every", type=_at_least(0), default=0, help="every k-th record is a caption row (0: none)")
+    p.add_argument("--overwrite", action="store_true", help="replace the train.parquet / test.parquet already there")
     p.add_argument(
         "--families", choices=("classic", "balanced"), default="classic",
         help="balanced: pitch questions in every tag holding A (the demo's learnable set)",
@@ -167,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="report rows per tag/stratum/level and every schema or media problem; exit 1 when there are any",
     )
     data_report.add_arguments(p)
+    p.add_argument("--quick", action="store_true", help="probe only the first second / frame of each media file")
+    p.set_defaults(func=_cmd_validate_data)
 
     from verl_modality.evaluation import report as eval_report
 
@@ -205,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", nargs="?", default=None, metavar="OUT", help="schema parquet to write")
     p.add_argument("--media-root", default=None, help="root of the media paths (default: SOURCE's directory)")
     p.add_argument("--on-missing", choices=("fail", "skip"), default="fail", help="rows with missing/bad media")
-    p.add_argument("--limit", type=int, default=None, help="convert only the first N records")
+    p.add_argument("--limit", type=_at_least(1), default=None, help="convert only the first N records")
     p.add_argument("--list", action="store_true", help="list the layouts and exit")
     p.set_defaults(func=_cmd_convert)
 
@@ -216,8 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("actor-check", help="one teacher-forced update of verl's actor on demo prompts (no rollout)")
     p.add_argument("--work-dir", default="demo_run")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seed", type=_at_least(0), default=0)
+    p.add_argument("--batch-size", type=_at_least(1), default=4)
     p.set_defaults(func=_cmd_actor_check)
 
     p = sub.add_parser("acf", help="audio-contribution filtering: voters answer under silence; weak / strong split")
@@ -247,7 +400,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from verl_modality.integrations import registry
 
     registry.install()
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as exc:
+        print(f"{args.command}: {one_line(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

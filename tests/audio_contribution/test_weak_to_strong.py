@@ -220,3 +220,76 @@ def test_recipe_keys_exist_in_verl(name, base, open_keys):
     cfg = _compose(path)  # and the recipe composes
     if name.startswith("sft"):
         assert cfg.data.messages_key == "messages" and cfg.data.truncation == "error"
+
+
+def _assistant_turns(path: Path) -> dict[str, str]:
+    return {r["id"]: r["messages"][-1]["content"] for r in pq.read_table(path).to_pylist()}
+
+
+def test_reasoning_keep_or_drop(split, tmp_path, capsys):
+    weak, strong, rows = split
+    with_cot = rows[0][schema.ID]
+    summary = build_w2s(weak, strong, tmp_path / "keep", W2SConfig())
+    turns = _assistant_turns(tmp_path / "keep" / "sft.parquet")
+    assert turns[with_cot].startswith("<think>The clip shows it.</think><answer>")
+    assert (summary["reasoning"], summary["sft_with_reasoning"]) == ("keep", 1)
+
+    summary = build_w2s(weak, strong, tmp_path / "drop", W2SConfig(reasoning="drop"))
+    turns = _assistant_turns(tmp_path / "drop" / "sft.parquet")
+    assert all(t.startswith("<answer>") and "<think>" not in t for t in turns.values())
+    assert (summary["reasoning"], summary["sft_with_reasoning"]) == ("drop", 0)
+    # another key: none of the rows has it
+    assert build_w2s(weak, strong, tmp_path / "k", W2SConfig(reasoning_key="rationale"))["sft_with_reasoning"] == 0
+    with pytest.raises(ValueError, match="w2s.reasoning='none': expected one of"):
+        W2SConfig(reasoning="none")
+
+    from verl_modality.cli import main
+
+    args = ["w2s", "--weak", str(weak), "--strong", str(strong), "--out-dir", str(tmp_path / "cli")]
+    assert main([*args, "--reasoning", "drop"]) == 0
+    assert json.loads(capsys.readouterr().out)["sft_with_reasoning"] == 0
+    assert "<think>" not in "".join(_assistant_turns(tmp_path / "cli" / "sft.parquet").values())
+
+
+def test_audiomcq_chain_of_thought_reaches_the_sft_targets(tmp_path):
+    """AudioMCQ records with a CoT, converted, split by their audio-contribution label, built into SFT targets."""
+    import numpy as np
+
+    from verl_modality.data.converters import convert
+    from verl_modality.data.media import write_audio
+
+    recs = []
+    for i, (ac, cot) in enumerate([("weak", "A dog barks twice."), ("weak", None), ("strong", "Rain falls.")]):
+        write_audio(tmp_path / "clips" / f"{i}.wav", 0.1 * np.ones(1600, dtype=np.float32))
+        recs.append(
+            {
+                "source_dataset": "AudioCaps",
+                "id": f"amcq-{i}",
+                "audio_path": f"clips/{i}.wav",
+                "question": "What do you hear?",
+                "choices": ["a dog", "rain", "a car"],
+                "answer": "a dog" if i < 2 else "rain",
+                "audio_contribution": ac,
+                **({"unstructured_cot": cot} if cot else {}),
+            }
+        )
+    source = tmp_path / "audiomcq.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    convert("audiomcq", source, tmp_path / "data" / "all.parquet", progress=False)
+    rows = schema.read_rows(tmp_path / "data" / "all.parquet")
+    for name in ("weak", "strong"):
+        part = [r for r in rows if r[schema.EXTRA_INFO]["audio_contribution"] == name]
+        schema.write_rows(part, tmp_path / "data" / f"{name}.parquet")
+    weak, strong = tmp_path / "data" / "weak.parquet", tmp_path / "data" / "strong.parquet"
+
+    build_w2s(weak, strong, tmp_path / "keep", W2SConfig(paradigm="mixed_to_strong"))
+    assert _assistant_turns(tmp_path / "keep" / "sft.parquet") == {
+        "amcq-0": "<think>A dog barks twice.</think><answer>A</answer>",
+        "amcq-1": "<answer>A</answer>",
+        "amcq-2": "<think>Rain falls.</think><answer>B</answer>",
+    }
+    build_w2s(weak, strong, tmp_path / "drop", W2SConfig(paradigm="mixed_to_strong", reasoning="drop"))
+    assert set(_assistant_turns(tmp_path / "drop" / "sft.parquet").values()) == {
+        "<answer>A</answer>",
+        "<answer>B</answer>",
+    }

@@ -156,3 +156,50 @@ def test_decoding_errors_name_the_sample(demo_data, processor, tmp_path):
     audio["audio"] = str(tmp_path / "gone.wav")
     with pytest.raises(MediaError, match=rf"sample {item[schema.ID]}: .*gone.wav"):
         type(ds)._process_multi_modal_info(item["raw_prompt"], None, ds.config)
+
+
+def test_the_prepared_prompt_wording_survives_a_view_that_re_renders(demo_data, processor, tmp_path, caplog):
+    """augment-qa --prompt-config wrote the file; data.modality.prompt (the same YAML) words what exact re-renders."""
+    import logging
+
+    from verl_modality.data.augmentation import AugmentConfig, augment_file
+    from verl_modality.data.dataset import resolve_media_paths
+    from verl_modality.data.prompts import PromptConfig, render_messages
+
+    out, _ = demo_data
+    prompt_file = tmp_path / "prompt.yaml"
+    prompt_file.write_text("style: answer_tag\nqa_template: described\n")
+    rows = [resolve_media_paths(r, out) for r in schema.read_rows(out / "train.parquet")[:4]]
+    source = schema.write_rows(rows, tmp_path / "source.parquet")
+    path = tmp_path / "plus.parquet"
+    augment_file(source, path, AugmentConfig(prompt=PromptConfig.from_config(prompt_file)))
+
+    def load(**modality):
+        cfg = {"filter_overlong_prompts": False, "validate_media": False, "modality": {"policy": "exact", **modality}}
+        return OmniRLDataset(
+            data_files=[str(path)], tokenizer=processor.tokenizer, processor=processor, config=OmegaConf.create(cfg)
+        )
+
+    ds = load(prompt=str(prompt_file))
+    i = next(i for i in range(len(ds)) if ds.dataframe[i][schema.STRATUM] == "superset")
+    row, item = ds.dataframe[i], ds[i]
+    assert item[schema.AVAILABLE] == row[schema.MODALITY_TAG] != row[schema.AVAILABLE]  # re-rendered under exact
+    n_v, n_a = ("V" in row[schema.MODALITY_TAG]), ("A" in row[schema.MODALITY_TAG])
+    subtitle = row[schema.SUBTITLE] if "S" in row[schema.MODALITY_TAG] else None
+    expected = render_messages(
+        row[schema.QUESTION],
+        row[schema.CHOICES],
+        int(n_v),
+        int(n_a),
+        subtitle,
+        "qa",
+        PromptConfig.from_config(prompt_file),
+    )
+    (message,) = item["raw_prompt"]  # verl's structured message: text segments around the media items
+    text = "".join(part.get("text", "") for part in message["content"])
+    assert "<answer>B</answer>" in text and "Sources available to you: " in text
+    assert text == expected[0]["content"].replace("<video>", "").replace("<audio>", "")
+    # without the option the file's wording is not reproduced: said when the file is read
+    with caplog.at_level(logging.WARNING, logger="verl_modality.data.dataset"):
+        load()
+    assert f"{len(schema.read_rows(path))} row(s) have a stored prompt that data.modality.prompt" in caplog.text

@@ -273,6 +273,50 @@ def test_non_finite_audio_raises(tmp_path, reader):
         reader(path)
 
 
+def _late_nan_wav(tmp_path, seconds: float = 3.0, bad_from: float = 2.5):
+    wave = _sine(440.0, 16000, seconds)
+    wave[int(bad_from * 16000) :] = np.nan
+    return media.write_audio(tmp_path / "late.wav", wave)
+
+
+def test_full_audio_probe_reads_past_the_first_second(tmp_path):
+    path = _late_nan_wav(tmp_path)
+    with pytest.raises(media.MediaError, match=r"non-finite samples \(first at sample 40000, 2\.50 s\)") as info:
+        media.probe_audio(path, context=CONTEXT, full=True)
+    assert str(info.value).startswith(f"{CONTEXT}: {path}: ")
+    assert media.probe_audio(path).frames == 48000  # the default, quick probe reads the first second only
+
+
+def test_probe_depth_sets_the_default_for_a_block_only(tmp_path):
+    path = _late_nan_wav(tmp_path)
+    with media.probe_depth(full=True):
+        with pytest.raises(media.MediaError, match="non-finite"):
+            media.probe_audio(path)
+        assert media.probe_audio(path, full=False).frames == 48000  # an explicit depth wins
+    with pytest.raises(RuntimeError), media.probe_depth(full=True):
+        raise RuntimeError("the block failed")
+    assert media.FULL_PROBE is False
+    assert media.probe_audio(path).frames == 48000
+
+
+def test_full_video_probe_decodes_every_frame(tmp_path):
+    import av
+
+    frames = np.random.default_rng(0).integers(0, 256, (12, 64, 64, 3), dtype=np.uint8)  # noise: one packet each
+    path = media.write_video(tmp_path / "noise.mp4", frames, fps=4)
+    with av.open(str(path)) as container:
+        packets = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
+    data = bytearray(path.read_bytes())
+    pos, size = packets[6]
+    data[pos : pos + size] = b"\xff" * size  # a corrupt packet in the middle of the clip
+    bad = tmp_path / "bad_middle.mp4"
+    bad.write_bytes(bytes(data))
+    assert media.probe_video(bad).frames == 12  # the default, quick probe: the first frame decodes
+    with pytest.raises(media.MediaError, match="bad_middle.mp4: unreadable video"):
+        media.probe_video(bad, full=True)
+    assert media.probe_video(path, full=True).frames == 12
+
+
 # --------------------------------------------------------------------------------------------------------- resampling
 
 

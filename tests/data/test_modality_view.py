@@ -150,3 +150,86 @@ def test_plan_views_counts_fallbacks_and_lists_infeasible_rows(rows):
     plan = plan_views([rows[1], bad], ModalityView(policy="exact"), source="f.parquet: ")
     assert len(plan.errors) == 1 and plan.errors[0].startswith(f"f.parquet: row 1 (id {bad[schema.ID]}): ")
     assert "needs media for its tag 'VA'" in plan.errors[0]
+
+
+# ------------------------------------------------------------------------------------ prompts the view re-renders
+
+PROMPT = {"style": "answer_tag", "qa_template": "described", "system_prompt": "Be brief."}
+
+
+def _prepared(rows, tag, available, prompt):
+    """``tag``'s first row as augment-qa writes its ``available`` variant with ``--prompt-config``."""
+    from verl_modality.data.augmentation import AugmentConfig, augment_sample
+    from verl_modality.data.prompts import PromptConfig
+
+    config = AugmentConfig(prompt=PromptConfig.from_config(prompt) if prompt is not None else None)
+    variants = augment_sample(schema.Sample.from_row(_by_tag(rows, tag)), config)
+    return next(v for v in variants if v.available == available).to_row()
+
+
+def test_a_prompt_re_rendered_under_exact_uses_the_configured_template(rows):
+    row = _prepared(rows, "A", "VA", PROMPT)  # a superset row, prepared with the config
+    assert "Sources available to you: the video and the audio track." in row[schema.PROMPT][1]["content"]
+    out = apply_view(row, ModalityView(policy="exact", prompt=PROMPT))
+    options = "\n".join(f"{'ABCDEFGH'[i]}. {c}" for i, c in enumerate(row[schema.CHOICES]))
+    user = (
+        "Audio: <audio>\n\nSources available to you: the audio track. Answer from what these sources show.\n\n"
+        f"Question: {row[schema.QUESTION]}\nOptions:\n{options}\n\nReason briefly if you need to, then finish your "
+        "reply with the letter of the chosen option between answer tags, for example <answer>B</answer>."
+    )
+    assert out[schema.PROMPT] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": user}]
+    assert (out[schema.AVAILABLE], out[schema.STRATUM]) == ("A", "exact")
+    # the same wording as augment-qa gives the exact variant (same streams; options may differ by a none-answer)
+    exact = _prepared(rows, "A", "A", PROMPT)
+    assert (
+        out[schema.PROMPT][1]["content"].split("Question:")[0]
+        == exact[schema.PROMPT][1]["content"].split("Question:")[0]
+    )
+    # blanked streams keep their slots, worded by the config too
+    blank = apply_view(row, ModalityView(policy="exact", ablation="blank", prompt=PROMPT))
+    assert blank[schema.PROMPT][0] == {"role": "system", "content": "Be brief."}
+    assert blank[schema.PROMPT][1]["content"].startswith(
+        'Video: <video>\n\nAudio: <audio>\n\nSubtitles: ""\n\nSources available to you: the video, the audio track '
+        "and the subtitles."
+    )
+
+
+def test_without_a_prompt_option_the_schemas_prompt_is_unchanged(rows):
+    row = _prepared(rows, "A", "VA", None)
+    out = apply_view(row, ModalityView(policy="exact"))
+    expected = schema.build_prompt(row[schema.QUESTION], list(row[schema.CHOICES]), 0, 1, None)
+    assert out[schema.PROMPT] == expected
+    assert out[schema.PROMPT][0]["content"].startswith("Audio: <audio>\n\nQuestion: ")
+    assert apply_view(row, ModalityView(policy="exact", prompt={})) == out  # every default: the same text
+    caption = dict(row, **{schema.TASK: "caption"})  # captions keep their stored instruction, config or not
+    assert apply_view(caption, ModalityView(policy="exact", prompt=PROMPT))[
+        schema.PROMPT
+    ] == schema.build_caption_prompt(row[schema.QUESTION], 0, 1, None)
+
+
+def test_the_prompt_option_is_read_by_the_option_loader(tmp_path):
+    path = tmp_path / "prompt.yaml"
+    path.write_text("prompt:\n  style: answer_tag\n  qa_template: described\n")
+    view = ModalityView.from_config(OmegaConf.create({"modality": {"policy": "exact", "prompt": str(path)}}))
+    assert (view.prompt.style, view.prompt.qa_template) == ("answer_tag", "described")
+    assert ModalityView.from_config(OmegaConf.create({"modality": {"policy": "exact", "prompt": PROMPT}})).prompt == (
+        ModalityView(prompt=PROMPT).prompt
+    )
+    assert ModalityView.from_config({"policy": "exact"}).prompt is None
+    with pytest.raises(ValueError, match=r"data.modality.prompt: prompt.style='x': expected one of"):
+        ModalityView.from_config({"policy": "exact", "prompt": {"style": "x"}})
+    with pytest.raises(ValueError, match=r"data.modality.prompt: prompt config file '.*nope.yaml' does not exist"):
+        ModalityView.from_config({"policy": "exact", "prompt": str(tmp_path / "nope.yaml")})
+    with pytest.raises(ValueError, match=r"data.modality.prompt.caption_template='brief': caption rows keep"):
+        ModalityView(policy="exact", prompt={"caption_template": "brief"})
+
+
+def test_rows_prepared_with_another_wording_are_found(rows):
+    from verl_modality.data.modality_view import prompt_mismatches
+
+    prepared = [_prepared(rows, "A", "VA", PROMPT), _prepared(rows, "V", "V", None)]
+    assert prompt_mismatches(prepared, ModalityView(policy="exact"), "f: ") == [f"f: row 0 (id {prepared[0]['id']})"]
+    assert prompt_mismatches(prepared, ModalityView(policy="exact", prompt=PROMPT)) == [
+        f"row 1 (id {prepared[1]['id']})"
+    ]
+    assert prompt_mismatches(rows, ModalityView(policy="exact")) == []  # the demo data: the schema's prompt

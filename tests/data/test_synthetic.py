@@ -65,10 +65,21 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
 
 def test_rerun_with_fewer_records_removes_stale_media(tmp_path):
     make_demo_data(tmp_path, seed=0, n_train=14, n_test=7, progress=False)
-    summary = make_demo_data(tmp_path, seed=0, n_train=7, n_test=0, progress=False)
+    summary = make_demo_data(tmp_path, seed=0, n_train=7, n_test=0, progress=False, overwrite=True)
     assert len(list((tmp_path / "media" / "train").iterdir())) == 14
     assert not list((tmp_path / "media" / "test").iterdir()) and not (tmp_path / "test.parquet").exists()
     assert set(summary["splits"]) == {"train"} and schema.validate_file(tmp_path / "train.parquet") == 7
+
+
+def test_a_folder_holding_parquet_files_is_refused_before_anything_is_written(tmp_path):
+    (tmp_path / "test.parquet").write_bytes(b"the user's")
+    with pytest.raises(FileExistsError, match=r"already holds test\.parquet: pass overwrite=True"):
+        make_demo_data(tmp_path, seed=0, n_train=7, n_test=0, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test.parquet"]  # no media, no train.parquet
+    assert (tmp_path / "test.parquet").read_bytes() == b"the user's"
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        make_demo_data(tmp_path / "f" / "data", n_train=7, n_test=0, progress=False)
 
 
 def test_unbalanced_sizes_spread_the_remainder(tmp_path):

@@ -203,6 +203,34 @@ def test_recorded_benchmark_version_is_reported(tmp_path):
     assert "original" in format_report(report)
 
 
+def test_scoring_rule_is_reported_and_non_official_string_match_warns(tmp_path, capsys):
+    mmau = {"benchmark": "mmau", "data_source": "mmau/test-mini"}
+    objs = [
+        obj("m1", "A", "A", 0, 1, rule="string_match:official") | mmau,
+        obj("m2", "A", "A", 0, 0, rule="string_match:lenient") | mmau,
+        obj("q1", "V", "V", 0, 1, rule="letter"),
+    ]
+    path = write_results(tmp_path / "r.jsonl", objs)
+    report = build_report(read_results(path))
+    got = [(b["registry_name"], b["rule"], b["scoring_rule"], b["samples"]) for b in report["benchmarks"]]
+    assert got == [
+        ("mmau", "string_match", "string_match:official", 1),
+        ("mmau", "string_match", "string_match:lenient", 1),
+        ("maple_qa", "letter", "letter", 1),
+    ]
+    assert [w for w in report["warnings"] if "rule" in w] == [
+        "mmau (mmau/test-mini): scored with string_match:lenient, not the benchmark's official rule "
+        "(string_match:official); not comparable with published numbers"
+    ]
+    # records written before the rule was recorded: named as such, with a warning for string-match benchmarks
+    old = write_results(tmp_path / "old.jsonl", [obj("m1", "A", "A", 0, 1) | mmau, obj("q1", "V", "V", 0, 1)])
+    code, out, err = run_cli(capsys, old)
+    assert code == 0, err
+    assert "string_match (not recorded)" in out and "letter (not recorded)" in out
+    assert "mmau (mmau/test-mini): the records do not name their scoring rule" in out
+    assert "maple_qa" not in out.split("warnings:")[1]  # a letter benchmark's rule is the only one it has
+
+
 def test_plots_are_written(results_file, tmp_path, capsys):
     out_dir = tmp_path / "plots"
     code, out, err = run_cli(capsys, results_file, "--json", "--plots", out_dir)
@@ -288,6 +316,26 @@ def test_results_and_table_together_add_this_run(results_file, tmp_path):
     assert run["modality_gap"]["gap"] == pytest.approx(5 / 18) and run["reported"] == {}
 
 
+def test_published_table_without_a_count_names_file_row_and_column(tmp_path, capsys):
+    short = tmp_path / "short.csv"  # the samples row stops before column A
+    short.write_text("method,V,A,S\n# Samples,552\nFull-recipe,56.22,67.55,63.16\n")
+    code, _, err = run_cli(capsys, "--table", short)
+    assert code == 1
+    assert err == (
+        f"report: {short}:3: row 'Full-recipe' has an accuracy in column 'A' but the samples row ({short}:2) has "
+        "no count for it\n"
+    )
+    as_json = tmp_path / "t.json"
+    as_json.write_text(json.dumps({"samples": {"V": 552}, "rows": {"Full-recipe": {"V": 56.22, "S": 63.16}}}))
+    code, _, err = run_cli(capsys, "--table", as_json, "--json")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert f"{as_json}: rows.Full-recipe: row 'Full-recipe' has an accuracy in column 'S'" in err
+    # a tag no row reports needs no count ("-" or empty in the samples row)
+    ok = tmp_path / "ok.csv"
+    ok.write_text("method,V,A\n# Samples,552,-\nx,50,\n")
+    assert read_published_table(ok).rows == {"x": {"V": (0.5, 552)}}
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -328,6 +376,8 @@ def _bad(field, value):
         (_bad("sample", "0"), "field 'sample': '0' is not of type integer"),
         (_bad("gold_none", 1), "field 'gold_none': 1 is not of type boolean"),
         (_bad("task", "asr"), "field 'task': 'asr' is not one of qa, caption"),
+        (_bad("rule", "strict"), "field 'rule': 'strict' is not one of string_match:official, string_match:lenient"),
+        (_bad("rule", 1), "field 'rule': 1 is not of type string or null"),
     ],
 )
 def test_bad_result_files_name_line_and_field(tmp_path, capsys, record, message):
@@ -349,6 +399,10 @@ def test_bad_result_files_structure(tmp_path):
         (
             json.dumps(a) + "\n" + json.dumps(obj("q1", "V", "VA", 1, 1)) + "\n",
             "bad.jsonl:2: field 'available': 'VA' differs from 'V' of the same id 'q1' at .*bad.jsonl:1",
+        ),
+        (
+            json.dumps(obj("q1", "V", "V", 0, 1, rule="letter")) + "\n" + json.dumps(obj("q1", "V", "V", 1, 1)) + "\n",
+            "bad.jsonl:2: field 'rule': None differs from 'letter' of the same id 'q1'",
         ),
     ]
     for text, message in cases:

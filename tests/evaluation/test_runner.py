@@ -150,6 +150,7 @@ def test_changed_settings_are_refused(tmp_path, tiny_model_dir, demo, backend, r
         ({"policy": "full"}, "policy: was 'exact', now 'full'"),
         ({"k": 3}, "k: was 2, now 3"),
         ({"seed": 1}, "seed: was 0, now 1"),
+        ({"rule": "lenient"}, "rule: was 'official', now 'lenient'"),
     ):
         with pytest.raises(EvalConfigError, match=message):
             run_eval(_cfg(tiny_model_dir, demo, out, **{"policy": "exact", **change}), backend=backend)
@@ -160,6 +161,26 @@ def test_changed_settings_are_refused(tmp_path, tiny_model_dir, demo, backend, r
     stray.write_text('{"id": "x", "sample": 0}\n', encoding="utf-8")
     with pytest.raises(EvalConfigError, match="no settings file"):
         run_eval(_cfg(tiny_model_dir, demo, stray), backend=backend)
+
+
+def test_missing_model_directory_is_named_first(tmp_path, demo, monkeypatch):
+    import verl_modality.evaluation.runner as runner
+
+    def never(*args, **kwargs):
+        raise AssertionError("the data was read before the model path was checked")
+
+    monkeypatch.setattr(runner, "load_rows", never)
+    for model in (str(tmp_path / "no" / "such"), "./ckpt-missing", "ckpts/step_10"):
+        with pytest.raises(EvalConfigError, match=f"model directory {model} does not exist"):
+            run_eval(_cfg(model, demo, tmp_path / "r.jsonl", benchmark="nope"))  # before the benchmark check too
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"")
+    with pytest.raises(EvalConfigError, match="is not a directory"):
+        run_eval(_cfg(weights, demo, tmp_path / "r.jsonl"))
+    # a bare name is not taken for a path (it fails later, as a model that cannot be loaded)
+    with pytest.raises(EvalConfigError, match="unknown benchmark 'nope'"):
+        run_eval(_cfg("tiny", demo, tmp_path / "r.jsonl", benchmark="nope"))
+    assert not (tmp_path / "r.jsonl").exists()
 
 
 def test_bad_settings_fail_before_any_generation(tmp_path, tiny_model_dir, demo):
@@ -203,13 +224,37 @@ def test_benchmark_scorer_is_used(tmp_path):
     row = _row()
     mmau = get_benchmark("mmau")
     recs = make_records(row, row, _gens("The sound is none of the above.", "[B]"), cfg, "exact", mmau, None)
-    assert [(r["parsed"], r["correct"]) for r in recs] == [("C", True), ("B", False)]
-    assert {(r["benchmark"], r["benchmark_version"]) for r in recs} == {("mmau", mmau.version)}
+    # official rule by default: the raw "[B]" holds no option's words, so it names nothing
+    assert [(r["parsed"], r["correct"]) for r in recs] == [("C", True), (None, False)]
+    assert {(r["benchmark"], r["benchmark_version"], r["rule"]) for r in recs} == {
+        ("mmau", mmau.version, "string_match:official")
+    }
+    lenient = EvalConfig("m", "d", "o", k=2, rule="lenient")
+    recs = make_records(row, row, _gens("The sound is none of the above.", "[B]"), lenient, "exact", mmau, None)
+    assert [(r["parsed"], r["correct"], r["rule"]) for r in recs] == [
+        ("C", True, "string_match:lenient"),
+        ("B", False, "string_match:lenient"),
+    ]
     # the option-letter rule does not read option texts outside an <answer> tag
-    assert (
-        make_records(row, row, _gens("The sound is none of the above."), cfg, "exact", None, None)[0]["correct"]
-        is False
-    )
+    plain = make_records(row, row, _gens("The sound is none of the above."), cfg, "exact", None, None)[0]
+    assert (plain["correct"], plain["rule"]) == (False, "letter")
+    # an MMAU-style source without --benchmark: the training reward's string match, read the official way
+    mmau_row = {**row, "data_source": "mmau/test-mini"}
+    rec = make_records(mmau_row, mmau_row, _gens("[C]"), cfg, "exact", None, None)[0]
+    assert (rec["parsed"], rec["correct"], rec["rule"]) == (None, False, "string_match:official")
+
+
+def test_benchmark_answer_letter_is_not_read_as_an_option_text():
+    """MMAU test-mini item 6976d332: options C, Gm, Cm7b5, Eb/G, gold Cm7b5 (letter C); the letter must not be
+    mistaken for the option whose text is "C"."""
+    from verl_modality.evaluation.scorers import get_benchmark
+
+    row = schema.Sample.create(
+        "6976d332", "Which chord?", ["C", "Gm", "Cm7b5", "Eb/G"], "C", "A", audios=["a.wav"]
+    ).to_row()
+    cfg = EvalConfig("m", "d", "o", k=2)
+    recs = make_records(row, row, _gens("Cm7b5", "C"), cfg, "exact", get_benchmark("mmau"), None)
+    assert [(r["parsed"], r["correct"]) for r in recs] == [("C", True), ("A", False)]
 
 
 def _caption_parquet(demo: Path, tmp_path: Path) -> Path:
@@ -322,4 +367,6 @@ def test_benchmark_rows_media_root_and_hint(tmp_path, tiny_model_dir, demo, back
     run_eval(_cfg(tiny_model_dir, data, out, media_root=root, benchmark="mmau"), backend=backend)
     for rec in _lines(out):
         assert (rec["benchmark"], rec["benchmark_version"]) == ("mmau", "v05.15.25")
-        assert (rec["parsed"], rec["correct"]) == score_record("mmau", rec["response"], row["answer"], row["choices"])
+        answer_text = row["choices"][schema.LETTERS.index(row["answer"])]
+        assert (rec["parsed"], rec["correct"]) == score_record("mmau", rec["response"], answer_text, row["choices"])
+        assert rec["rule"] == "string_match:official"

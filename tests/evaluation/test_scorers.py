@@ -49,19 +49,30 @@ def test_data_sources_of_the_converters_map_to_benchmarks():
 
 @pytest.mark.parametrize("name", ["mmau", "mmsu", "mmar"])
 @pytest.mark.parametrize(
-    ("response", "answer", "choices", "expected"),
+    ("response", "answer", "choices", "official", "lenient"),
     [
-        ("The speaker is a man.", "Man", SOURCE, ("A", True)),
-        ("It sounds like a woman, not a man.", "Man", SOURCE, (None, False)),  # names two options
-        ("Thinking... <answer>A woman</answer>", "A woman", SPEECH, ("B", True)),
-        ("Thinking about a child... <answer>(B)</answer>", "A woman", SPEECH, ("B", True)),  # letter -> option text
-        ("A child or a woman? Final: [B]", "B", SPEECH, ("B", True)),  # bracketed letter, answer given as letter
-        ("An adult man is speaking.", "A woman", SPEECH, ("C", False)),
-        ("", "Man", SOURCE, (None, False)),
+        ("The speaker is a man.", "Man", SOURCE, ("A", True), ("A", True)),
+        ("It sounds like a woman, not a man.", "Man", SOURCE, (None, False), (None, False)),  # names two options
+        ("Thinking... <answer>A woman</answer>", "A woman", SPEECH, ("B", True), ("B", True)),
+        # official: the raw reply's words decide, and "child" in the reasoning is option A's word
+        ("Thinking about a child... <answer>(B)</answer>", "A woman", SPEECH, ("A", False), ("B", True)),
+        ("A child or a woman? Final: [B]", "B", SPEECH, (None, False), ("B", True)),  # answer given as letter
+        ("An adult man is speaking.", "A woman", SPEECH, ("C", False), ("C", False)),
+        ("", "Man", SOURCE, (None, False), (None, False)),
     ],
 )
-def test_string_match_benchmarks(name, response, answer, choices, expected):
-    assert score_record(name, response, answer, choices) == expected
+def test_string_match_benchmarks(name, response, answer, choices, official, lenient):
+    assert score_record(name, response, answer, choices) == official  # the default
+    assert score_record(name, response, answer, choices, "official") == official
+    assert score_record(name, response, answer, choices, "lenient") == lenient
+
+
+def test_rule_names_and_unknown_rule():
+    assert get_benchmark("mmau").rule_name() == "string_match:official"
+    assert get_benchmark("mmar").rule_name("lenient") == "string_match:lenient"
+    assert get_benchmark("daily_omni").rule_name("official") == "letter"
+    with pytest.raises(ValueError, match="rule 'strict' is not one of official, lenient"):
+        score_record("mmau", "Man", "Man", SOURCE, "strict")
 
 
 def test_string_match_agrees_with_the_rule_on_plain_predictions():
@@ -72,7 +83,9 @@ def test_string_match_agrees_with_the_rule_on_plain_predictions():
 
 
 def test_string_match_prediction_text():
-    assert string_match_prediction("x <answer>a</answer> <answer> C. </answer>", SPEECH) == "An adult man"
+    reply = "x <answer>a</answer> <answer> C. </answer>"
+    assert string_match_prediction(reply, SPEECH, "official") == reply
+    assert string_match_prediction(reply, SPEECH) == "An adult man"
     assert string_match_prediction("<answer>the woman</answer>", SPEECH) == "the woman"
     assert string_match_prediction("[E]", SPEECH) == "[E]"  # E is not an option of a 4-option item
     assert string_match_prediction("no letter here", SPEECH) == "no letter here"

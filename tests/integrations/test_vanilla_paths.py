@@ -201,6 +201,21 @@ def probe_ppo_loss():
     assert out[0] is loss and out[1] is metrics and spy.calls == [((config, output, data, None), {})]
 
 
+def probe_replay_buffer():
+    from verl_modality.integrations.verl_trainer import patch_replay_buffer
+
+    _wraps_verl("verl.trainer.ppo.v1.replay_buffer", "ReplayBuffer._dapo_filtered_keys")
+    seen = []
+
+    class ReplayBuffer:
+        def _dapo_filtered_keys(self, partition_id):
+            seen.append(partition_id)
+            return {"uid"}, {1.0: 1}
+
+    patch_replay_buffer(types.SimpleNamespace(ReplayBuffer=ReplayBuffer))
+    assert ReplayBuffer()._dapo_filtered_keys("train") == ({"uid"}, {1.0: 1}) and seen == ["train"]  # no hook set
+
+
 PROBES = {
     "config validation log: no warnings for the talker's thinker-vocabulary token ids": probe_talker_log_filter,
     "hf_processor: Qwen2_5OmniProcessor with multimodal RoPE": probe_hf_processor,
@@ -211,6 +226,7 @@ PROBES = {
     "engine workers: the repacking position-id fix": _probe_rebound("verl.workers.engine_workers"),
     "vLLM server: Omni placeholder collapse, placeholders never sampled": probe_vllm_server,
     "vLLM adapter: thinker weights under full-checkpoint names": probe_vllm_adapter,
+    "ReplayBuffer._dapo_filtered_keys: failed rewards neutralised before the group filter": probe_replay_buffer,
     "forward_step: MAPO-AT attention capture": probe_forward_step,
     "ppo_loss: + eta * MAPO-AT attention loss": probe_ppo_loss,
 }

@@ -31,9 +31,20 @@ def test_scores():
     assert choice_score("so [B]", "B") == {"score": 1.0, "acc": 1.0, "formatted": 1.0}
     assert choice_score("B", " b ") == {"score": 1.0, "acc": 1.0, "formatted": 0.0}
     assert choice_score("[A]", "B")["score"] == 0.0
-    assert compute_score("verl_modality/demo", "[C]", "C", {"n_choices": 2})["score"] == 0.0  # C is not an option
     with pytest.raises(ValueError, match="'Z'"):
         choice_score("[A]", "Z")
+
+
+def test_ground_truth_outside_the_options_raises():
+    # every reply would score 0 against such a row: a data error, named with the row
+    with pytest.raises(ValueError, match=r"ground truth 'C' is outside the row's 2 options \(A-B\)$"):
+        compute_score("verl_modality/demo", "[C]", "C", {"n_choices": 2})
+    info = {"id": "mmau/17", "choices": ["Man", "Woman", "Child", "Robot"]}
+    with pytest.raises(ValueError, match=r"ground truth 'E' is outside the row's 4 options \(A-D\) \(row 'mmau/17'\)"):
+        compute_score("maple-qa", "[E]", "E", info)
+    with pytest.raises(ValueError, match=r"'E' is outside the row's 4 options .*'mmau/17'"):
+        compute_score("mmau/test-mini", "Robot", "E", info)  # the string rule too
+    assert compute_score("maple-qa", "[D]", "D", info)["acc"] == 1.0
 
 
 OPTIONS = ["red video", "blue video", "The clip gives no way to tell.", "green video"]
@@ -295,10 +306,72 @@ def test_string_match_answer_text_and_none():
     info = {"choices": ["male", "female"], "answer_text": "male speaker"}
     assert compute_score("mmau/test-mini", "<answer>male</answer>", "A", info)["acc"] == 0.0
     assert compute_score("mmau/test-mini", "<answer>a male speaker</answer>", "A", info)["acc"] == 1.0
-    with pytest.raises(ValueError, match="answer's text"):
+    with pytest.raises(ValueError, match="outside the row's 2 options"):
         compute_score("mmau/test-mini", "<answer>A</answer>", "C", {"choices": ["x", "y"]})
     # a none-answer stands for the none option's text; without a none option it is wrong
     assert compute_score("x", "<answer>none of the above</answer>", "C", INFO, match="string")["acc"] == 1.0
     plain = {"choices": ["red video", "blue video"], "none_index": -1}
     assert compute_score("mmau", "<answer>none of the above</answer>", "A", plain)["acc"] == 0.0
     assert compute_score("mmau", "<answer>red video</answer>", "A", plain)["acc"] == 1.0
+
+
+# --- option texts that look like letters (MMAU test-mini music items) -------------------------------------------
+
+NOTES = ["G", "A#", "D", "E"]  # gold "D" is option C
+CHORDS = ["C", "Gm", "Cm7b5", "Eb/G"]  # gold "Cm7b5" is option C
+DEGREES = ["A:min/P5", "E:maj/P1", "D:maj/M3", "G:maj/P1"]
+
+
+@pytest.mark.parametrize(
+    ("reply", "choices", "expected"),
+    [
+        ("D", NOTES, "C"),  # the text "D", not the letter D
+        ("<answer>D</answer>", NOTES, "C"),
+        ("So it is [D].", NOTES, "C"),
+        ("<answer>(D)</answer>", NOTES, "D"),  # a letter form that is no option's text is still a letter
+        ("C", CHORDS, "A"),
+        ("[C]", CHORDS, "A"),
+        ("<answer>Cm7b5</answer>", CHORDS, "C"),
+        ("<answer>Option C</answer>", CHORDS, "C"),
+        ("D:maj/M3", DEGREES, "C"),
+        ("<answer>D. D:maj/M3</answer>", DEGREES, None),  # letter D is G:maj/P1, the text is C
+    ],
+)
+def test_exact_option_text_wins_over_the_letter(reply, choices, expected):
+    assert extract_choice(reply, 4, choices) == expected
+
+
+@pytest.mark.parametrize(
+    ("reply", "choices", "answer", "acc", "parsed"),
+    [
+        ("D", NOTES, "C", 1.0, "C"),  # before the fix: read as letter D = "E", scored 0
+        ("C", CHORDS, "C", 0.0, "A"),  # before the fix: read as letter C = "Cm7b5", scored 1
+        ("<answer>Cm7b5</answer>", CHORDS, "C", 1.0, "C"),
+        ("<answer>(C)</answer>", CHORDS, "C", 1.0, "C"),  # lenient: a letter form stands for its option
+        ("D:maj/M3 fits the bass line", DEGREES, "C", 1.0, "C"),  # "D:" opens the option's text, not a label
+        ("B. E:maj/P1", DEGREES, "B", 1.0, "B"),  # a label before the text
+    ],
+)
+def test_string_rule_reads_option_texts_before_letters(reply, choices, answer, acc, parsed):
+    out = compute_score("mmau/test-mini", reply, answer, {"choices": choices})
+    assert (out["acc"], out["parsed"]) == (acc, parsed)
+
+
+@pytest.mark.parametrize(
+    ("reply", "lenient", "official"),
+    [
+        ("<answer>B</answer>", 1.0, 0.0),  # letter only: the raw reply holds no word of "Cat meowing"
+        ("(B)", 1.0, 0.0),
+        ("B. Cat meowing", 1.0, 1.0),  # "b" is no option's word here
+        ("<think>a dog barking?</think><answer>Cat meowing</answer>", 1.0, 0.0),  # the raw reply names two options
+        ("cat meowing", 1.0, 1.0),
+        ("", 0.0, 0.0),
+    ],
+)
+def test_string_rule_option(reply, lenient, official):
+    info = {"choices": DOGS, "sample_task": "qa"}
+    assert compute_score("mmau/test-mini", reply, "B", info)["acc"] == lenient  # training default
+    assert compute_score("mmau/test-mini", reply, "B", info, string_rule="lenient")["acc"] == lenient
+    assert compute_score("mmau/test-mini", reply, "B", info, string_rule="official")["acc"] == official
+    with pytest.raises(ValueError, match=r"reward_kwargs\.string_rule='strict'"):
+        compute_score("mmau/test-mini", reply, "B", info, string_rule="strict")

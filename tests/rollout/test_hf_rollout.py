@@ -9,6 +9,7 @@ from verl_modality.models.omni_inputs import encode_prompt
 from verl_modality.models.qwen2_5_omni import compute_position_ids
 
 SAMPLING = {"temperature": 0.9, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0}
+GREEDY = {"temperature": 0.0, "top_p": 1.0, "top_k": -1}
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +85,8 @@ def test_sampling_is_reproducible_and_order_independent(tiny_model_dir, media):
 def test_greedy_and_budget(gen, media):
     audio, video = media
     ids = _prompt(gen, media).input_ids.tolist()
-    greedy = {"temperature": 0.0, "top_p": 1.0, "top_k": -1}
-    one = gen.generate(ids, greedy, video_data=[video], audio_data=[audio])
-    two = gen.generate(ids, greedy, video_data=[video], audio_data=[audio])
+    one = gen.generate(ids, GREEDY, video_data=[video], audio_data=[audio])
+    two = gen.generate(ids, GREEDY, video_data=[video], audio_data=[audio])
     assert one["token_ids"] == two["token_ids"]
     banned = set(gen.suppress_ids)
     assert banned and not banned & set(one["token_ids"])
@@ -94,6 +94,36 @@ def test_greedy_and_budget(gen, media):
     assert gen.max_new_tokens(512 + 2, {}) == 4  # prompt + response must fit prompt_length + response_length
     with pytest.raises(ValueError, match="no room"):
         gen.max_new_tokens(512 + 6, {})
+
+
+def test_a_response_cut_at_the_budget_is_reported_as_clipped_one_ending_in_eos_is_not(gen, media, monkeypatch):
+    audio, video = media
+    ids = _prompt(gen, media).input_ids.tolist()
+    kw = {"video_data": [video], "audio_data": [audio]}
+    clipped = gen.generate(ids, GREEDY, **kw)
+    tokens = clipped["token_ids"]
+    assert len(tokens) == 6 and not set(tokens) & set(gen.eos_token_ids)  # the budget ran out (response_length 6)
+    assert (clipped["finish_reason"], clipped["stop_reason"]) == ("length", "length")
+    short = gen.generate(ids, {**GREEDY, "max_tokens": 2}, **kw)  # a request's own max_tokens is a budget too
+    assert short["token_ids"] == tokens[:2] and short["stop_reason"] == "length"
+    # the same greedy response with its last token made the EOS: it ends there, within (or exactly at) the budget
+    monkeypatch.setattr(gen, "eos_token_ids", [tokens[-1]])
+    ended = gen.generate(ids, GREEDY, **kw)
+    assert ended["token_ids"] == tokens[: tokens.index(tokens[-1]) + 1]
+    assert (ended["finish_reason"], ended["stop_reason"]) == ("stop", "completed")
+
+
+def test_the_server_hands_verl_the_stop_reason(gen, media):
+    import asyncio
+
+    from verl_modality.rollout.hf_rollout import HFServer
+
+    audio, video = media
+    server = object.__new__(HFServer)  # the Ray actor's body, without Ray
+    server.generator, server._lock = gen, asyncio.Lock()
+    ids = _prompt(gen, media).input_ids.tolist()
+    out = asyncio.run(server.generate("r0", ids, GREEDY, video_data=[video], audio_data=[audio]))
+    assert out.stop_reason == "length" and len(out.token_ids) == 6
 
 
 def test_weight_updates_load_exactly(tiny_model_dir, media):

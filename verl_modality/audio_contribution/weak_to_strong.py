@@ -11,7 +11,9 @@ SFT file (``sft.parquet``), for verl 0.9.1's ``verl.trainer.sft_trainer`` and it
 
 * ``messages``: ``[system (optional), user, assistant]``; the user turn is the RL prompt (``<answer>`` format,
   media placeholders of the shown streams), the assistant turn ``<answer>B</answer>``, preceded by
-  ``<think>...</think>`` when the row's ``extra_info`` holds a reasoning text under ``reasoning_key``;
+  ``<think>...</think>`` when the row's ``extra_info`` holds a reasoning text under ``reasoning_key`` (the AudioMCQ
+  converter keeps the chain of thought there) and ``reasoning="keep"``; ``reasoning="drop"`` writes answer-only
+  targets;
 * ``videos``: ``[{"video": absolute path}]`` per row (only when some row shows a video). verl's dataset turns each
   ``<video>`` placeholder into its ``process_video`` item;
 * ``audios``: ``[{"audio": absolute path}]`` (``audio="keep"``, only when some row shows audio). verl 0.9.1's
@@ -45,6 +47,7 @@ from verl_modality.options import option
 PARADIGMS = ("weak_to_strong", "mixed_to_strong")
 AUDIO_MODES = ("keep", "drop")
 ANSWER_CONTENTS = ("letter", "text")
+REASONING_MODES = ("keep", "drop")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class W2SConfig:
     paradigm: str = option("weak_to_strong", choices=PARADIGMS, help="SFT on weak (W2S) or on all items (M2S)")
     answer_content: str = option("letter", choices=ANSWER_CONTENTS, help="inside <answer> in SFT")
     # paper §3.1: CoT
+    reasoning: str = option("keep", choices=REASONING_MODES, help="<think> from extra_info[reasoning_key] or none")
     reasoning_key: str = option("cot", help="extra_info key of a reasoning text for <think>...</think>")
     system_prompt: str | None = option(None, help="system turn for both files")
     # keep: placeholders + audios column; drop: verl's MultiTurnSFTDataset
@@ -87,13 +91,21 @@ def answer_prompt(row: Mapping[str, Any], config: W2SConfig, n_audios: int | Non
     return render_messages(row[schema.QUESTION], choices, len(videos), n_a, subtitle, "qa", config.prompt)
 
 
+def reasoning_text(row: Mapping[str, Any], config: W2SConfig) -> str:
+    """The row's reasoning for ``<think>``: ``extra_info[reasoning_key]`` stripped, or "" (none, or dropped)."""
+    if config.reasoning == "drop":
+        return ""
+    value = (row.get(schema.EXTRA_INFO) or {}).get(config.reasoning_key)
+    return str(value).strip() if value is not None else ""
+
+
 def assistant_turn(row: Mapping[str, Any], config: W2SConfig) -> str:
     """``[<think>reasoning</think>]<answer>X</answer>``, X the letter or the option text."""
     answer = str(row[schema.ANSWER])
     if config.answer_content == "text":
         answer = str(schema._as_list(row[schema.CHOICES])[schema.LETTERS.index(answer)])
-    reasoning = (row.get(schema.EXTRA_INFO) or {}).get(config.reasoning_key)
-    think = f"<think>{str(reasoning).strip()}</think>" if reasoning and str(reasoning).strip() else ""
+    reasoning = reasoning_text(row, config)
+    think = f"<think>{reasoning}</think>" if reasoning else ""
     return f"{think}<answer>{answer}</answer>"
 
 
@@ -187,6 +199,9 @@ def build_w2s(
         "overlap": len({r[schema.ID] for r in sft_items} & {r[schema.ID] for r in rl_items}),
         "sft_audio": config.audio,
         "answer_content": config.answer_content,
+        "reasoning": config.reasoning,
+        "reasoning_key": config.reasoning_key,
+        "sft_with_reasoning": sum(bool(reasoning_text(r, config)) for r in sft_items),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

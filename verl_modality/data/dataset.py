@@ -10,7 +10,9 @@ Differences from verl's ``RLHFDataset``, which it extends:
 * prompts over ``data.max_prompt_length`` are dropped with a warning that names them (verl drops them silently);
 * ``data.modality`` chooses per sample which streams the policy sees and how the others are dropped
   (:mod:`verl_modality.data.modality_view`); every row is checked against it when the file is read, and a blanked
-  stream is decoded to silence of the same length or black frames of the same shape.
+  stream is decoded to silence of the same length or black frames of the same shape. A re-rendered QA prompt is
+  worded by ``data.modality.prompt``; rows whose stored prompt that wording does not reproduce are named in a
+  warning.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 from verl.utils.dataset.rl_dataset import RLHFDataset
 
 from verl_modality.data import media, schema
-from verl_modality.data.modality_view import BLANK_KEY, ModalityView, apply_view, plan_views
+from verl_modality.data.modality_view import BLANK_KEY, ModalityView, apply_view, plan_views, prompt_mismatches
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +116,16 @@ class OmniRLDataset(RLHFDataset):
                 ", ".join(plan.fallbacks[:10]) + (" ..." if len(plan.fallbacks) > 10 else ""),
             )
         logger.info("%s: streams shown per tag under %s: %s", path, view, plan.summary())
+        differ = prompt_mismatches(frame.to_list(), view, source=f"{path}: ")
+        if differ:
+            logger.warning(
+                "%d row(s) have a stored prompt that data.modality.prompt (%s) does not reproduce, so the prompts the "
+                "view re-renders will be worded differently from the stored ones (first: %s); set data.modality.prompt "
+                "to the prompt config the file was prepared with (augment-qa --prompt-config)",
+                len(differ),
+                "unset: the schema's standard prompt" if view.prompt is None else view.prompt,
+                ", ".join(differ[:5]),
+            )
 
     def _build_messages(self, example: dict, key: str):
         if not self.modality_view.is_identity:

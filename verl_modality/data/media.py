@@ -9,13 +9,18 @@ stream of the wanted kind; no reader returns an empty array.
 decoding) to learn which frames it will keep, then decodes and converts only those, so memory is bounded by the
 frames returned, not by the length of the clip. :func:`blank_audio_like` and :func:`black_frames_like` give the
 silence/blank form of dropping a stream (SPEC section 1): same shapes, so token positions stay identical.
+
+:func:`probe_audio` and :func:`probe_video` probe the first second / frame by default, so that loading a large
+training or test set stays quick; ``full=True``, or :func:`probe_depth` around a block, checks whole files (every
+sample finite, every frame decodable), as ``verl-modality validate-data`` does unless given ``--quick``.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -32,6 +37,10 @@ VIDEO_CODECS = ("mpeg4", "libx264")
 _SFC_SET_ADD_PEAK_CHUNK = 0x1050
 # Frame times closer than this (seconds) count as equal when sampling at a given fps.
 _TIME_EPS = 1e-3
+# Samples read per block by a full audio probe (bounded memory for long files).
+_PROBE_BLOCK = 1 << 16
+#: Default depth of :func:`probe_audio` / :func:`probe_video` when ``full`` is not given (see :func:`probe_depth`).
+FULL_PROBE = False
 
 
 class MediaError(ValueError):
@@ -125,25 +134,53 @@ def write_audio(path: str | os.PathLike, wave: np.ndarray, sr: int = SAMPLE_RATE
     return path
 
 
-def probe_audio(path: str | os.PathLike, context: str | None = None) -> AudioInfo:
-    """Open an audio file and decode its first samples; returns its header facts or raises :class:`MediaError`."""
+@contextmanager
+def probe_depth(full: bool) -> Iterator[None]:
+    """Within the block, probes that are not given ``full`` check whole files (True) or only their start (False);
+    this is how ``validate-data`` (full unless ``--quick``) reaches the probes that :func:`schema.validate_rows`
+    runs."""
+    global FULL_PROBE
+    before, FULL_PROBE = FULL_PROBE, bool(full)
+    try:
+        yield
+    finally:
+        FULL_PROBE = before
+
+
+def probe_audio(path: str | os.PathLike, context: str | None = None, full: bool | None = None) -> AudioInfo:
+    """Open an audio file and decode its samples (``full=False``: the first second only; None: :data:`FULL_PROBE`);
+    returns its header facts or raises :class:`MediaError`."""
     import soundfile as sf
 
+    full = FULL_PROBE if full is None else full
     path = _require_file(path, "audio", context)
     try:
         with sf.SoundFile(path) as f:
             info = AudioInfo(int(f.samplerate), int(f.channels), int(f.frames))
-            head = f.read(min(info.frames, info.sample_rate), dtype="float32", always_2d=True)
+            wanted = info.frames if full else min(info.frames, info.sample_rate)
+            read = 0
+            while read < wanted:
+                block = f.read(min(_PROBE_BLOCK, wanted - read), dtype="float32", always_2d=True)
+                if block.shape[0] == 0:
+                    break
+                bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+                if bad.size:
+                    at = read + int(bad[0])
+                    where = f"first at sample {at}, {at / info.sample_rate:.2f} s"
+                    raise _error(path, f"audio holds non-finite samples ({where})", context)
+                read += block.shape[0]
+    except MediaError:
+        raise
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         try:
             wave = _decode_audio_av(path, None, context)
         except MediaError:
             raise _error(path, f"unreadable audio ({exc})", context) from exc
         return AudioInfo(SAMPLE_RATE, 1, int(wave.shape[0]))
-    if info.frames <= 0 or head.shape[0] == 0:
+    if info.frames <= 0 or read == 0:
         raise _error(path, "audio file holds no samples", context)
-    if not np.all(np.isfinite(head)):
-        raise _error(path, "audio holds non-finite samples", context)
+    if full and read < info.frames:
+        raise _error(path, f"audio is truncated: {read} of the {info.frames} samples its header declares", context)
     return info
 
 
@@ -276,19 +313,25 @@ def write_video(
     return path
 
 
-def probe_video(path: str | os.PathLike, context: str | None = None) -> VideoInfo:
-    """Open a video and decode its first frame; returns its header facts or raises :class:`MediaError`."""
+def probe_video(path: str | os.PathLike, context: str | None = None, full: bool | None = None) -> VideoInfo:
+    """Open a video and decode its frames (``full=False``: the first frame only; None: :data:`FULL_PROBE`);
+    returns its header facts or raises :class:`MediaError`."""
     import av
 
+    full = FULL_PROBE if full is None else full
     path = _require_file(path, "video", context)
     try:
         with av.open(path) as container:
             if not container.streams.video:
                 raise _error(path, "no video stream", context)
             stream = container.streams.video[0]
-            first = next(iter(container.decode(stream)), None)
+            frames = container.decode(stream)
+            first = next(iter(frames), None)
             if first is None:
                 raise _error(path, "video stream holds no frames", context)
+            if full:
+                for _ in frames:  # a corrupt packet further in raises here
+                    pass
             rate = stream.average_rate
             return VideoInfo(first.width, first.height, float(rate) if rate else None, int(stream.frames) or None)
     except MediaError:

@@ -11,6 +11,12 @@ A *view* is chosen per sample from its required tag, the streams its record has 
 * ``deficit``: a stream set missing at least one required stream, chosen per sample (possibly text only);
 * an explicit stream set (``"VA"``, ``"A"``, ``"none"`` for text only): those of its streams the record has.
 
+A row's prompt is re-rendered from its ``question`` / ``choices`` / ``subtitle`` whenever the shown streams differ from
+the stored ones (or streams are blanked). ``prompt`` (a :class:`~verl_modality.data.prompts.PromptConfig` as a mapping
+of its fields, or the path of its YAML file, as ``augment-qa --prompt-config`` takes it) words the re-rendered QA
+prompts; unset, they get the schema's standard prompt. Caption rows keep the schema's caption prompt (their stored
+instruction, as ``convert`` writes it), so ``prompt.caption_template`` is refused here.
+
 An unshown stream the record has is either *removed* (``ablation="remove"``: no placeholder, no tokens, no subtitle
 line) or *blanked* (``ablation="blank"``: the placeholder stays and the media item is marked ``blank``, which the
 dataset decodes to silence of the same length or black frames of the same shape; the subtitle line stays, empty).
@@ -31,6 +37,7 @@ from typing import Any
 
 from verl_modality import options
 from verl_modality.data import schema
+from verl_modality.data.prompts import PromptConfig, render_messages
 from verl_modality.options import option
 from verl_modality.vocabulary import ABLATIONS, STREAMS
 
@@ -73,12 +80,14 @@ class ModalityView:
     ablation: str = option("remove", choices=ABLATIONS)  # SPEC §1: removal, or silence / black frames / empty subtitles
     seed: int = 0  # seeds the per-sample choice of ``superset`` and ``deficit``
     by_source: dict[str, str] = field(default_factory=dict)  # data_source -> policy, overriding ``policy``
+    prompt: Any = None  # PromptConfig fields or a YAML path: the wording of re-rendered QA prompts (None: the schema's)
 
     def __post_init__(self) -> None:
         options.validate(self, SECTION)
         object.__setattr__(self, "policy", _named_policy(f"{SECTION}.policy", self.policy))
         by_source = {k: _named_policy(f"{SECTION}.by_source.{k}", v) for k, v in self.by_source.items()}
         object.__setattr__(self, "by_source", by_source)
+        object.__setattr__(self, "prompt", _prompt_config(self.prompt))
 
     @classmethod
     def from_config(cls, config: Any) -> ModalityView:
@@ -97,6 +106,33 @@ class ModalityView:
 
     def policy_for(self, data_source: str) -> str:
         return self.by_source.get(str(data_source), self.policy)
+
+
+def _prompt_config(value: Any) -> PromptConfig | None:
+    name = f"{SECTION}.prompt"
+    if value is None:
+        return None
+    try:
+        config = PromptConfig.from_config(options.plain(value))
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+    if config.caption_template != PromptConfig.caption_template:
+        raise ValueError(
+            f"{name}.caption_template={config.caption_template!r}: caption rows keep the schema's caption prompt "
+            "(their stored instruction) when a view re-renders them; the option words QA prompts only"
+        )
+    return config
+
+
+def render_prompt(sample: schema.Sample, config: PromptConfig | None) -> list[dict[str, str]]:
+    """The prompt of ``sample`` (as :meth:`~verl_modality.data.schema.Sample.with_available` left it) worded by
+    ``config``: QA rows re-rendered with it, caption rows and ``config=None`` unchanged."""
+    if config is None or sample.task == "caption":
+        return sample.prompt
+    subtitle = sample.subtitle if "S" in sample.available else None
+    return render_messages(
+        sample.question, sample.choices, len(sample.videos), len(sample.audios), subtitle, "qa", config
+    )
 
 
 def _subsets(streams: str) -> list[str]:
@@ -167,12 +203,13 @@ def apply_view(row: Mapping[str, Any], view: ModalityView) -> dict[str, Any]:
         rendered = sample.with_available(shown)
         out[schema.VIDEOS] = [{"video": p} for p in rendered.videos]
         out[schema.AUDIOS] = [{"audio": p} for p in rendered.audios]
-        out[schema.PROMPT] = rendered.prompt
+        out[schema.PROMPT] = render_prompt(rendered, view.prompt)
     else:
         # every stream keeps its slot; a hidden subtitle is rendered as an empty one (whatever the template)
         base = replace(sample, subtitle=_SUBTITLE_SLOT) if "S" in hidden else sample
         rendered = base.with_available(sample.media_streams)
-        rendered.prompt = [{**m, "content": m["content"].replace(_SUBTITLE_SLOT, "")} for m in rendered.prompt]
+        prompt = render_prompt(rendered, view.prompt)
+        rendered.prompt = [{**m, "content": m["content"].replace(_SUBTITLE_SLOT, "")} for m in prompt]
         videos = [{"video": p} for p in rendered.videos]
         audios = [{"audio": p} for p in rendered.audios]
         out[schema.VIDEOS] = _blank_items(videos) if "V" in hidden else videos
@@ -220,3 +257,20 @@ def plan_views(rows: Iterable[Mapping[str, Any]], view: ModalityView, source: st
         if not honoured:
             plan.fallbacks.append(sample_id)
     return plan
+
+
+def _messages(prompt: Any) -> list[tuple[str, str]]:
+    return [(str(m["role"]), str(m["content"])) for m in prompt]
+
+
+def prompt_mismatches(rows: Iterable[Mapping[str, Any]], view: ModalityView, source: str = "") -> list[str]:
+    """The rows whose stored prompt is not what ``view`` renders for their stored streams (``row i (id x)``): a file
+    prepared with another prompt wording than ``view.prompt``, whose re-rendered rows would then read differently
+    from the rows shown as stored."""
+    out = []
+    for i, row in enumerate(rows):
+        sample = schema.Sample.from_row(row)
+        expected = render_prompt(sample.with_available(sample.available), view.prompt)
+        if _messages(expected) != _messages(sample.prompt):
+            out.append(f"{source}row {i} (id {row.get(schema.ID, i)})")
+    return out

@@ -13,6 +13,7 @@ enough rows for a tiny model to learn it; the default ``"classic"`` asks pitch o
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections import Counter
 from pathlib import Path
@@ -282,6 +283,17 @@ def _remove_stale_media(media_dir: Path, split: str, keep: set[str]) -> None:
             path.unlink()
 
 
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse a path that is not a folder, or a folder whose parquet files a run would replace (without
+    ``overwrite``), before anything is written."""
+    for parent in (out, *out.parents):
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(f"{parent} is a file, not a folder: cannot write the demo data to {out}")
+    held = [name for name in ("train.parquet", "test.parquet") if (out / name).exists()]
+    if held and not overwrite:
+        raise FileExistsError(f"{out} already holds {' and '.join(held)}: pass overwrite=True to replace them")
+
+
 def make_demo_data(
     out_dir: str | Path,
     seed: int = 0,
@@ -290,6 +302,7 @@ def make_demo_data(
     progress: bool = True,
     caption_every: int = 0,
     families: str = "classic",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write ``train.parquet``, ``test.parquet`` and their media under ``out_dir/media/``; returns a summary.
 
@@ -297,16 +310,23 @@ def make_demo_data(
     get one more). The same seed gives identical rows and media. With ``caption_every=k > 0`` every k-th record
     (indices k-1, 2k-1, ...) is a caption row (``task="caption"``, the reference caption as its answer and
     per-stream ``extra_info["reference_captions"]``) instead of a QA row. ``families`` is ``classic`` or
-    ``balanced`` (pitch questions in every tag that holds A; the learnable set of the CPU demo).
+    ``balanced`` (pitch questions in every tag that holds A; the learnable set of the CPU demo). A folder that
+    already holds ``train.parquet`` or ``test.parquet`` is refused (``FileExistsError``) unless ``overwrite``:
+    a run replaces the one and, with ``n_test=0``, deletes the other.
     """
     if families not in FAMILIES:
         raise ValueError(f"families must be one of {', '.join(FAMILIES)}, got {families!r}")
-    if caption_every < 0:
-        raise ValueError(f"caption_every must be >= 0, got {caption_every}")
+    for name, value, least in (
+        ("seed", seed, 0),
+        ("n_train", n_train, 1),
+        ("n_test", n_test, 0),
+        ("caption_every", caption_every, 0),
+    ):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{name}={value!r}: expected an integer >= {least}")
+    _check_out_dir(Path(out_dir), overwrite)
     from tqdm.auto import tqdm
 
-    if n_train < 1 or n_test < 0:
-        raise ValueError(f"need n_train >= 1 and n_test >= 0, got {n_train} and {n_test}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {

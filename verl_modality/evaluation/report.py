@@ -22,7 +22,7 @@ from typing import Any
 from verl_modality.data.schema import LEVELS, STRATA
 from verl_modality.evaluation import metrics as M
 from verl_modality.evaluation.results import ResultRecord, ResultsError, read_results
-from verl_modality.evaluation.scorers import BENCHMARKS, benchmark_for_data_source
+from verl_modality.evaluation.scorers import BENCHMARKS, benchmark_for_data_source, scoring_rule_name
 from verl_modality.vocabulary import TAGS
 
 #: Version of the ``--json`` schema; bumped whenever a key changes meaning or disappears.
@@ -47,6 +47,8 @@ _REPORTED_ALIASES = {
 _NAME_COLUMNS = ("row", "model", "method", "name", "variant")
 _SAMPLE_ROW_NAMES = ("samples", "# samples", "#samples", "n", "count", "counts")
 _MISSING_CELLS = ("", "-", "–", "—", "n/a", "na")
+#: The rule that makes a string-match benchmark's numbers comparable with the published ones.
+OFFICIAL_RULE = scoring_rule_name(True, "official")
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,8 @@ class ReportOptions:
 
 def _benchmarks(records: Sequence[ResultRecord]) -> list[dict[str, Any]]:
     out = []
-    groups = M.group_by(records, lambda r: (r.benchmark, r.data_source, r.task, r.benchmark_version))
-    for (bench, source, task, version), recs in groups.items():
+    groups = M.group_by(records, lambda r: (r.benchmark, r.data_source, r.task, r.benchmark_version, r.rule))
+    for (bench, source, task, version, scoring_rule), recs in groups.items():
         # the registry holds multiple-choice scorers; a caption set keeps only what its records say
         name = (bench if bench in BENCHMARKS else benchmark_for_data_source(source)) if task == "qa" else None
         registry = BENCHMARKS.get(name) if name else None
@@ -87,10 +89,31 @@ def _benchmarks(records: Sequence[ResultRecord]) -> list[dict[str, Any]]:
                 "version": version,
                 "version_source": version_source,
                 "rule": registry.rule if registry else None,
+                "scoring_rule": scoring_rule,
                 **acc.as_dict(),
                 "unscored": len(recs) - len(scored),
             }
         )
+    return out
+
+
+def _rule_warnings(benchmarks: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Sentences for string-match benchmarks whose records were not scored with the official rule."""
+    out = []
+    for b in benchmarks:
+        if b["rule"] != "string_match" or b["scoring_rule"] == OFFICIAL_RULE:
+            continue
+        name = f"{b['registry_name']} ({b['data_source']})"
+        if b["scoring_rule"] is None:
+            out.append(
+                f"{name}: the records do not name their scoring rule (written before eval recorded it, when string "
+                "match read replies leniently); re-run eval to score with the benchmark's official rule"
+            )
+        else:
+            out.append(
+                f"{name}: scored with {b['scoring_rule']}, not the benchmark's official rule ({OFFICIAL_RULE}); "
+                "not comparable with published numbers"
+            )
     return out
 
 
@@ -167,6 +190,7 @@ def build_report(
         report["records"] = len(records)
         report["policies"] = sorted({r.policy for r in records})
         report["benchmarks"] = _benchmarks(records)
+        warnings.extend(_rule_warnings(report["benchmarks"]))
         if len(report["policies"]) > 1:
             warnings.append(f"results of {len(report['policies'])} policies are pooled; use --policy to pick one")
         for task, recs in M.group_by(records, lambda r: r.task).items():
@@ -255,12 +279,16 @@ def _from_wide(source: str, header: list[str], lines: list[tuple[str, dict[str, 
     reported_cols = {c: _REPORTED_ALIASES[_key(c)] for c in header if _key(c) in _REPORTED_ALIASES}
     ignored = [c for c in header if c not in tag_cols and c != name_col and c not in reported_cols]
     samples: dict[str, int] | None = None
+    samples_where = source
     acc_rows: list[tuple[str, str, dict[str, Any]]] = []
     for where, line in lines:
         name = str(line.get(name_col, "")).strip()
         if _key(name).strip("<>/i ") in _SAMPLE_ROW_NAMES:
+            samples_where = where
             samples = {
-                c.strip(): _count(line[c], f"{where}: column {c!r}") for c in tag_cols if line.get(c) is not None
+                c.strip(): _count(line[c], f"{where}: column {c!r}")
+                for c in tag_cols
+                if _number(line.get(c), f"{where}: column {c!r}") is not None
             }
         else:
             acc_rows.append((where, name, line))
@@ -277,6 +305,11 @@ def _from_wide(source: str, header: list[str], lines: list[tuple[str, dict[str, 
         for c in tag_cols:
             acc = _percent(line.get(c), f"{where}: row {name!r} column {c!r}")
             if acc is not None:
+                if c.strip() not in samples:
+                    raise ValueError(
+                        f"{where}: row {name!r} has an accuracy in column {c.strip()!r} but the samples row "
+                        f"({samples_where}) has no count for it"
+                    )
                 per_tag[c.strip()] = (acc, samples[c.strip()])
         if not per_tag:
             continue  # a section heading of the paper's table (no numbers); it has nothing to recompute
@@ -519,7 +552,7 @@ def format_report(report: Mapping[str, Any]) -> str:
                         b["task"],
                         (b["version"] or "-")
                         + (" (registry default)" if b["version_source"] == "registry default" else ""),
-                        b["rule"] or "-",
+                        b["scoring_rule"] or (f"{b['rule']} (not recorded)" if b["rule"] else "-"),
                         b["queries"],
                         b["samples"],
                         _pct(b["pass_at_1"]),

@@ -3,7 +3,8 @@
 Each line holds the fields of :data:`FIELDS` (shared record format, written by the evaluation run). Reading is
 strict: a missing field, a wrong type, an unknown tag, a stratum that contradicts tag and available streams, a
 non-finite score (``null`` is allowed only for a caption the judge did not score), two lines for the same ``(id, sample)`` or samples of one query that disagree on their condition
-raise :class:`ResultsError` naming ``file:line`` and the field. Unknown extra fields are kept in ``extra``.
+raise :class:`ResultsError` naming ``file:line`` and the field. Unknown extra fields are kept in ``extra``. The
+optional ``rule`` field names the rule that decided ``correct`` (files written before it existed read as null).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from verl_modality.data.schema import STRATA, TASKS, canonical_tag, stratum_of
+from verl_modality.evaluation.scorers import RULE_NAMES
 
 #: field -> accepted JSON types (``None`` means null is allowed).
 FIELDS: dict[str, tuple[type | None, ...]] = {
@@ -39,8 +41,20 @@ FIELDS: dict[str, tuple[type | None, ...]] = {
     "pred_none": (bool,),
     "policy": (str,),
 }
+#: optional field -> accepted JSON types; absent reads as null.
+OPTIONAL_FIELDS: dict[str, tuple[type | None, ...]] = {"rule": (str, None)}
 #: fields that must agree across the samples of one query (``id``).
-QUERY_FIELDS = ("data_source", "benchmark", "benchmark_version", "task", "tag", "available", "stratum", "group")
+QUERY_FIELDS = (
+    "data_source",
+    "benchmark",
+    "benchmark_version",
+    "task",
+    "tag",
+    "available",
+    "stratum",
+    "group",
+    "rule",
+)
 
 
 class ResultsError(ValueError):
@@ -70,6 +84,7 @@ class ResultRecord:
     gold_none: bool
     pred_none: bool
     policy: str
+    rule: str | None = None  # the rule that decided ``correct``; None: not recorded (or a caption)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -111,6 +126,9 @@ def parse_record(obj: Any, where: str = "record") -> ResultRecord:
         raise ResultsError(f"{where}: missing field(s) {', '.join(repr(f) for f in missing)}")
     for name, types in FIELDS.items():
         if not _type_ok(obj[name], types):
+            raise ResultsError(f"{where}: field {name!r}: {obj[name]!r} is not of type {_type_name(types)}")
+    for name, types in OPTIONAL_FIELDS.items():
+        if not _type_ok(obj.get(name), types):
             raise ResultsError(f"{where}: field {name!r}: {obj[name]!r} is not of type {_type_name(types)}")
 
     def bad(name: str, why: str) -> ResultsError:
@@ -154,9 +172,12 @@ def parse_record(obj: Any, where: str = "record") -> ResultRecord:
             raise bad("score", f"disagrees with correct={obj['correct']} (a QA score is 1 or 0)")
     elif obj["correct"] is not None:
         raise bad("correct", "must be null for a caption record")
-    extra = {k: v for k, v in obj.items() if k not in FIELDS}
+    if obj.get("rule") is not None and obj["rule"] not in RULE_NAMES:
+        raise bad("rule", f"is not one of {', '.join(RULE_NAMES)}")
+    extra = {k: v for k, v in obj.items() if k not in FIELDS and k not in OPTIONAL_FIELDS}
     values = {name: obj[name] for name in FIELDS}
     values["score"] = score
+    values["rule"] = obj.get("rule")
     return ResultRecord(**values, extra=extra)
 
 

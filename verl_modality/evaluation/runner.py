@@ -5,9 +5,12 @@ the parquet's directory or ``media_root``), the modality policy is applied with 
 (:func:`~verl_modality.data.modality_view.apply_view`, every row checked up front with ``plan_views``) and each
 query's prompt is built exactly as the rollout builds it (:mod:`verl_modality.models.generation`).
 
-Scoring: QA responses with the option-letter reward (:mod:`verl_modality.rewards.choice`) or, with a benchmark,
-its registered rule (:mod:`verl_modality.evaluation.scorers`). Captions with the LLM judge
-(:mod:`verl_modality.rewards.caption_judge`) when a judge config is given; without one their score is null (never 0).
+Scoring: QA responses with the training reward's rules (:mod:`verl_modality.rewards.choice`: option letters, MMAU's
+string match for MMAU / MMSU / MMAR sources) or, with a benchmark, its registered rule
+(:mod:`verl_modality.evaluation.scorers`). String match follows ``rule``: ``official`` by default (the raw reply, as
+the benchmarks' own scripts score it), ``lenient`` for the training reward's parse; every QA record names its rule.
+Captions with the LLM judge (:mod:`verl_modality.rewards.caption_judge`) when a judge config is given; without one
+their score is null (never 0).
 
 Resuming: the run's settings are kept next to the results (``RESULTS.jsonl.config.json``). Started again with the
 same output, a run skips the ``(id, sample)`` records already written, drops a half-written last line with a
@@ -57,6 +60,7 @@ IDENTITY_KEYS = (
     "seed",
     "benchmark",
     "benchmark_version",
+    "rule",
     "backend",
     "judge",
 )
@@ -86,6 +90,12 @@ class EvalConfig:
     seed: int = option(0, help="sampling seed")
     benchmark: str | None = option(None, help="scorer of a registered benchmark (mmau, mmsu, mmar, ...)")
     benchmark_version: str | None = option(None, help="benchmark version (default: the scorer's)")
+    rule: str = option(
+        "official",
+        choices=("official", "lenient"),
+        help="string match (MMAU, MMSU, MMAR): official = the raw reply as the benchmark's script scores it; "
+        "lenient = the training reward's parse (answer span, option letters read)",
+    )
     limit: int | None = option(None, ge=1, help="evaluate only the first N rows")
     backend: str = option("auto", choices=BACKENDS, help="auto: vllm on a CUDA GPU when installed, else hf")
     judge_config: str | None = option(None, help="YAML/JSON caption-judge settings (captions unscored without)")
@@ -388,18 +398,34 @@ def _none_letter(info: Mapping[str, Any]) -> str | None:
     return schema.letter(int(index))
 
 
-def score_qa(row: Mapping[str, Any], response: str, benchmark: Any = None) -> tuple[str | None, bool]:
+def score_qa(
+    row: Mapping[str, Any], response: str, benchmark: Any = None, rule: str = "official"
+) -> tuple[str | None, bool]:
     """``(parsed option letter, correct)`` of a QA response: the benchmark's rule, or the training reward on the row
-    (none-answers and the MMAU rule for MMAU-style sources included)."""
+    (none-answers and the MMAU rule for MMAU-style sources included); ``rule`` is how string match reads it."""
     if benchmark is not None:
         from verl_modality.evaluation.scorers import score_record
 
         choices = [str(c) for c in (row.get(schema.CHOICES) or [])]
-        return score_record(benchmark, response, str(row[schema.ANSWER]), choices)
+        letter = str(row[schema.ANSWER]).strip().upper()
+        # the option's text, not its letter: with options such as ["C", "Gm", ...] the letter C is also a text
+        answer = choices[schema.LETTERS.index(letter)] if letter in schema.LETTERS[: len(choices)] else letter
+        return score_record(benchmark, response, answer, choices, rule)
     from verl_modality.rewards.choice import score_row
 
-    out = score_row(row, response)
+    out = score_row(row, response, string_rule=rule)
     return (out["parsed"] or None), out["acc"] == 1.0
+
+
+def qa_rule_name(row: Mapping[str, Any], benchmark: Any = None, rule: str = "official") -> str:
+    """The name of the rule :func:`score_qa` scores ``row`` with (``string_match:official``, ..., ``letter``)."""
+    from verl_modality.evaluation.scorers import scoring_rule_name
+
+    if benchmark is not None:
+        return benchmark.rule_name(rule)
+    from verl_modality.rewards.choice import uses_string_match
+
+    return scoring_rule_name(uses_string_match(str(row[schema.DATA_SOURCE])), rule)
 
 
 def _group(row: Mapping[str, Any]) -> str:
@@ -470,11 +496,12 @@ def make_records(
             "gold_none": none_letter is not None and none_letter == answer.strip().upper(),
             "pred_none": False,
             "policy": policy,
+            "rule": qa_rule_name(row, benchmark, cfg.rule) if task == "qa" else None,
             "ablation": cfg.ablation,
             "truncated": bool(g.truncated),
         }
         if task == "qa":
-            parsed, correct = score_qa(row, g.text, benchmark)
+            parsed, correct = score_qa(row, g.text, benchmark, cfg.rule)
             rec.update(parsed=parsed, correct=bool(correct), score=float(bool(correct)))
             rec["pred_none"] = parsed is not None and parsed == none_letter
         if failed[i]:
@@ -609,8 +636,21 @@ class _Run:
     summary: EvalSummary
 
 
+def check_model_dir(model: str) -> None:
+    """Refuse a ``--model`` that looks like a path (absolute, starting with ``.``, or holding a path separator) but is
+    not an existing directory, before anything else is checked or loaded."""
+    seps = [s for s in (os.sep, os.altsep) if s]
+    if not (os.path.isabs(model) or model.startswith(".") or any(s in model for s in seps)):
+        return
+    if not os.path.exists(model):
+        raise EvalConfigError(f"--model {model}: model directory {model} does not exist")
+    if not os.path.isdir(model):
+        raise EvalConfigError(f"--model {model}: {model} is not a directory (expected a checkpoint directory)")
+
+
 def _plan_run(cfg: EvalConfig, backend: Any) -> _Run:
     """Every setting and every row checked, so that a bad one fails before a model is loaded."""
+    check_model_dir(cfg.model)
     try:
         view = ModalityView(policy=cfg.policy, ablation=cfg.ablation, seed=cfg.view_seed)
     except ValueError as err:
@@ -643,8 +683,8 @@ def _plan_run(cfg: EvalConfig, backend: Any) -> _Run:
         hinted = sorted({b for b in map(benchmark_for_data_source, {r[schema.DATA_SOURCE] for r in rows}) if b})
         if hinted:
             summary.notes.append(
-                f"rows of benchmark(s) {', '.join(hinted)} were scored by option letter; pass --benchmark to use the "
-                "benchmark's own rule"
+                f"rows of benchmark(s) {', '.join(hinted)} were scored with the training reward's rules (string match "
+                f"read {cfg.rule}); pass --benchmark to score them with the benchmark's own rule and record its version"
             )
     if plan.fallbacks:
         summary.notes.append(

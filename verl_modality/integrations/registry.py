@@ -67,6 +67,7 @@ class Integration:
 _UTILS = "verl_modality.integrations.verl_utils"
 _WORKERS = "verl_modality.integrations.verl_workers"
 _ROLLOUT = "verl_modality.integrations.verl_rollout"
+_TRAINER = "verl_modality.integrations.verl_trainer"
 _VLLM_CPU = "verl_modality.integrations.vllm_cpu"
 _CPU = "verl_modality.platform.cpu"
 _VERL = "verl_modality.integrations.verl_registries"
@@ -236,6 +237,17 @@ INTEGRATIONS: tuple[Integration, ...] = (
         why="vLLM's thinker model expects 'thinker.'-prefixed names; the actor holds the bare thinker",
     ),
     # MAPO-AT in verl's actor
+    Integration(
+        name="ReplayBuffer._dapo_filtered_keys: failed rewards neutralised before the group filter",
+        group="patches",
+        kind="patch",
+        target="verl.trainer.ppo.v1.replay_buffer",
+        attribute="ReplayBuffer._dapo_filtered_keys",
+        apply=f"{_TRAINER}:patch_replay_buffer",
+        when="always",
+        why="verl's zero-variance group filter compares a group's rewards while it polls, before the trainer's "
+        "advantage step; a failed judge call's NaN would decide whether the group is kept",
+    ),
     Integration(
         name="forward_step: MAPO-AT attention capture",
         group="patches",

@@ -129,7 +129,6 @@ class RowGenerator:
     ) -> list[Generation]:
         """As :meth:`generate`, for a prompt built by :meth:`prompt`."""
         params = {"temperature": float(temperature), "top_p": float(top_p), "top_k": int(top_k)}
-        budget = self.core.max_new_tokens(len(p.prompt_ids), params)
         # HFGenerator numbers identical requests per weight version (sample i of a prompt group gets occurrence i);
         # starting every row from occurrence 0 makes sample i independent of what was generated before.
         self.core._served.clear()
@@ -137,11 +136,7 @@ class RowGenerator:
         for _ in range(n):
             result = self.core.generate(p.prompt_ids, params, video_data=p.videos, audio_data=p.audios)
             tokens = [int(t) for t in result["token_ids"]]
-            ended = bool(tokens) and tokens[-1] in self.core.eos_token_ids
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            out.append(
-                Generation(
-                    text=text, token_ids=tokens, n_tokens=len(tokens), truncated=not ended and len(tokens) >= budget
-                )
-            )
+            truncated = result["finish_reason"] == "length"  # as the vLLM evaluation backend reads it
+            out.append(Generation(text=text, token_ids=tokens, n_tokens=len(tokens), truncated=truncated))
         return out

@@ -18,6 +18,19 @@ import torch
 
 logger = logging.getLogger(__name__)
 
+#: verl's ``TokenOutput.stop_reason`` for each vLLM ``finish_reason``: verl's vLLM server reports both as
+#: "completed", and its rollout client turns a response that used the whole ``max_tokens`` into "length"
+#: (``verl/workers/rollout/llm_server.py``); our budget can be below ``max_tokens`` (the prompt + response cap), so the
+#: generator says "length" itself.
+STOP_REASONS = {"stop": "completed", "length": "length"}
+
+
+def finish_reason_of(tokens: list[int], eos_token_ids: list[int], budget: int) -> str:
+    """vLLM's ``finish_reason`` of a response: ``"length"`` when it filled the ``budget`` of new tokens without
+    ending in EOS, else ``"stop"`` (EOS, or another stopping rule of the model's generation config)."""
+    ended = bool(tokens) and tokens[-1] in eos_token_ids
+    return "length" if not ended and len(tokens) >= budget else "stop"
+
 
 def _media_digest(*groups: Any) -> bytes:
     """A digest of the media payload (arrays, tensors, tuples of them, PIL images), for request seeding."""
@@ -199,7 +212,12 @@ class HFGenerator:
         audio_data: list | None = None,
         mm_processor_kwargs: dict | None = None,
     ) -> dict[str, Any]:
-        """One response: ``{"token_ids", "log_probs", "stop_reason"}`` (eos included when generated)."""
+        """One response: ``{"token_ids", "log_probs", "finish_reason", "stop_reason"}`` (eos included when generated).
+
+        ``finish_reason`` is vLLM's: ``"stop"`` (ended with EOS) or ``"length"`` (the token budget ran out first).
+        ``stop_reason`` is what verl's rollout client reports for it (``workers/rollout/llm_server.py``):
+        ``"completed"`` or ``"length"``.
+        """
         params = dict(sampling_params or {})
         temperature = float(params.get("temperature", 1.0))
         top_p = float(params.get("top_p", 1.0))
@@ -207,8 +225,9 @@ class HFGenerator:
         greedy = temperature <= 0.0
         inputs = self.model_inputs(prompt_ids, image_data, video_data, audio_data, mm_processor_kwargs)
         seed = self.request_seed(prompt_ids, _media_digest(image_data, video_data, audio_data))
+        budget = self.max_new_tokens(len(prompt_ids), params)
         gen_kwargs: dict[str, Any] = {
-            "max_new_tokens": self.max_new_tokens(len(prompt_ids), params),
+            "max_new_tokens": budget,
             "do_sample": not greedy,
             "eos_token_id": self.eos_token_ids,
             "pad_token_id": self.pad_token_id,
@@ -235,4 +254,10 @@ class HFGenerator:
             float(torch.log_softmax(step_logits[0].float() / scale, dim=-1)[tok])
             for step_logits, tok in zip(out.logits, tokens, strict=False)
         ]
-        return {"token_ids": tokens, "log_probs": log_probs, "stop_reason": "completed"}
+        finish_reason = finish_reason_of(tokens, self.eos_token_ids, budget)
+        return {
+            "token_ids": tokens,
+            "log_probs": log_probs,
+            "finish_reason": finish_reason,
+            "stop_reason": STOP_REASONS[finish_reason],
+        }

@@ -416,17 +416,25 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, vocab_size: int = 1024, 
     tokens and 8 reserved rows (talker text tokens, speaker bos). The files are a pure function of ``seed`` and
     ``vocab_size``. The directory is assembled next to ``out_dir`` and moved into place when complete.
     """
-    from transformers import GenerationConfig, Qwen2_5OmniForConditionalGeneration
-
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(f"{parent} is a file, not a folder: cannot write the model to {out}")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a model directory: refusing to replace it")
+    if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
         if not (out / "config.json").is_file():
-            raise FileExistsError(f"refusing to replace {out}: it does not look like a model directory")
+            raise FileExistsError(
+                f"refusing to replace {out}: it does not look like a model directory (no config.json)"
+            )
     n_added = len(ADDED_TOKENS)
     if vocab_size < 256 + n_added + RESERVED_TAIL + 64:
         raise ValueError(f"vocab_size={vocab_size} is too small for a byte-level BPE plus Qwen's added tokens")
+    # after the checks: transformers takes seconds to import
+    from transformers import GenerationConfig, Qwen2_5OmniForConditionalGeneration
+
     from verl_modality.models.checkpoint import assembled_dir
 
     with assembled_dir(out) as tmp:

@@ -4,7 +4,9 @@ Plain functions on strings, usable as verl's ``reward.custom_reward_function`` (
 evaluation code.
 
 Reading the answer (:func:`extract_choice`, the *letter rule*). Text inside complete ``<think>...</think>`` blocks is
-reasoning and never the answer. Then:
+reasoning and never the answer. Wherever a span is read as a whole (a tag, a bracket, the reply), a span that is exactly
+one option's text names that option, before any letter reading: with options ``["G", "A#", "D", "E"]`` the reply ``D``
+is the third option (``C``), not the fourth. Then:
 
 * ``<answer>...</answer>`` (R1-AQA / AudioMCQ / MAPO-AT convention). When a reply has such a tag, its last tag
   decides. The tag may hold the letter (``B``, ``[B]``, ``(B)``, ``B.``, ``Option B``), one option's text (compared
@@ -25,9 +27,16 @@ the none-answer reading.
 
 MMAU / MMSU / MMAR rows (``data_source`` starting with ``mmau``, ``mmsu``, ``mmar``, or ``match="string"``) are scored
 with MMAU's string-match rule (:mod:`verl_modality.rewards.string_match`) against the answer text
-(``extra_info["answer_text"]``, else the answer letter's option text). The prediction is the last ``<answer>`` tag's
-content, else the last bracket that names an option, else the reply without its think blocks; a leading option letter
-in it (``B``, ``(B) ...``) is replaced by that option's text, and a none-answer by the none-answer option's text.
+(``extra_info["answer_text"]``, else the answer letter's option text). What the rule judges depends on
+``string_rule``:
+
+* ``lenient`` (the training default): the last ``<answer>`` tag's content, else the last bracket that names an option,
+  else the reply without its think blocks; a span that is exactly an option's text stays as it is, otherwise a leading
+  option letter (``B``, ``(B) ...``) is replaced by that option's text, and a none-answer by the none-answer option's
+  text.
+* ``official``: the raw reply, exactly as the benchmarks' own scripts (MMAU ``evaluation.py``, MMAR
+  ``code/evaluation.py``) receive the model's output: think blocks, tags and letters are words like any other, so a
+  letter-only reply (``(B)``) matches no option text and scores 0.
 
 Format (``formatted``, :func:`format_ok`):
 
@@ -60,6 +69,8 @@ from verl_modality.vocabulary import LETTERS
 STRING_MATCH_SOURCES = ("mmau", "mmsu", "mmar")
 ANSWER_FORMATS = ("any", "bracket", "answer_tag")
 MATCH_RULES = ("auto", "letter", "string")
+#: How the string-match rule reads a reply: ``official`` (the raw reply, as the benchmark scripts do) or ``lenient``.
+STRING_RULES = ("official", "lenient")
 SECTION = "reward.custom_reward_function.reward_kwargs"  # where verl's config holds these options
 #: Where caption rows are scored instead.
 CAPTION_JUDGE = "pkg://verl_modality.rewards.caption_judge"
@@ -158,12 +169,12 @@ def _text_match(text: str, opts: _Options) -> str | None:
 def _resolve(content: str, opts: _Options) -> str | None:
     """What ``content`` names as a whole: a letter, :data:`_NONE_REPLY` (a none-answer with no none option),
     :data:`_AMBIGUOUS` (a letter with another option's text), or None (nothing)."""
+    by_text = _text_match(content, opts)
+    if by_text is not None:  # an option's own text wins over a letter reading ("D" among notes G, A#, D, E)
+        return by_text
     m = _LETTER_ONLY.match(content)
     if m:
         return m.group(1) if m.group(1) in opts.allowed else None
-    by_text = _text_match(content, opts)
-    if by_text is not None:
-        return by_text
     if is_none_answer(content):
         return opts.none_letter or _NONE_REPLY
     m = _LETTER_PREFIX.match(content)
@@ -212,6 +223,9 @@ def _extract(text: str, opts: _Options) -> str | None:
     tagged = _ANSWER_TAG.findall(body)
     if tagged:
         return _read_tag(tagged[-1], opts)
+    whole = _text_match(body, opts)
+    if whole is not None:
+        return whole
     bracket = _last_bracket(body, opts)
     if bracket is not None:
         return None if bracket[1] in (_NONE_REPLY, _AMBIGUOUS) else bracket[1]
@@ -269,6 +283,9 @@ class AnswerRewardConfig:
     require_think: bool = False  # the bonus also needs a leading <think>...</think> (R1-style format reward)
     # auto (string rule for mmau/mmsu/mmar data sources) | letter | string (SPEC section 8)
     match: str = option("auto", choices=MATCH_RULES)
+    # how the string-match rule reads a reply: lenient (answer span, letters read) | official (raw reply, as MMAU's
+    # and MMAR's scripts do; letter-only replies score 0)
+    string_rule: str = option("lenient", choices=STRING_RULES)
 
     def __post_init__(self) -> None:
         options.validate(self, SECTION)
@@ -285,8 +302,19 @@ ANSWER_KWARGS: tuple[str, ...] = tuple(f.name for f in fields(AnswerRewardConfig
 _VERL_KWARGS = ("reward_router_address", "reward_model_tokenizer")
 
 
+def _starts_with_option(span: str, opts: _Options) -> bool:
+    """Whether ``span`` begins with a whole option text (``D:maj/M3 fits``), so its first letter is not a label."""
+    norm = _SPACES.sub(" ", span).strip().casefold()
+    for choice in opts.choices or ():
+        text = _norm(choice)
+        if text and norm.startswith(text) and not norm[len(text) : len(text) + 1].isalnum():
+            return True
+    return False
+
+
 def _string_prediction(reply: str, opts: _Options) -> str:
-    """The text MMAU's rule judges: the committed answer span, with option letters and none-answers expanded."""
+    """The text MMAU's rule judges under the lenient reading: the committed answer span, with option letters and
+    none-answers expanded (an exact option text is kept as it is)."""
     body = _strip_think(str(reply))
     tagged = _ANSWER_TAG.findall(body)
     if tagged:
@@ -301,13 +329,15 @@ def _string_prediction(reply: str, opts: _Options) -> str:
     def text_of(letter: str | None) -> str:
         return texts[LETTERS.index(letter)] if letter is not None and letter in opts.allowed else ""
 
+    if _text_match(span, opts) is not None:
+        return span
     m = _LETTER_ONLY.match(span)
     if m:
         return text_of(m.group(1)) or span
-    if _text_match(span, opts) is None and is_none_answer(span):
+    if is_none_answer(span):
         return text_of(opts.none_letter)  # "" (no tokens: wrong) when the row has no none-answer option
     m = _LETTER_PREFIX.match(span)
-    if m and m.group(1) in opts.allowed:
+    if m and m.group(1) in opts.allowed and not _starts_with_option(span, opts):
         rest = m.group(2)
         if _text_match(rest, opts) is None and is_none_answer(rest):
             rest = text_of(opts.none_letter)
@@ -315,15 +345,30 @@ def _string_prediction(reply: str, opts: _Options) -> str:
     return span
 
 
-def string_prediction(reply: str, choices: Sequence[str], none_index: int | None = None) -> str:
-    """The text MMAU's string-match rule compares with the option texts (see :func:`score_reply`)."""
+def string_prediction(
+    reply: str, choices: Sequence[str], none_index: int | None = None, string_rule: str = "lenient"
+) -> str:
+    """The text MMAU's string-match rule compares with the option texts (see :func:`score_reply`): the raw reply for
+    ``string_rule="official"``, the lenient reading of it otherwise."""
+    if string_rule not in STRING_RULES:
+        raise ValueError(f"string_rule {string_rule!r} is not one of {STRING_RULES}")
+    if string_rule == "official":
+        return str(reply)
     return _string_prediction(reply, _options(len(choices), [str(c) for c in choices], none_index))
 
 
-def _answer_letter(ground_truth: Any) -> str:
+def _row(row_id: Any) -> str:
+    return f" (row {row_id!r})" if row_id is not None else ""
+
+
+def _answer_letter(ground_truth: Any, n_options: int, row_id: Any = None) -> str:
     answer = str(ground_truth).strip().upper()
+    where = _row(row_id)
     if len(answer) != 1 or answer not in LETTERS:
-        raise ValueError(f"ground truth {ground_truth!r} is not an option letter A-F")
+        raise ValueError(f"ground truth {ground_truth!r} is not an option letter A-F{where}")
+    if LETTERS.index(answer) >= n_options:
+        span = f" (A-{LETTERS[n_options - 1]})" if n_options else ""
+        raise ValueError(f"ground truth {ground_truth!r} is outside the row's {n_options} options{span}{where}")
     return answer
 
 
@@ -337,21 +382,26 @@ def score_reply(
     answer_text: str | None = None,
     string_match: bool = False,
     config: AnswerRewardConfig | None = None,
+    row_id: Any = None,
 ) -> dict[str, float | str]:
     """The full reward record of one reply: ``score``, ``acc``, ``formatted`` (floats), ``parsed`` (letter or ""),
     ``pred_none``/``gold_none`` (1.0 when the parsed/correct option is the none-answer option), ``string_match``
-    (1.0 when MMAU's rule decided). ``string_match=True`` needs ``choices`` or ``answer_text``."""
+    (1.0 when MMAU's rule decided; ``config.string_rule`` says how it reads the reply). ``string_match=True`` needs
+    ``choices`` or ``answer_text``. A ground truth outside the row's options raises, naming ``row_id``."""
     config = config or AnswerRewardConfig()
-    answer = _answer_letter(answer)
     opts = _options(n_choices, choices, none_index)
+    answer = _answer_letter(answer, len(opts.allowed), row_id)
     if string_match:
         if answer_text is None:
-            if opts.choices is None or LETTERS.index(answer) >= len(opts.choices):
-                raise ValueError(f"string matching needs the answer's text: no option {answer} in {choices!r}")
+            if opts.choices is None:
+                raise ValueError(f"string matching needs the answer's text: no option texts given{_row(row_id)}")
             answer_text = opts.choices[LETTERS.index(answer)]
         if not word_tokens(answer_text):
-            raise ValueError(f"answer text {answer_text!r} has no word tokens to string-match")
-        prediction = _string_prediction(reply, opts)
+            raise ValueError(f"answer text {answer_text!r} has no word tokens to string-match{_row(row_id)}")
+        if config.string_rule == "official":
+            prediction = str(reply)
+        else:
+            prediction = _string_prediction(reply, opts)
         correct = mmau_string_match(prediction, answer_text, opts.choices or ())
         hit = matched_option(prediction, opts.choices[: len(opts.allowed)]) if opts.choices else None
         parsed = LETTERS[hit] if hit is not None else ""
@@ -385,6 +435,11 @@ def uses_string_match(data_source: str) -> bool:
     return str(data_source).strip().lower().startswith(STRING_MATCH_SOURCES)
 
 
+def string_matched(data_source: str, match: str = "auto") -> bool:
+    """Whether ``match`` (``auto`` | ``letter`` | ``string``) scores rows of ``data_source`` with the string rule."""
+    return match == "string" or (match == "auto" and uses_string_match(data_source))
+
+
 def compute_score(
     data_source: str, solution_str: str, ground_truth: str, extra_info: dict[str, Any] | None = None, **kwargs: Any
 ) -> dict[str, float | str]:
@@ -405,7 +460,6 @@ def compute_score(
     choices = [str(c) for c in raw] if raw is not None and len(raw) else None
     none_index = info.get("none_index")
     answer_text = info.get("answer_text")
-    string = config.match == "string" or (config.match == "auto" and uses_string_match(data_source))
     return score_reply(
         solution_str,
         ground_truth,
@@ -413,8 +467,9 @@ def compute_score(
         n_choices=n_choices,
         none_index=None if none_index is None else int(none_index),
         answer_text=str(answer_text) if answer_text is not None and str(answer_text) != "" else None,
-        string_match=string,
+        string_match=string_matched(data_source, config.match),
         config=config,
+        row_id=info.get("id"),
     )
 
 
@@ -424,4 +479,6 @@ def score_row(row: Mapping[str, Any], reply: str, **kwargs: Any) -> dict[str, fl
     info = dict(row.get("extra_info") or {})
     if info.get("choices") is None or not len(info["choices"]):
         info["choices"] = [str(c) for c in (row.get("choices") if row.get("choices") is not None else [])]
+    if row.get("id") is not None:
+        info.setdefault("id", row["id"])
     return compute_score(str(row["data_source"]), reply, str(row["answer"]), info, **kwargs)

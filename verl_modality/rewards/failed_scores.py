@@ -44,7 +44,10 @@ def neutralize_failed(
             members = keys == g
             valid = members & ~failed
             if valid.any():
-                scores[members & failed] = scores[valid].mean()
+                kept = scores[valid]
+                # exactly their score when the valid members agree (a float mean of equal values can differ in the
+                # last bit), so a zero-variance test still sees the group as one without variance
+                scores[members & failed] = kept[0] if np.all(kept == kept[0]) else kept.mean()
             else:
                 scores[members] = 0.0
                 empty_groups += 1

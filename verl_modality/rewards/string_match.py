@@ -15,6 +15,11 @@ Consequences worth knowing: an answer that is a word-subset of a wrong option ("
 a prediction naming the wrong option only if that option's extra words are absent, i.e. never; the prediction's
 other words (reasoning, "the answer is") are free as long as they avoid wrong-only tokens; and an answer with no word
 tokens is matched by any prediction that avoids the wrong-only tokens.
+
+The benchmarks' own scripts (MMAU ``evaluation.py``, MMAR ``code/evaluation.py``) apply the rule to the model's raw
+output with the answer text and all option texts; a bare letter such as ``(B)`` then matches nothing. Which text the
+project passes as the prediction (the raw reply, or a parsed answer span) is decided in
+:mod:`verl_modality.rewards.choice` (``string_rule``) and :mod:`verl_modality.evaluation.scorers` (``rule``).
 """
 
 from __future__ import annotations

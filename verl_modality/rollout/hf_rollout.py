@@ -7,7 +7,9 @@ it); vLLM stays the backend for GPUs. Three pieces, as verl's rollout interface 
 * :class:`~verl_modality.models.hf_generator.HFGenerator`: the generation core (plain class, tested in-process,
   also used by evaluation). It rebuilds the processor's multimodal
   inputs from the expanded prompt ids and the raw media the agent loop sends, samples with temperature / top-p /
-  top-k, and returns log-probs of ``log_softmax(logits / temperature)`` as verl's actor computes them.
+  top-k, and returns log-probs of ``log_softmax(logits / temperature)`` as verl's actor computes them, and why the
+  response ended: ``stop_reason`` ``"length"`` when it filled the token budget without EOS, else ``"completed"``
+  (what verl's rollout client reports for vLLM's ``finish_reason`` ``"length"`` / ``"stop"``).
 * :class:`HFServer`: a Ray actor around it, one per replica, named ``hf_server_<replica>``.
 * :class:`HFReplica` (the trainer's handle) and :class:`HFServerAdapter` (inside verl's actor worker, where it ships
   the actor's weights to the server after every update).

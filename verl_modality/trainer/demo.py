@@ -87,7 +87,9 @@ def prepare_inputs(cfg: DemoConfig, say: Callable[[str], None] = print) -> Path:
     wanted = {"seed": cfg.seed, "n_train": cfg.n_train, "n_test": cfg.n_test, "families": "balanced"}
     if not data_marker.is_file() or json.loads(data_marker.read_text()) != wanted:
         say(f"[demo] writing the learnable demo set ({cfg.n_train} train / {cfg.n_test} test rows) in {work / 'data'}")
-        make_demo_data(work / "data", seed=cfg.seed, n_train=cfg.n_train, n_test=cfg.n_test, families="balanced")
+        make_demo_data(  # the demo's own folder: rebuilt whenever its marker differs
+            work / "data", seed=cfg.seed, n_train=cfg.n_train, n_test=cfg.n_test, families="balanced", overwrite=True
+        )
         data_marker.write_text(json.dumps(wanted) + "\n")
     return work
 

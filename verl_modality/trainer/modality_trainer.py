@@ -8,11 +8,13 @@ nothing, and with none selected every override calls verl's method and nothing e
 =========================  ==========================================================================================
 verl's hook                features
 =========================  ==========================================================================================
-``_init_dataloader``       curriculum: built over the training rows' tags
+``_build_replay_buffer``   group filter: failed rewards neutralised before verl's filter compares a group
+``_init_dataloader``       curriculum: built over the training rows' tags; group filter: its metric against the tasks
 ``_fetch_one_gen_batch``   curriculum: the step's prompts, one tag per batch
 ``_compute_old_log_prob``  MAPO-AT: the audio-ablated pass, relevance weights
-``_compute_advantage``     failed rewards, then tag flow (tags to the estimator, ``mapo/*``, ``pg_var/*``,
-                           ``streams/*``), MAPO-AT's attention-loss inputs, the curriculum's step end
+``_compute_advantage``     failed rewards (those the group filter has not rewritten), then tag flow (tags to the
+                           estimator, ``mapo/*``, ``pg_var/*``, ``streams/*``), MAPO-AT's attention-loss inputs, the
+                           curriculum's step end
 ``_update_actor``          MAPO-AT: the attention loss's settings for the actor
 ``_validate``              tag validation (uid -> tag), the adaptive curriculum's zero-shot order
 ``_val_metrics_update``    tag validation: ``val-core/tag/*``, ``val-aux/{level,modality_gap,stratum}/*``
@@ -30,6 +32,7 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from verl_modality.trainer.features.curriculum_steps import CurriculumSteps, dataset_tags
 from verl_modality.trainer.features.failed_rewards import FailedRewards
+from verl_modality.trainer.features.group_filter import GroupFilter
 from verl_modality.trainer.features.mapo_at_pass import MapoATPass
 from verl_modality.trainer.features.state import TrainerState, resumed_folder, step_folder
 from verl_modality.trainer.features.tag_flow import TagFlow
@@ -45,12 +48,14 @@ class ModalityTrainerSync(PPOTrainerSync):
     store: Any = tq  # TransferQueue's kv_batch_get / kv_batch_put / kv_clear
 
     def __init__(self, config):
+        # every feature reads and checks its options here, before any Ray work starts; these two first, as verl's
+        # __init__ builds the replay buffer that the group filter guards
+        self.failed_rewards = FailedRewards(config)
+        self.group_filter = GroupFilter(config, self.failed_rewards)
         super().__init__(config)
-        # every feature reads and checks its options here, before any Ray work starts
         self.tag_flow = TagFlow(config)
         self.tag_validation = TagValidation(self.tag_flow.tag_metrics)
         self.mapo_at = MapoATPass(config)
-        self.failed_rewards = FailedRewards(config)
         self.curriculum = CurriculumSteps(config, self.tag_flow.mapo_active)
         self.state = TrainerState(self.tag_flow, self.curriculum)
         acting = [
@@ -58,6 +63,7 @@ class ModalityTrainerSync(PPOTrainerSync):
             *self.mapo_at.labels,
             *self.curriculum.labels,
             *([self.failed_rewards.label] if self.failed_rewards.enabled else []),
+            *self.group_filter.labels,
         ]
         print(
             f"{TRAINER_BANNER}; "
@@ -69,8 +75,14 @@ class ModalityTrainerSync(PPOTrainerSync):
     def _steps_per_epoch(self) -> int | None:
         return getattr(self, "steps_per_epoch", None)
 
+    def _build_replay_buffer(self):
+        buffer = super()._build_replay_buffer()
+        self.group_filter.guard(buffer, self.store)
+        return buffer
+
     def _init_dataloader(self):
         super()._init_dataloader()
+        self.group_filter.check_dataset(self.train_dataset)  # verl loads the training data here, before any worker
         if self.curriculum.enabled:
             tags = dataset_tags(self.train_dataset)
             self.curriculum.start(tags, int(self.config.data.train_batch_size), self._steps_per_epoch)
@@ -99,7 +111,7 @@ class ModalityTrainerSync(PPOTrainerSync):
 
     def _compute_advantage(self, batch, metrics: dict):
         if self.failed_rewards.enabled:
-            metrics.update(self.failed_rewards.apply(self.store, batch))
+            metrics.update(self.failed_rewards.apply(self.store, batch, group_filter=self.group_filter.guarded))
         if not (self.tag_flow.tag_metrics or self.curriculum.active or self.mapo_at.attention_loss):
             return super()._compute_advantage(batch, metrics)
         step = self.tag_flow.read(self.store, batch, self.tokenizer)

@@ -1,6 +1,6 @@
-"""TransferQueue's key-value calls (``kv_batch_get`` / ``kv_batch_put`` / ``kv_clear``) over a dict, for the trainer
-features' tests: 1-D tensor fields come back as jagged nested tensors (as TransferQueue returns them), other values
-as object arrays; an unknown field raises ``KeyError``."""
+"""TransferQueue's key-value calls (``kv_batch_get`` / ``kv_batch_put`` / ``kv_clear`` / ``kv_list``) over a dict, for
+the trainer features' tests: 1-D tensor fields come back as jagged nested tensors (as TransferQueue returns them), other
+values as object arrays; an unknown field raises ``KeyError``. Tags are kept per key, as ``kv_list`` reports them."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def _rows(value: Any, n: int) -> list:
 class MemoryStore:
     def __init__(self):
         self.partitions: dict[str, dict[str, dict[str, Any]]] = {}
+        self.tags: dict[str, dict[str, dict]] = {}
         self.calls: list[tuple[str, str]] = []
 
     def add(self, partition: str, rows: list[dict[str, Any]], tags: list[dict] | None = None) -> KVBatchMeta:
@@ -30,10 +31,22 @@ class MemoryStore:
         part = self.partitions.setdefault(partition, {})
         for key, row in zip(keys, rows, strict=True):
             part[key] = dict(row)
+        if tags is not None:
+            self.tag(partition, keys, tags)
         return KVBatchMeta(keys=keys, tags=tags or [{} for _ in keys], partition_id=partition)
+
+    def tag(self, partition: str, keys: list[str], tags: list[dict]) -> None:
+        """Set the tags of ``keys`` (a prompt's tag: ``{"is_prompt": True, "status": ..., "global_steps": ...}``)."""
+        self.tags.setdefault(partition, {}).update({k: dict(t) for k, t in zip(keys, tags, strict=True)})
+
+    def kv_list(self, partition_id=None) -> dict[str, dict[str, dict]]:
+        parts = self.tags if partition_id is None else {partition_id: self.tags.get(partition_id, {})}
+        return {p: {k: dict(t) for k, t in items.items()} for p, items in parts.items()}
 
     def kv_batch_put(self, keys, partition_id, fields=None, tags=None, data_parser=None) -> KVBatchMeta:
         self.calls.append(("put", partition_id))
+        if tags is not None:
+            self.tag(partition_id, keys, tags)
         part = self.partitions.setdefault(partition_id, {})
         names = list(fields.keys()) if fields is not None else []
         for name in names:
@@ -61,3 +74,4 @@ class MemoryStore:
         part = self.partitions.get(partition_id, {})
         for k in keys:
             part.pop(k, None)
+            self.tags.get(partition_id, {}).pop(k, None)

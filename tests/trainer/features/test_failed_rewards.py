@@ -65,7 +65,7 @@ def test_apply_without_failures_writes_nothing_and_a_nan_not_marked_is_an_error(
     store = MemoryStore()
     batch = _step(store, [[1.0], [0.0]], [0, 0], ["a", "a"])
     feature = FailedRewards(_cfg("verl_modality.rewards.score"))
-    assert feature.apply(store, batch) == {"reward/failed": 0.0}
+    assert feature.apply(store, batch) == {"reward/failed": 0.0, "reward/failed_groups": 0.0}
     assert ("put", "train") not in store.calls
     batch = _step(store, [[NAN], [0.0], [NAN]], [0, 0, 1], ["a", "a", "a"])
     with pytest.raises(ValueError, match="not finite and not marked"):

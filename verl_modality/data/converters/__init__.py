@@ -60,11 +60,13 @@ def convert(
     limit: int | None = None,
     progress: bool = True,
 ) -> ConvertReport:
-    """Convert ``source`` (layout ``name``) to the schema parquet ``out``.
+    """Convert ``source`` (layout ``name``: a file, or a folder of parquet / arrow shards) to the schema parquet
+    ``out``; media embedded in the source are written under ``<out folder>/media/<name>/``.
 
-    ``media_root``: where the source's relative media paths start (default: the source file's directory).
-    ``on_missing``: ``"fail"`` raises one :class:`ConvertError` listing every row with a missing or unreadable
-    media file; ``"skip"`` drops those rows and counts them in the report. ``limit``: convert the first N records.
+    ``media_root``: where the source's media paths start (default: the source file's directory, or the source
+    folder); leading-slash paths missing as given are found there too. ``on_missing``: ``"fail"`` raises one
+    :class:`ConvertError` listing every row with a missing or unreadable media file; ``"skip"`` drops those rows and
+    counts them in the report. ``limit``: convert the first N records (N >= 1).
     """
     if name not in CONVERTERS:
         raise KeyError(f"unknown layout {name!r}; known layouts:\n{layouts()}")

@@ -2,8 +2,11 @@
 
 Layout: a JSON list of ``{"video_id", "Question", "Choice", "Answer", "Type", "video_category",
 "video_duration"}``; ``Choice`` is a list of lettered options (``"A. ..."``), ``Answer`` the letter. The video of an
-item is ``<media root>/<video_id>/<video_id>_video.mp4``. Items have no id of their own: the row id is
-``<video_id>-<n>``, ``n`` counting that video's questions in file order (an ``id``/``qid`` field wins if present).
+item is ``<media root>/<video_id>/<video_id>_video.mp4`` (``Videos.tar`` unpacked; the media root is the folder
+holding the ``<video_id>/`` folders). Items have no id of their own: the row id is ``<video_id>-<n>``, ``n`` counting
+that video's questions in file order (an ``id``/``qid`` field wins if present). A parquet / arrow export with the
+video (and a separate audio track) embedded in ``video`` / ``audio`` columns (``{"bytes", "path"}`` structs) is
+also read: the embedded files are written to ``<out folder>/media/daily-omni/`` and used instead of the folders.
 
 Mapping:
 
@@ -19,7 +22,7 @@ Mapping:
   the benchmark's own ablation (``--input_mode visual`` / ``audio``) drops well below the A+V score for every type,
   so no per-type mapping to a uni-modal tag is justified. No subtitles exist, so ``S`` never appears.
 * ``Type``, ``video_category``, ``video_duration`` and ``video_id`` go to ``extra_info`` (Daily-Omni reports by
-  type, category and duration).
+  type, category and duration); the report counts rows per ``Type``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from typing import Any
 from verl_modality.data.converters.base import (
     Context,
     Converter,
+    EmbeddedMedia,
     Record,
+    RecordHook,
     extra_info,
     get,
     mcq,
@@ -51,14 +56,17 @@ def video_paths(video_id: str) -> tuple[str, str]:
 class DailyOmniConverter(Converter):
     name = "daily-omni"
     data_source = "daily-omni"
-    description = "Daily-Omni qa.json (video <id>/<id>_video.mp4, letter answers); tag VA"
+    description = "Daily-Omni qa.json (video <id>/<id>_video.mp4, letter answers) or parquet/arrow; tag VA"
+    media_fields = ("video", "audio")
+    category_fields = ("Type",)
+    fixed_tag = "VA"
 
     def __init__(self) -> None:
         self._per_video: Counter = Counter()
 
-    def read(self, source):
+    def read(self, source, limit: int | None = None, hook: RecordHook | None = None) -> list[dict[str, Any]]:
         self._per_video = Counter()
-        return super().read(source)
+        return super().read(source, limit, hook)
 
     def convert(self, record: Mapping[str, Any], index: int, ctx: Context) -> Record:
         video_id = text(record, "video_id")
@@ -68,6 +76,10 @@ class DailyOmniConverter(Converter):
             options(get(record, "Choice", "Choices", "choices"), strip_letters=True), get(record, "Answer", "answer")
         )
         video, audio = video_paths(video_id)
+        if isinstance(record.get("video"), EmbeddedMedia):
+            video = record["video"]
+        if isinstance(record.get("audio"), EmbeddedMedia):
+            audio = record["audio"]
         has_audio = ctx.exists(audio)
         return Record(
             id=rid,

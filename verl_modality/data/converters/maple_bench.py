@@ -15,7 +15,7 @@ a new alias here:
 field               assumed names (first found wins)
 ==================  =============================================================================================
 id                  ``id``, ``qid``, ``question_id``, ``sample_id`` (default: ``<video_id>-<row>``)
-video id            ``video_id``, ``vid``, ``video``
+video id            ``video_id``, ``vid``, ``video`` (when it is text, not embedded media)
 required tag        ``modality_tag``, ``rmt``, ``required_modalities``, ``tag``, ``modality``, ``modalities``
                     (``"VA"``, ``["V", "A"]``, ``"video+audio"``, ...)
 shown streams       ``available``, ``available_modalities``, ``input_modalities``, ``combination``, ``condition``
@@ -28,7 +28,9 @@ caption reference   ``caption``, ``reference``, ``reference_caption``, ``gt_capt
 caption prompt      ``prompt``, ``instruction``, ``question`` (default: ``schema.CAPTION_INSTRUCTION``)
 ==================  =============================================================================================
 
-Media: an explicit ``video_path`` / ``audio_path`` field wins; else the video is the first that exists of
+Media: embedded bytes in ``video_path`` / ``video`` / ``audio_path`` / ``audio`` (``{"bytes", "path"}`` structs or
+raw bytes of a parquet / arrow export, written to ``<out folder>/media/<layout>/``) win, then an explicit
+``video_path`` / ``audio_path`` field; else the video is the first that exists of
 ``<id>/<id>_video.mp4`` (Daily-Omni folder style) and ``<id>.mp4``, the audio of ``<id>/<id>_audio.wav`` and
 ``<id>.wav``. Streams the item is shown (``available``; the tag for exact / caption items) must have media: a
 shown ``V``/``A`` without its file is a missing-media row, a shown ``S`` without subtitle text is
@@ -45,6 +47,7 @@ from verl_modality.data import schema
 from verl_modality.data.converters.base import (
     Context,
     Converter,
+    EmbeddedMedia,
     InvalidRow,
     Record,
     extra_info,
@@ -71,17 +74,22 @@ def _subtitle(record: Mapping[str, Any]) -> str:
 
 class _MapleBase(Converter):
     data_source = "maple-bench"
-    task = "qa"
     needs_available = False
+    media_fields = ("video_path", "video", "audio_path", "audio")
 
     def _media(self, record: Mapping[str, Any], video_id: str, shown: str, ctx: Context) -> tuple[list, list]:
         videos, audios = [], []
-        for stream, field, candidates, bucket in (
-            ("V", "video_path", (f"{video_id}/{video_id}_video.mp4", f"{video_id}.mp4"), videos),
-            ("A", "audio_path", (f"{video_id}/{video_id}_audio.wav", f"{video_id}.wav"), audios),
+        for stream, fields, candidates, bucket in (
+            ("V", ("video_path", "video"), (f"{video_id}/{video_id}_video.mp4", f"{video_id}.mp4"), videos),
+            ("A", ("audio_path", "audio"), (f"{video_id}/{video_id}_audio.wav", f"{video_id}.wav"), audios),
         ):
-            explicit = record.get(field)
-            if isinstance(explicit, str) and explicit.strip():
+            embedded = next((record[f] for f in fields if isinstance(record.get(f), EmbeddedMedia)), None)
+            explicit = record.get(fields[0])
+            if isinstance(explicit, Mapping):  # a {"bytes": None, "path": ...} struct
+                explicit = explicit.get("path")
+            if embedded:
+                candidates = (embedded,)
+            elif isinstance(explicit, str) and explicit.strip():
                 candidates = (explicit.strip(),)
             found = ctx.first_existing(*candidates)
             if found:
@@ -91,7 +99,9 @@ class _MapleBase(Converter):
         return videos, audios
 
     def _common(self, record: Mapping[str, Any], index: int, ctx: Context) -> dict[str, Any]:
-        video_id = text(record, "video_id", "vid", "video")
+        video = record.get("video")
+        video_is_id = isinstance(video, str) and not isinstance(video, EmbeddedMedia)
+        video_id = text(record, *(("video_id", "vid", "video") if video_is_id else ("video_id", "vid")))
         tag = parse_streams(get(record, *TAG_FIELDS), "modality tag")
         if self.needs_available:
             shown = parse_streams(get(record, *AVAILABLE_FIELDS), "available streams")
@@ -150,6 +160,7 @@ class MapleQAAllConverter(MapleQAExactConverter):
 
 class MapleCaptionConverter(_MapleBase):
     name = "maple-caption"
+    fixed_task = "caption"
     description = "MAPLE_caption (open-ended captions, task=caption, judge reward) [assumed field names]"
 
     def convert(self, record: Mapping[str, Any], index: int, ctx: Context) -> Record:

@@ -9,5 +9,6 @@ training; an in-memory one in the tests), so each can be tested without Ray:
 * :mod:`.curriculum_steps`: one tag per batch from the tag curriculum;
 * :mod:`.mapo_at_pass`: MAPO-AT's audio-ablated pass and the attention loss's inputs;
 * :mod:`.failed_rewards`: zero advantage for samples whose reward failed;
+* :mod:`.group_filter`: verl's group filter sees failed rewards neutralised, and a metric it can compare;
 * :mod:`.state`: what the features keep in verl's checkpoints.
 """

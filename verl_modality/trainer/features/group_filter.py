@@ -1,0 +1,133 @@
+"""verl's zero-variance group filter (``algorithm.filter_groups``) with the plugin's reward functions.
+
+verl's sync replay buffer classifies each finished prompt group as it polls TransferQueue, before the trainer sees the
+step, and removes the groups whose ``metric`` (``reward``: ``rm_scores``; any other name: that
+``reward_extra_info`` key) is the same for every trajectory. Two things go wrong there with our reward functions:
+
+* a caption whose judge call failed (``on_failure: mark``) has a NaN score: the NaN breaks the variance test, so
+  a group is kept or dropped because of the failure. :meth:`GroupFilter.guard` makes the buffer neutralise failed
+  samples (:meth:`~.failed_rewards.FailedRewards.before_group_filter`) before it compares a group, and counts the
+  failed samples of removed groups (``reward/failed_filtered``);
+* the QA-only keys of :mod:`verl_modality.rewards.score` (``acc``, ...) are None on caption rows, and
+  :mod:`verl_modality.rewards.caption_judge` returns none of them: such a metric is refused at start-up
+  (:meth:`GroupFilter.check_tasks` once verl has loaded the training data).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from verl_modality.data import schema
+from verl_modality.trainer.features.failed_rewards import FailedRewards, group_ids, reward_module
+
+logger = logging.getLogger(__name__)
+
+SCORE_MODULE = "verl_modality.rewards.score"
+JUDGE_MODULE = "verl_modality.rewards.caption_judge"
+
+
+def filter_metric(config: Any) -> str | None:
+    """``algorithm.filter_groups.metric`` when the filter is on, else None."""
+    if not bool(OmegaConf.select(config, "algorithm.filter_groups.enable", default=False)):
+        return None
+    metric = OmegaConf.select(config, "algorithm.filter_groups.metric", default=None)
+    return str(metric) if metric else None
+
+
+def _qa_keys() -> tuple[str, ...]:
+    from verl_modality.rewards.score import QA_KEYS
+
+    return QA_KEYS
+
+
+class GroupFilter:
+    """Active when ``algorithm.filter_groups`` is on; checks its metric and guards verl's replay buffer."""
+
+    def __init__(self, config: Any, failed_rewards: FailedRewards):
+        self.metric = filter_metric(config)
+        self.enabled = self.metric is not None
+        self.failed_rewards = failed_rewards
+        self.module = reward_module(config)
+        self.guarded = False
+        if self.enabled and self.metric in _qa_keys() and self.module.endswith(JUDGE_MODULE):
+            raise ValueError(
+                f"algorithm.filter_groups.metric={self.metric}: the reward function {JUDGE_MODULE} scores captions and "
+                f"returns no {self.metric!r} (a QA key); filter on 'score' (the judge's score) or 'reward' "
+                "(verl's rm_scores)"
+            )
+
+    @property
+    def labels(self) -> list[str]:
+        return ["failed rewards before the group filter"] if self.guarded else []
+
+    @property
+    def checks_tasks(self) -> bool:
+        """Whether the metric is a QA-only key of :mod:`verl_modality.rewards.score`, the run's reward function."""
+        return self.enabled and self.metric in _qa_keys() and self.module.endswith(SCORE_MODULE)
+
+    def check_tasks(self, tasks: Sequence[Any] | None, ids: Sequence[Any] | None = None) -> None:
+        """Refuses a QA-only metric of :mod:`verl_modality.rewards.score` on training data with caption rows
+        (``tasks``: the dataset's ``task`` column, None when it has none)."""
+        if not self.checks_tasks or tasks is None:
+            return
+        rows = [i for i, t in enumerate(tasks) if str(t) == "caption"]
+        if rows:
+            first = f"row {rows[0]}" + (f" (id {ids[rows[0]]!r})" if ids is not None else "")
+            raise ValueError(
+                f"algorithm.filter_groups.metric={self.metric}: the training data (data.train_files) has {len(rows)} "
+                f"caption row(s) (task column; first: {first}); {SCORE_MODULE} gives caption rows no {self.metric!r} "
+                f"(None: it is a QA key, and a failed judge call leaves no value to compare), so verl's group filter "
+                "cannot compare their groups. Filter on 'score' (every row's reward) or 'reward' (verl's rm_scores)"
+            )
+
+    def check_dataset(self, dataset: Any) -> None:
+        """:meth:`check_tasks` on verl's training dataset (``RLHFDataset.dataframe``; no ``task`` column: QA data)."""
+        if not self.checks_tasks:
+            return
+        frame = getattr(dataset, "dataframe", None)
+        names = getattr(frame, "column_names", None) or []
+        if schema.TASK in names:
+            self.check_tasks(frame[schema.TASK], frame[schema.ID] if schema.ID in names else None)
+
+    def guard(self, buffer: Any, store: Any) -> bool:
+        """Give ``buffer`` (verl's ``ReplayBuffer``) the hook that neutralises failed rewards before it compares a
+        group (:mod:`verl_modality.integrations.verl_trainer`); returns whether it did (not needed without the filter
+        or without a reward function that marks failures)."""
+        from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+
+        from verl_modality.integrations.verl_trainer import HOOK
+
+        if not (self.enabled and self.failed_rewards.enabled):
+            return False
+        if not isinstance(buffer, ReplayBuffer) or getattr(buffer, "filter_groups_metric", None) is None:
+            logger.warning(
+                "algorithm.filter_groups: the replay buffer %s filters groups its own way; failed rewards are "
+                "neutralised before the advantages only, so its filter may see their NaN scores",
+                type(buffer).__name__,
+            )
+            return False
+        if not getattr(type(buffer)._dapo_filtered_keys, "__verl_modality__", False):
+            raise RuntimeError(
+                "algorithm.filter_groups with failed-reward marking needs the plugin's replay-buffer hook, which is "
+                "not installed (see `verl-modality doctor`)"
+            )
+        failed_rewards, metric = self.failed_rewards, self.metric
+
+        def before_filter(partition_id: str, classify):
+            counts: dict[str, int] = {}
+            if partition_id != "val":
+                new = buffer.finished_keys[partition_id] - buffer._dapo_classification_cache[partition_id].keys()
+                stored = list(buffer.partitions[partition_id])
+                keys = [k for k, uid in zip(stored, group_ids(stored), strict=True) if uid in new]
+                counts = failed_rewards.before_group_filter(store, partition_id, keys, metric)
+            filtered, values = classify()
+            failed_rewards.group_filtered(sum(n for uid, n in counts.items() if uid in filtered))
+            return filtered, values
+
+        setattr(buffer, HOOK, before_filter)
+        self.guarded = True
+        return True
