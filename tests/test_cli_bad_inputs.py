@@ -292,7 +292,7 @@ CASES += [
 
 ACF = ("acf", "--voters", "voters.yaml", "--out-dir", "acf")
 CASES += [
-    Case("acf-missing-data", (*ACF, "--data", "nope.parquet"), 1, ("nope.parquet",), voters, creates=("acf",)),
+    Case("acf-missing-data", (*ACF, "--data", "nope.parquet"), 1, ("nope.parquet",), voters),
     Case(
         "acf-missing-voters",
         ("acf", "--data", "{demo}/train.parquet", "--voters", "no.yaml", "--out-dir", "o"),

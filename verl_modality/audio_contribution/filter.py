@@ -227,9 +227,9 @@ def run_acf(
     check_unique_names(voters)
     if config.min_votes > len(voters):
         raise ValueError(f"min_votes={config.min_votes} is more than the {len(voters)} voter(s): no item could be weak")
+    rows, _ = _load_rows(data, config.limit)  # a bad data file fails before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows, _ = _load_rows(data, config.limit)
     silent_path = write_silence(out / MEDIA_DIR, config.silence_seconds, config.sample_rate)
     inputs = {"silent": [silence_row(r, silent_path) for r in rows]}
     if config.with_audio:
