@@ -49,7 +49,7 @@ def worker(model_dir: str, length: int, audio_tokens: int, repeats: int, query_c
 
     from verl_modality.algorithms.attention_loss import attention_loss, reduce_heads_layers
     from verl_modality.models.attention_capture import AudioAttentionCapture
-    from verl_modality.models.qwen2_5_omni import load_thinker
+    from verl_modality.models.omni import load_thinker
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -73,14 +73,15 @@ def make_media(root: Path, n: int, seconds: float, n_frames: int, size: int, see
 def load_tiny_processor(model_dir: str | None, work: Path):
     """The tiny Qwen2.5-Omni processor: from ``model_dir``, or built without the model weights (tokenizer +
     processor of ``verl_modality.models.tiny``, saved and reloaded as a checkpoint's would be)."""
-    from verl_modality.models import qwen2_5_omni, tiny
+    from verl_modality.models import omni, tiny
 
     if model_dir is None:
         model_dir = str(work / "processor")
         if not Path(model_dir, "processor_config.json").exists() and not Path(model_dir, "tokenizer.json").exists():
-            vocab = 1024 - len(tiny.ADDED_TOKENS) - tiny.RESERVED_TAIL
-            tiny.build_processor(tiny.build_tokenizer(vocab)).save_pretrained(model_dir)
-    return qwen2_5_omni.load_processor(model_dir)
+            spec = tiny.builder("qwen2_5_omni")
+            vocab = 1024 - len(spec.ADDED_TOKENS) - spec.RESERVED_TAIL
+            spec.build_processor(tiny.build_tokenizer(vocab, spec)).save_pretrained(model_dir)
+    return omni.load_processor(model_dir)
 
 
 def structured(messages: list[dict]) -> list[dict]:

@@ -79,7 +79,7 @@ def coefficients(scores: np.ndarray, tags: list[str], norm_by_std: bool) -> dict
 
 def score_function(model, gen, prompt, tokens: list[int], params: list[torch.nn.Parameter]) -> torch.Tensor:
     """g = grad of sum_t log pi(y_t | x, y_<t), flattened over ``params`` (P,) float32; unused parameters give 0."""
-    from verl_modality.models.qwen2_5_omni import compute_position_ids
+    from verl_modality.models.omni import compute_position_ids
 
     inputs = gen.core.model_inputs(prompt.prompt_ids, videos=prompt.videos, audios=prompt.audios)
     n_prompt = len(prompt.prompt_ids)

@@ -20,3 +20,18 @@ def tiny_model_dir(tmp_path_factory):
     from verl_modality.models.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_model_dir(tmp_path_factory):
+    """One tiny Qwen3-Omni (MoE) checkpoint (seed 0) shared by the tests that only read it."""
+    from verl_modality.models.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_qwen3") / "model", seed=0, family="qwen3_omni")
+
+
+@pytest.fixture(scope="session", params=["qwen2_5_omni", "qwen3_omni"])
+def family_model_dir(request):
+    """``(family name, tiny checkpoint dir)`` for each known family: tests that must hold for every family."""
+    fixture = {"qwen2_5_omni": "tiny_model_dir", "qwen3_omni": "tiny_qwen3_model_dir"}[request.param]
+    return request.param, request.getfixturevalue(fixture)

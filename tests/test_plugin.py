@@ -49,13 +49,13 @@ def test_broken_plugin_is_loud(tmp_path):
     """A failure inside the entry point is printed on stderr although verl swallows the exception."""
     (tmp_path / "sitecustomize.py").write_text(
         # Make one of the plugin's modules unimportable before verl loads the plugin.
-        "import sys\nsys.modules['verl_modality.models.qwen2_5_omni'] = None\n"
+        "import sys\nsys.modules['verl_modality.models.omni'] = None\n"
     )
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     proc = subprocess.run([CLI, "doctor"], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 1
     assert "verl-modality failed to load into verl" in proc.stderr
-    assert "verl_modality.models.qwen2_5_omni" in proc.stderr
+    assert "verl_modality.models.omni" in proc.stderr
     assert "FAILED" in proc.stdout
 
 

@@ -22,6 +22,7 @@ RECIPES = [
     ROOT / "recipes" / "maple" / "mupo_qwen2_5_omni_3b.yaml",
     ROOT / "recipes" / "maple" / "mapo_adaptive_qwen2_5_omni_3b.yaml",
     ROOT / "recipes" / "maple" / "mapo_at_qwen2_5_omni_3b.yaml",
+    ROOT / "recipes" / "mapo_at" / "qwen3_omni_30b_a3b.yaml",
 ]
 # Keys verl's base config does not have but accepts: ours, and free-form dicts verl passes through.
 OPEN_PREFIXES = (
@@ -82,10 +83,12 @@ def test_recipe_composes_with_valid_mapo_options(path, monkeypatch):
     view = ModalityView.from_config(cfg.data)
     assert cfg.data.custom_cls.name == "OmniRLDataset"
     assert cfg.reward.custom_reward_function.path == "pkg://verl_modality.rewards.choice"
-    if path.stem.startswith("mapo_at"):  # SPEC §5: GRPO + relevance mask + attention loss, beta 0.02
+    if path.stem.startswith("mapo_at") or path.parent.name == "mapo_at":  # SPEC §5: GRPO + both losses, beta 0.02
         at = MapoATConfig.from_algorithm_config(cfg.algorithm)
         assert cfg.algorithm.adv_estimator == "grpo" and at.relevance_mask and at.attention_loss
         assert (at.eta, at.kappa, at.c_mask, at.tau_base, at.layers) == (0.05, 1.0, 5.0, 1.0, (-3, -2, -1))
+        # the release's L_attn details (SPEC §5)
+        assert (at.advantage_floor_eps, at.attn_loss_reduction, at.content_fallback) == (0.02, "seq_mean", "all_tokens")
         assert cfg.actor_rollout_ref.actor.policy_loss.loss_mode == "mapo_relevance"
         assert cfg.actor_rollout_ref.actor.use_kl_loss and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.02
     elif path.stem.startswith("mupo"):
@@ -116,6 +119,16 @@ def test_recipe_composes_with_valid_mapo_options(path, monkeypatch):
         a, r = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
         assert (cfg.data.train_batch_size, a.ppo_mini_batch_size, r.n) == (256, 32, 8)
         assert (cfg.data.max_prompt_length, cfg.data.max_response_length, a.optim.lr) == (8192, 2048, 2e-6)
+    elif path.parent.name == "mapo_at":  # MAPO-AT's paper model on H100 nodes (not run at that size)
+        a, r, t = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout, cfg.trainer
+        assert cfg.actor_rollout_ref.model.path == "Qwen/Qwen3-Omni-30B-A3B-Instruct"
+        assert a.strategy == "fsdp2" and a.fsdp_config.param_offload and a.fsdp_config.optimizer_offload
+        assert cfg.actor_rollout_ref.ref.fsdp_config.param_offload and not cfg.algorithm.filter_groups.enable
+        assert (r.name, r.n, r.tensor_model_parallel_size) == ("vllm", 8, 4)
+        assert (t.n_gpus_per_node * t.nnodes) % r.tensor_model_parallel_size == 0
+        assert (cfg.data.train_batch_size * r.n) % (t.n_gpus_per_node * t.nnodes) == 0
+        assert (a.ppo_mini_batch_size * r.n) % (t.n_gpus_per_node * t.nnodes * a.ppo_micro_batch_size_per_gpu) == 0
+        assert "NOT RUN AT THIS SIZE" in path.read_text()
     else:
         assert cfg.actor_rollout_ref.model.path == "/demo/model"
         assert os.path.basename(cfg.data.train_files) == "train.parquet"

@@ -116,11 +116,12 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    from verl_modality.models.family import family_named
     from verl_modality.models.tiny import make_tiny_model
 
     with _overwrite_flag():
-        path = make_tiny_model(args.out_dir, seed=args.seed, overwrite=args.overwrite)
-    print(f"tiny Qwen2.5-Omni checkpoint written to {path}")
+        path = make_tiny_model(args.out_dir, seed=args.seed, overwrite=args.overwrite, family=args.family)
+    print(f"tiny {family_named(args.family).title} checkpoint written to {path}")
     return 0
 
 
@@ -292,9 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="check that verl loaded the plugin and every registration is in place")
     p.set_defaults(func=_cmd_doctor)
 
-    p = sub.add_parser("make-tiny-model", help="build a tiny random-weight Qwen2.5-Omni checkpoint offline")
+    from verl_modality.models.tiny import BUILDERS, DEFAULT_FAMILY  # a light module: names only
+
+    p = sub.add_parser("make-tiny-model", help="build a tiny random-weight Omni checkpoint offline")
     p.add_argument("out_dir")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--family", choices=tuple(BUILDERS), default=DEFAULT_FAMILY, help="model family (default: %(default)s)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
     p.set_defaults(func=_cmd_make_tiny_model)
 

@@ -18,6 +18,7 @@ class Report:
     versions: dict[str, str] = field(default_factory=dict)
     registered: dict[str, dict[str, bool]] = field(default_factory=dict)
     integrations: list[tuple[Any, str]] = field(default_factory=list)  # (registry entry, state)
+    families: list[tuple[Any, str]] = field(default_factory=list)  # (model family, transformers state)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -34,6 +35,12 @@ class Report:
                 lines.append("    (none)")
             for name, present in names.items():
                 lines.append(f"    [{'ok' if present else 'MISSING'}] {name}")
+        if self.families:
+            lines += ["", "  model families (verl_modality/models/family.py):"]
+            for family, state in self.families:
+                moe = ", MoE" if family.moe else ""
+                lines.append(f"    [{state}] {family.name}: {family.title}{moe} ({family.full_model_type})")
+                lines.append(f"        thinker {family.thinker_class_name}; hub ids {', '.join(family.hub_ids)}")
         if self.integrations:
             lines += ["", "  integrations (verl_modality/integrations/registry.py):"]
             for item, state in self.integrations:
@@ -154,6 +161,19 @@ def integration_states() -> list[tuple[Any, str]]:
     return [(item, registry.status(item, import_target=True)) for item in registry.INTEGRATIONS]
 
 
+def family_states() -> list[tuple[Any, str]]:
+    """Every known model family, with whether this transformers has its thinker and processor classes."""
+    import transformers
+
+    from verl_modality.models.family import families
+
+    out = []
+    for family in families():
+        missing = [c for c in (family.thinker_class_name, family.processor_class_name) if not hasattr(transformers, c)]
+        out.append((family, "ok" if not missing else f"transformers lacks {', '.join(missing)}"))
+    return out
+
+
 def _state_ok(state: str) -> bool:
     return state == "applied" or state.startswith(("waiting for", "not applicable", "disabled"))
 
@@ -189,6 +209,13 @@ def check() -> Report:
         report.integrations = integration_states()
     except Exception as exc:
         report.problems.append(f"checking the integration registry failed: {type(exc).__name__}: {exc}")
+    try:
+        report.families = family_states()
+    except Exception as exc:
+        report.problems.append(f"checking the model families failed: {type(exc).__name__}: {exc}")
+    for family, state in report.families:
+        if state != "ok":
+            report.problems.append(f"model family {family.name}: {state}")
     for item, state in report.integrations:
         if not _state_ok(state):
             report.problems.append(f"integration {item.name!r} ({item.target}): {state}")

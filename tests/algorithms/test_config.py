@@ -73,3 +73,24 @@ def test_mapo_at_defaults_follow_the_release_and_bad_values_raise():
         MapoATConfig(ablation="mute")
     with pytest.raises(ValueError, match=r"unknown option\(s\) algorithm.mapo_at.\['eta2'\]"):
         MapoATConfig.from_algorithm_config(OmegaConf.create({"mapo_at": {"eta2": 1}}))
+
+
+def test_mapo_at_attention_loss_details_default_to_the_release():
+    from omegaconf import OmegaConf
+
+    from verl_modality.algorithms.config import MapoATConfig
+
+    c = MapoATConfig()  # SPEC §5: floor 0.02, per-sequence reduction, every token when no content token
+    assert (c.advantage_floor_eps, c.attn_loss_reduction, c.content_fallback) == (0.02, "seq_mean", "all_tokens")
+    other = {"advantage_floor_eps": 0, "attn_loss_reduction": "token_mean", "content_fallback": "skip"}
+    c = MapoATConfig.from_algorithm_config(OmegaConf.create({"mapo_at": other}))
+    assert (c.advantage_floor_eps, c.attn_loss_reduction, c.content_fallback) == (0.0, "token_mean", "skip")
+    assert type(c.advantage_floor_eps) is float
+    for key, bad, message in (
+        ("advantage_floor_eps", -0.1, r"algorithm.mapo_at.advantage_floor_eps=-0.1: expected a finite number >= 0"),
+        ("advantage_floor_eps", "0.02", r"algorithm.mapo_at.advantage_floor_eps='0.02'"),
+        ("attn_loss_reduction", "mean", r"algorithm.mapo_at.attn_loss_reduction='mean': expected one of"),
+        ("content_fallback", "none", r"algorithm.mapo_at.content_fallback='none': expected one of"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            MapoATConfig.from_algorithm_config({"mapo_at": {key: bad}})

@@ -270,8 +270,8 @@ def test_openai_messages_carry_base64_wav_audio(demo, tmp_path):
     assert row[schema.QUESTION] in text and "<audio>" not in text
 
 
-def test_tiny_model_as_a_real_voter(demo, tmp_path, tiny_model_dir):
-    spec = VoterSpec(name="tiny", kind="local", model_path=str(tiny_model_dir), max_response_length=3)
+def test_tiny_model_as_a_real_voter(demo, tmp_path, family_model_dir):
+    spec = VoterSpec(name="tiny", kind="local", model_path=str(family_model_dir[1]), max_response_length=3)
     report = run_acf(demo, [spec], tmp_path, ACFConfig(min_votes=1, limit=2, silence_seconds=1.0, progress=False))
     lines = (tmp_path / "answers" / "tiny.silent.jsonl").read_text().splitlines()
     header = json.loads(lines[0])["header"]

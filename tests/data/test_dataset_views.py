@@ -1,5 +1,5 @@
 """``OmniRLDataset`` under ``data.modality``: what the rollout's prompt ids hold for each policy and ablation form,
-and twin batches (same responses, streams dropped) on the tiny Qwen2.5-Omni thinker."""
+and twin batches (same responses, streams dropped) on each family's tiny thinker."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from omegaconf import OmegaConf
 
 from verl_modality.data import schema
 from verl_modality.data.dataset import OmniRLDataset
+from verl_modality.models.omni import load_omni_processor, placeholder_token_ids
 from verl_modality.models.omni_inputs import build_actor_batch, encode_prompt
-from verl_modality.models.qwen2_5_omni import load_omni_processor, placeholder_token_ids
 from verl_modality.models.twin_inputs import build_twin_batch, encode_row, twin_row
 
 
 @pytest.fixture(scope="module")
-def processor(tiny_model_dir):
-    return load_omni_processor(str(tiny_model_dir))
+def processor(family_model_dir):
+    return load_omni_processor(str(family_model_dir[1]))
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_exact_shows_only_the_required_streams(demo_data, processor, token_ids):
 
 
 def test_blank_keeps_ids_and_positions_and_silences_the_audio(demo_data, processor, token_ids):
-    from verl_modality.models.qwen2_5_omni import compute_position_ids
+    from verl_modality.models.omni import compute_position_ids
 
     full, blank = (
         _dataset(demo_data, processor, policy="full"),

@@ -46,7 +46,7 @@ def test_cache_returns_equal_copies_and_passes_uncacheable_calls_through():
 
 
 def test_cached_processor_leaves_the_original_alone(tiny_model_dir):
-    from verl_modality.models.qwen2_5_omni import load_omni_processor
+    from verl_modality.models.omni import load_omni_processor
 
     proc = load_omni_processor(str(tiny_model_dir))
     cached = cached_processor(proc, 8)

@@ -37,7 +37,7 @@ def sft_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def processor(tiny_model_dir):
-    from verl_modality.models.qwen2_5_omni import load_omni_processor
+    from verl_modality.models.omni import load_omni_processor
 
     return load_omni_processor(str(tiny_model_dir))
 
@@ -81,8 +81,8 @@ def test_text_only_row_matches_verl(sft_file, processor):
 def test_audio_row_expands_audio_like_the_rl_path(sft_file, processor):
     from verl.utils.tokenizer import build_multimodal_processor_inputs
 
+    from verl_modality.models.omni import compute_position_ids
     from verl_modality.models.omni_inputs import encode_prompt
-    from verl_modality.models.qwen2_5_omni import compute_position_ids
 
     ds = _dataset(sft_file, processor)
     i = _index(ds, "A")
@@ -162,7 +162,7 @@ def test_lengths_padding_and_errors(sft_file, processor, tmp_path):
     pq.write_table(pa.Table.from_pylist(bad, schema=pq.read_schema(sft_file)), tmp_path / "bad.parquet")
     with pytest.raises(ValueError, match=rf"sample {rid} \(row 0\): more <audio> placeholders than items"):
         _dataset(tmp_path / "bad.parquet", processor)[0]
-    with pytest.raises(ValueError, match="needs the Qwen2.5-Omni processor"):
+    with pytest.raises(ValueError, match="needs an Omni processor"):
         OmniSFTDataset(str(sft_file), processor.tokenizer, _config(), processor=None)
 
 
@@ -172,7 +172,7 @@ def test_collated_batch_trains_the_audio_tower(sft_file, processor, tiny_model_d
     from verl.utils.dataset.dataset_utils import SFTTensorCollator
     from verl.utils.model import extract_multi_modal_inputs
 
-    from verl_modality.models.qwen2_5_omni import load_thinker
+    from verl_modality.models.omni import load_thinker
 
     torch.manual_seed(0)
     ds = _dataset(sft_file, processor)
@@ -225,7 +225,7 @@ def test_verl_sft_trainer_one_step(sft_file, processor, tiny_model_dir, tmp_path
     """verl's SFT trainer (torchrun, one CPU process; the plugin's cpu platform gives it a gloo process group) with
     the recipe: one step on all seven rows moves the audio
     tower (no weight decay, so only a gradient changes a weight)."""
-    from verl_modality.models.qwen2_5_omni import load_thinker
+    from verl_modality.models.omni import load_thinker
 
     ckpt = tmp_path / "ckpt"
     cmd = [

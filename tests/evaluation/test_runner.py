@@ -338,6 +338,20 @@ def test_cli_writes_results(tmp_path, tiny_model_dir, demo, capsys):
         assert err.startswith(f"eval: {message}") and len(err.strip().splitlines()) == 1, err
 
 
+def test_cli_evaluates_a_qwen3_omni_checkpoint(tmp_path, tiny_qwen3_model_dir, demo, capsys):
+    """The same command on the other family: its thinker generates, the records carry the per-tag scores."""
+    from verl_modality.cli import main
+
+    out = tmp_path / "qwen3.jsonl"
+    args = ["eval", "--model", str(tiny_qwen3_model_dir), "--data", str(demo), "--out", str(out), "--k", "2"]
+    assert main([*args, "--limit", "2", "--max-response-length", "4", "--policy", "exact", "--no-progress"]) == 0
+    records = _lines(out)
+    rows = load_rows(str(demo))[:2]
+    assert [(r["id"], r["sample"]) for r in records] == [(row["id"], s) for row in rows for s in range(2)]
+    assert all(1 <= r["response_tokens"] <= 4 and set(FIELDS) <= set(r) for r in records)
+    assert "wrote 4 record(s)" in capsys.readouterr().out
+
+
 def test_cli_flags_are_the_config_fields():
     """The eval command line is built from EvalConfig: every field a flag with the field's default."""
     import argparse

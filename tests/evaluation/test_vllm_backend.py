@@ -325,7 +325,7 @@ def test_cli_writes_results_scored_like_the_hf_backend(vllm_eval, hf_eval, demo)
 
 @pytest.mark.slow
 def test_request_collapses_placeholders_and_vllm_reexpands_them(vllm_eval, hf_eval, tiny_model_dir):
-    from verl_modality.models.qwen2_5_omni import load_omni_processor
+    from verl_modality.models.omni import load_omni_processor
 
     _, data = vllm_eval
     proc = load_omni_processor(str(tiny_model_dir))

@@ -218,7 +218,7 @@ def probe_replay_buffer():
 
 PROBES = {
     "config validation log: no warnings for the talker's thinker-vocabulary token ids": probe_talker_log_filter,
-    "hf_processor: Qwen2_5OmniProcessor with multimodal RoPE": probe_hf_processor,
+    "hf_processor: the Omni processor of the model family, with multimodal RoPE": probe_hf_processor,
     "HFModelConfig: full Omni checkpoint -> thinker config": probe_hf_model_config,
     "FSDPEngine._build_module: leaf-layer FSDP wrapping for the thinker": probe_fsdp_build_module,
     "maybe_fix_3d_position_ids: repacks multimodal RoPE ids of equal-length batches": probe_position_id_fix,

@@ -1,4 +1,4 @@
-"""RowGenerator on the tiny Qwen2.5-Omni thinker and a small demo test set: the prompt is the rollout's, sampling
+"""RowGenerator on each family's tiny thinker and a small demo test set: the prompt is the rollout's, sampling
 is reproducible per seed and per sample index, and the returned fields agree with the token ids."""
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def demo(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def gen(tiny_model_dir):
-    return RowGenerator(str(tiny_model_dir), max_response_length=MAX_RESPONSE, seed=0)
+def gen(family_model_dir):
+    return RowGenerator(str(family_model_dir[1]), max_response_length=MAX_RESPONSE, seed=0)
 
 
 def _row(rows, tag):
@@ -62,7 +62,8 @@ def test_prompt_ids_are_the_rollouts(demo, gen):
         assert ids == encode_row(row, gen.processor).input_ids.tolist()
 
 
-def test_blank_view_matches_the_dataset_and_decodes_to_silence(demo, gen, tiny_model_dir):
+def test_blank_view_matches_the_dataset_and_decodes_to_silence(demo, gen, family_model_dir):
+    tiny_model_dir = family_model_dir[1]
     out, rows = demo
     index = next(i for i, r in enumerate(rows) if r[schema.MODALITY_TAG] == "VA")
     assert rows[index][schema.MEDIA_STREAMS] == "VAS"
@@ -82,7 +83,8 @@ def test_blank_view_matches_the_dataset_and_decodes_to_silence(demo, gen, tiny_m
     assert removed.audios is None and len(removed.prompt_ids) < len(p.prompt_ids)
 
 
-def test_same_seed_same_samples_in_any_order(demo, gen, tiny_model_dir):
+def test_same_seed_same_samples_in_any_order(demo, gen, family_model_dir):
+    tiny_model_dir = family_model_dir[1]
     _, rows = demo
     picked = [_row(rows, "A"), _row(rows, "VS"), _row(rows, "VAS")]
     first = [[g.text for g in gen.generate(r, n=2)] for r in picked]
@@ -136,7 +138,8 @@ def test_sample_is_the_models_own_choice(demo, gen):
     assert g.token_ids[0] == int(logits.argmax())
 
 
-def test_overlong_prompt_is_refused(demo, tiny_model_dir):
+def test_overlong_prompt_is_refused(demo, family_model_dir):
+    tiny_model_dir = family_model_dir[1]
     _, rows = demo
     small = RowGenerator(str(tiny_model_dir), max_prompt_length=16, max_response_length=4)
     with pytest.raises(ValueError, match="longer than max_prompt_length 16"):

@@ -5,7 +5,7 @@ import torch
 from tensordict import TensorDict
 from verl.utils import tensordict_utils as tu
 
-from verl_modality.models.qwen2_5_omni import repack_equal_length_position_ids
+from verl_modality.models.omni import repack_equal_length_position_ids
 
 
 def _batch(lengths):

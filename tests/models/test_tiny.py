@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from verl_modality.models.qwen2_5_omni import load_processor, load_thinker
-from verl_modality.models.tiny import ADDED_TOKENS, DEFAULT_SYSTEM_PROMPT, make_tiny_model
+from verl_modality.models.omni import load_processor, load_thinker
+from verl_modality.models.tiny import make_tiny_model
+from verl_modality.models.tiny.qwen2_5_omni import ADDED_TOKENS, DEFAULT_SYSTEM_PROMPT
 
 SR = 16000
 

@@ -74,6 +74,36 @@ def test_targets_match_the_installed_libraries():
     assert "from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm" in src
     assert "remove_weight=True" in src
     assert callable(RuntimeContext.get_accelerator_ids)
+    from vllm.model_executor.layers.activation import SiluAndMul
+    from vllm.model_executor.layers.fused_moe import cpu_fused_moe
+    from vllm.model_executor.layers.fused_moe.activation import MoEActivation
+
+    assert isinstance(inspect.getattr_static(SiluAndMul, "forward_native"), staticmethod)
+    assert MoEActivation.SILU in cpu_fused_moe._CPU_MOE_ACT_FN  # the table the CPU MoE forward reads
+
+
+def test_moe_activation_is_the_static_native_function():
+    """The patched table entry computes SiLU(gate) * up like the lambda it replaces, and builds no CustomOp (which
+    would ask for a vLLM config): it runs here, outside any vLLM config context."""
+    pytest.importorskip("vllm")
+    import types
+
+    import torch
+    import torch.nn.functional as F
+    from vllm.model_executor.layers.activation import SiluAndMul
+    from vllm.model_executor.layers.fused_moe.activation import MoEActivation
+
+    from verl_modality.integrations.vllm_cpu import static_moe_activation
+
+    built = []
+    table = {MoEActivation.SILU: lambda x: built.append(1)}
+    module = types.SimpleNamespace(_CPU_MOE_ACT_FN=table)
+    static_moe_activation(module)
+    static_moe_activation(module)  # idempotent
+    assert table[MoEActivation.SILU] is SiluAndMul.forward_native
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(table[MoEActivation.SILU](x), F.silu(x[:, :4]) * x[:, 4:], rtol=0, atol=0)
+    assert built == []
 
 
 PROBE = """
@@ -101,7 +131,7 @@ print(json.dumps(out))
 @pytest.mark.skipif(vllm_cpu.installed_version() is None, reason="vllm-cpu is not installed (a GPU machine)")
 def test_applied_only_on_the_cpu_platform():
     cpu = run_json(PROBE, env={"VERL_PLATFORM": "cpu"})
-    assert len(cpu["patches"]) == sum(i.when == "vllm_cpu" for i in registry.INTEGRATIONS) == 3
+    assert len(cpu["patches"]) == sum(i.when == "vllm_cpu" for i in registry.INTEGRATIONS) == 4
     assert cpu["vllm_version"] == vllm_cpu.installed_version() + "+cpu"
     assert cpu["verl_sees"] == cpu["vllm_version"]
     assert cpu["accel_patched"] is True

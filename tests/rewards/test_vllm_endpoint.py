@@ -90,7 +90,7 @@ def test_voter_sends_audio_and_video_parts(server, rows, tiny_model_dir, tmp_pat
     audio and video part to as many tokens as the hf processor does; a repeated call is served from the cache."""
     from verl_modality.audio_contribution.voters import OpenAIVoter, VoterSpec, _encode_file, openai_messages
     from verl_modality.models.generation import row_prompt
-    from verl_modality.models.qwen2_5_omni import load_omni_processor
+    from verl_modality.models.omni import load_omni_processor
 
     spec = VoterSpec(
         name="tiny",

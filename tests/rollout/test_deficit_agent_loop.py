@@ -41,7 +41,7 @@ class FakeServer:
 
 @pytest.fixture(scope="module")
 def processor(tiny_model_dir):
-    from verl_modality.models.qwen2_5_omni import load_omni_processor
+    from verl_modality.models.omni import load_omni_processor
 
     return load_omni_processor(str(tiny_model_dir))
 

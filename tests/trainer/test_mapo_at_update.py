@@ -31,7 +31,9 @@ def setup(tmp_path_factory, tiny_model_dir):
     return out
 
 
-def _step(setup: dict, loss_mode: str = "vanilla", weights=None, eta: float | None = None) -> torch.Tensor:
+def _step(
+    setup: dict, loss_mode: str = "vanilla", weights=None, eta: float | None = None, loss_options: dict | None = None
+) -> torch.Tensor:
     """One actor update of a fresh actor on the batch; the response log-probs after it."""
     from verl.utils import tensordict_utils as tu
 
@@ -54,6 +56,8 @@ def _step(setup: dict, loss_mode: str = "vanilla", weights=None, eta: float | No
         mask = batch["response_mask"].float()
         step["mapo_attn_adv"] = setup["adv"].abs().amax(-1, keepdim=True).expand_as(mask).clone()
         knob = {"layers": [-3, -2, -1], "eta": eta, "kappa": 1.0, "tau_base": 1.0, "c_mask": 5.0}
+        if loss_options is not None:
+            knob["loss_options"] = loss_options  # as MapoATPass.actor_settings writes them
         tu.assign_non_tensor(step, mapo_at={**knob, "audio_token_id": int(setup["processor"].audio_token_id)})
     metrics = actor.update(step, nested=True)  # the layout verl's trainer hands the actor
     if eta:
@@ -94,3 +98,10 @@ def test_attention_loss_changes_the_update(setup, vanilla):
     )
     assert _max_diff(with_loss, vanilla) > MOVED
     assert _max_diff(without, vanilla) < SAME  # eta = 0: the capture runs, the loss adds nothing
+
+
+def test_attention_loss_options_reach_the_loss(setup, vanilla):
+    other = {"advantage_floor_eps": 0.0, "reduction": "token_mean", "content_fallback": "skip"}
+    assert _max_diff(_step(setup, eta=1.0, loss_options=other), vanilla) > MOVED
+    with pytest.raises(ValueError, match="reduction='bogus'"):  # the actor's loss got the option
+        _step(setup, eta=1.0, loss_options={"reduction": "bogus"})

@@ -23,6 +23,10 @@ from helpers import MAPO_AT_TWO_STEPS, SMALL_BATCH, assert_mapo_at_steps, e2e_in
 pytestmark = pytest.mark.slow
 
 TOL = 1e-5  # fp32 CPU: packed and padded differ by float summation order only (measured ~5e-7)
+# After the second update (two Adam steps at lr 1e-2, which turn summation-order noise in tiny gradients into full
+# steps) the log-probs differ more: measured 5e-6 with L_attn's token_mean reduction, 7e-5 with the per-sequence
+# default (a response with few content tokens weighs more); still four orders of magnitude below the policy's move.
+TOL_AFTER_TWO_UPDATES = 3e-4
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +144,7 @@ def test_log_probs_packed_equal_padded(runs, setup):
     for before_or_after in range(3):  # initial weights, after the L_attn update, after the PPO + L_attn update
         packed = runs[True]["log_probs"][before_or_after][mask]
         padded = runs[False]["log_probs"][before_or_after][mask]
-        torch.testing.assert_close(packed, padded, atol=TOL, rtol=0)
+        torch.testing.assert_close(packed, padded, atol=TOL if before_or_after < 2 else TOL_AFTER_TWO_UPDATES, rtol=0)
     # the updates moved the policy far more than the layouts differ
     moved = (runs[True]["log_probs"][2] - runs[True]["log_probs"][0])[mask].abs().max()
     assert moved > 1e-2
@@ -168,7 +172,7 @@ def test_without_the_text_row_packed_sequences_leak(setup):
     builds a plain causal mask and the second sequence attends to the first."""
     from verl.utils.model import extract_multi_modal_inputs
 
-    from verl_modality.models.qwen2_5_omni import load_thinker
+    from verl_modality.models.omni import load_thinker
 
     batch = setup["batch"]
     model = load_thinker(str(setup["model"])).eval()

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from verl_modality.data import schema
 from verl_modality.data.dataset import OmniRLDataset
-from verl_modality.models.qwen2_5_omni import load_omni_processor, placeholder_token_ids
+from verl_modality.models.omni import load_omni_processor, placeholder_token_ids
 from verl_modality.trainer.relevance_pass import ROW_FIELDS, twin_trajectory
 
 

@@ -90,7 +90,7 @@ def test_config_errors_name_the_option(kwargs, match):
 
 def test_export_thinker_round_trip(tiny_model_dir, tmp_path):
     from verl_modality.models.checkpoint import export_thinker
-    from verl_modality.models.qwen2_5_omni import load_thinker
+    from verl_modality.models.omni import load_thinker
 
     state = {k: v.clone() for k, v in load_thinker(str(tiny_model_dir)).state_dict().items()}
     state["lm_head.weight"] += 1.0

@@ -12,11 +12,16 @@ backward that recomputes the scores of one chunk at a time; nothing of size ``Tq
 ``O(chunk * Tk)`` per head in the forward *and* the backward. :func:`naive_audio_attention_mass` materialises the
 probabilities (reference for tests and the benchmark).
 
-The loss (per response ``i`` with ``T_i`` tokens, content tokens ``c``):
+The loss (per response ``i`` with ``T_i`` tokens and ``N_i`` content tokens ``c_i``, ``B`` responses):
 
-    L_attn = sum_i g_i sum_{t in c} (t / T_i)^kappa v_t (-log(a_t + eps)) / (number of content tokens in the batch)
+    S_i    = g_i sum_{t in c_i} (t / T_i)^kappa v_t (-log(a_t + eps))
+    L_attn = (1 / B) sum_i S_i / N_i                 (``seq_mean``, the default: the release's default loss type)
+    L_attn = sum_i S_i / sum_i N_i                   (``token_mean``: one division by the batch's content tokens)
 
-with the complementary weights ``v_t`` (:func:`complementary_weights`) and the gate ``g_i`` (:func:`sequence_gate`).
+with the complementary weights ``v_t`` (:func:`complementary_weights`) and the gate ``g_i`` (:func:`sequence_gate`,
+which by default raises ``|A_i|`` of a failed response to at least 0.02). A response without content tokens counts
+every one of its tokens as content by default (:func:`effective_content_mask`); with ``content_fallback="skip"`` it
+adds nothing (``S_i = 0``; under ``seq_mean`` it still counts in ``B``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from typing import Any
 
 import torch
 
+from verl_modality.algorithms.config import ATTN_REDUCTIONS, CONTENT_FALLBACKS
+
 __all__ = [
     "STOPWORDS",
     "attention_loss",
@@ -35,10 +42,12 @@ __all__ = [
     "complementary_weights",
     "content_mask_from_strings",
     "content_token_mask",
+    "effective_content_mask",
     "naive_audio_attention_mass",
     "reduce_heads_layers",
     "sequence_gate",
     "sequence_tau",
+    "task_failed",
     "temporal_weights",
 ]
 
@@ -360,13 +369,54 @@ def complementary_weights(
     return w.clamp(max=c_mask) * m
 
 
-def sequence_gate(task_reward: torch.Tensor, advantage_abs: torch.Tensor) -> torch.Tensor:
-    """``(B,)``: ``g_i = min(3, max(0.1, failed_i) * |A_i|)``, ``failed_i = 1`` when the task reward is 0.
+def task_failed(task_reward: torch.Tensor) -> torch.Tensor:
+    """Bool ``(B,)``: the response failed its task, i.e. its task reward ``(B,)`` is ``<= 0`` or not finite (SPEC 5,
+    the release's rule)."""
+    r = task_reward.detach().float()
+    return ~torch.isfinite(r) | (r <= 0)
 
-    Failed responses get the full ``|A_i|``, successful ones a tenth of it.
+
+def sequence_gate(
+    task_reward: torch.Tensor, advantage_abs: torch.Tensor, advantage_floor_eps: float = 0.02
+) -> torch.Tensor:
+    """``(B,)``: ``g_i = min(3, max(0.1, failed_i) * s_i)`` with ``failed_i`` from :func:`task_failed`.
+
+    ``s_i = |A_i|`` for a successful response and ``max(|A_i|, advantage_floor_eps)`` for a failed one, so a group
+    whose responses all fail (every ``A_i = 0``) still gets the attention loss; ``advantage_floor_eps=0`` turns the
+    floor off. A non-finite ``|A_i|`` counts as 0 (then floored if failed). Failed responses get the full ``s_i``,
+    successful ones a tenth of it.
+
+    Args:
+        task_reward: ``(B,)`` task reward of each response.
+        advantage_abs: ``(B,)`` advantage of each response (its absolute value is taken); no gradient.
+        advantage_floor_eps: the floor, ``>= 0``.
     """
-    failed = (task_reward.detach().float() == 0).float()
-    return torch.clamp(failed.clamp(min=0.1) * advantage_abs.detach().float().abs(), max=3.0)
+    if not advantage_floor_eps >= 0:
+        raise ValueError(f"advantage_floor_eps={advantage_floor_eps!r}: expected a number >= 0")
+    failed = task_failed(task_reward)
+    adv = advantage_abs.detach().float().abs().to(failed.device)
+    adv = torch.where(torch.isfinite(adv), adv, torch.zeros_like(adv))
+    scale = torch.where(failed, adv.clamp(min=float(advantage_floor_eps)), adv)
+    return torch.clamp(failed.float().clamp(min=0.1) * scale, max=3.0)
+
+
+def effective_content_mask(
+    content_mask: torch.Tensor, response_mask: torch.Tensor, content_fallback: str = "all_tokens"
+) -> torch.Tensor:
+    """Bool ``(B, T)``: the content tokens L_attn runs over, inside the response.
+
+    ``content_mask`` and ``response_mask`` are ``(B, T)``. A response with no content token takes every one of its
+    tokens as content with ``content_fallback="all_tokens"`` (the default, as the release does) and stays empty with
+    ``"skip"`` (it then adds nothing to the loss).
+    """
+    if content_fallback not in CONTENT_FALLBACKS:
+        raise ValueError(f"content_fallback={content_fallback!r}: expected one of {CONTENT_FALLBACKS}")
+    response = response_mask.bool()
+    content = content_mask.bool() & response
+    if content_fallback == "all_tokens":
+        empty = ~content.any(dim=-1, keepdim=True)
+        content = content | (empty & response)
+    return content
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -484,33 +534,48 @@ def attention_loss(
     tau_base: float = 1.0,
     c_mask: float = 5.0,
     eps: float = 1e-6,
+    advantage_floor_eps: float = 0.02,
+    reduction: str = "seq_mean",
+    content_fallback: str = "all_tokens",
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """MAPO-AT attention loss and its metrics.
+    """MAPO-AT attention loss and its metrics (the formula is in the module docstring).
 
     Args:
         a: ``(B, T)`` audio attention mass of each response token (:func:`reduce_heads_layers`); carries the gradient.
         response_mask: ``(B, T)``, 1 on response tokens.
         content_mask: bool ``(B, T)`` content tokens (restricted to the response here).
         dh: ``(B, T)`` entropy difference (no-audio reference minus policy), no gradient.
-        task_reward: ``(B,)`` task reward (0 = failed). adv_abs: ``(B,)`` advantage ``|A_i|`` of the sequence.
+        task_reward: ``(B,)`` task reward (failed: ``<= 0`` or not finite). adv_abs: ``(B,)`` advantage ``|A_i|``.
         kappa: temporal exponent. tau_base: ``tau_i = tau_base * log(max(T_i, 2))``. c_mask: weight cap.
         eps: inside ``-log(a + eps)``.
+        advantage_floor_eps: ``|A_i|`` of a failed response is raised to at least this in the gate; 0 = no floor.
+        reduction: ``"seq_mean"`` (each response's sum over its ``N_i`` content tokens divided by ``N_i``, then the
+            mean over the ``B`` responses) or ``"token_mean"`` (the batch's sum divided by its content tokens).
+        content_fallback: a response without content tokens counts all its tokens as content (``"all_tokens"``) or
+            adds nothing (``"skip"``); see :func:`effective_content_mask`.
 
     Returns:
-        ``(L_attn, metrics)``: ``L_attn = sum_i g_i sum_t (t/T_i)^kappa v_t (-log(a_t + eps)) / N_content`` with
-        ``N_content`` the content tokens of the batch (at least 1); metrics ``attn/loss``,
-        ``attn/audio_mass_first_third``, ``attn/audio_mass_last_third``, ``attn/audio_mass_mean``,
-        ``attn/content_tokens``, ``attn/gate_mean``.
+        ``(L_attn, metrics)``: ``L_attn`` a scalar (0 when no response has a content token, or ``B = 0``); metrics
+        ``attn/loss``, ``attn/audio_mass_first_third``, ``attn/audio_mass_last_third``, ``attn/audio_mass_mean``,
+        ``attn/content_tokens`` (the tokens the loss ran over, fallback included), ``attn/no_content_sequences``
+        (responses without a content token of their own), ``attn/gate_mean``.
     """
+    if reduction not in ATTN_REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r}: expected one of {ATTN_REDUCTIONS}")
     m = response_mask.float()
-    content = content_mask.bool() & (m > 0)
+    own = content_mask.bool() & (m > 0)
+    content = effective_content_mask(own, m, content_fallback)
     w = temporal_weights(m, kappa)
     v = complementary_weights(dh, content, sequence_tau(m, tau_base), c_mask)
-    g = sequence_gate(task_reward, adv_abs)
-    n_content = content.sum()
+    g = sequence_gate(task_reward, adv_abs, advantage_floor_eps)
     nll = -torch.log(a.to(_acc_dtype(a)) + eps)
-    per_token = (g[:, None] * w * v).to(nll.dtype) * nll
-    loss = per_token.sum() / n_content.clamp(min=1).to(nll.dtype)
+    per_token = (g[:, None] * w * v).to(nll.dtype) * nll  # 0 outside the content tokens (v = 0 there)
+    n_seq = content.sum(dim=-1)
+    if reduction == "seq_mean":
+        per_seq = per_token.sum(dim=-1) / n_seq.clamp(min=1).to(nll.dtype)
+        loss = per_seq.mean() if per_seq.numel() else per_token.sum()
+    else:
+        loss = per_token.sum() / n_seq.sum().clamp(min=1).to(nll.dtype)
     first, last = _third_means(a, m)
     n_resp = m.sum()
     metrics = {
@@ -518,7 +583,8 @@ def attention_loss(
         "attn/audio_mass_first_third": first,
         "attn/audio_mass_last_third": last,
         "attn/audio_mass_mean": float((a.detach().float() * m).sum() / n_resp) if n_resp > 0 else math.nan,
-        "attn/content_tokens": float(n_content),
+        "attn/content_tokens": float(n_seq.sum()),
+        "attn/no_content_sequences": float(((m.sum(-1) > 0) & ~own.any(-1)).sum()),
         "attn/gate_mean": float(g.mean()) if g.numel() else math.nan,
     }
     return loss, metrics

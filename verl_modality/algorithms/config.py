@@ -12,6 +12,10 @@ from verl_modality.vocabulary import ABLATIONS, TAGS
 
 HISTORY_MODES = ("global", "per_tag")
 DIFFICULTY_MODES = ("auto", "binary", "continuous")
+#: L_attn reductions: per sequence (mean over its content tokens), then the mean over sequences; or one global mean
+ATTN_REDUCTIONS = ("seq_mean", "token_mean")
+#: a sequence without content tokens: every completion token counts as content, or it adds nothing to L_attn
+CONTENT_FALLBACKS = ("all_tokens", "skip")
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,10 @@ class MapoATConfig:
     """``algorithm.mapo_at.*``: MAPO-AT's relevance mask and attention loss (SPEC §5; defaults of the public release).
 
     Independent of the advantage estimator. The relevance mask also needs
-    ``actor_rollout_ref.actor.policy_loss.loss_mode=mapo_relevance``.
+    ``actor_rollout_ref.actor.policy_loss.loss_mode=mapo_relevance``. Where SPEC §5 leaves a detail of L_attn open,
+    the default is the code release's and the other reading is an option: ``advantage_floor_eps=0`` turns the floor
+    off, ``attn_loss_reduction=token_mean`` divides once by the batch's content tokens, ``content_fallback=skip``
+    lets a sequence without content tokens add nothing.
     """
 
     relevance_mask: bool = False  # entropy-difference mask on the policy loss (SPEC §5)
@@ -67,6 +74,9 @@ class MapoATConfig:
     eta: float = option(0.05, gt=0)  # coefficient of L_attn (SPEC §5)
     kappa: float = option(1.0, gt=0)  # temporal exponent of (t / T_i)^kappa (SPEC §5)
     layers: tuple[int, ...] = option((-3, -2, -1), nonempty=True)  # decoder layers that count: the last three (SPEC §5)
+    advantage_floor_eps: float = option(0.02, ge=0)  # failed: |A_i| >= this in the gate; 0 = off (SPEC §5)
+    attn_loss_reduction: str = option("seq_mean", choices=ATTN_REDUCTIONS)  # L_attn per sequence first (SPEC §5)
+    content_fallback: str = option("all_tokens", choices=CONTENT_FALLBACKS)  # no content token: all count (SPEC §5)
 
     def __post_init__(self) -> None:
         options.validate(self, "algorithm.mapo_at")

@@ -83,7 +83,7 @@ def _decode_video(item: dict, config: Any) -> np.ndarray:
 
 
 class OmniRLDataset(RLHFDataset):
-    """Tagged multimodal samples for Qwen2.5-Omni-class models; see the module docstring."""
+    """Tagged multimodal samples for Omni models; see the module docstring."""
 
     SAMPLING_RATE = 16000
 

@@ -9,7 +9,7 @@ positions. Here:
   (:class:`verl_modality.data.dataset.OmniRLDataset`) and run through verl's ``build_multimodal_processor_inputs``:
   the placeholders are expanded and ``multi_modal_inputs`` holds the audio features and video patches;
 * ``position_ids`` are the ``(4, L)`` Qwen2.5-Omni multimodal RoPE positions of
-  :func:`verl_modality.models.qwen2_5_omni.compute_position_ids`, the layout of our RL batches;
+  :func:`verl_modality.models.omni.compute_position_ids`, the layout of our RL batches;
 * each turn is tokenized on its own as verl does, so the loss mask covers the assistant turns (after the generation
   prompt, up to and including the end-of-turn tokens) and text-only rows give verl's tokens and mask;
 * a sample whose prompt (everything before the first trained token) does not fit in ``data.max_length`` raises an
@@ -100,13 +100,13 @@ class OmniSFTDataset(MultiTurnSFTDataset):
     ):
         if processor is None:
             raise ValueError(
-                "OmniSFTDataset needs the Qwen2.5-Omni processor (verl passes it when model.path is an Omni "
+                "OmniSFTDataset needs an Omni processor (verl passes it when model.path is an Omni "
                 "checkpoint and the verl_modality plugin is loaded)"
             )
         if not hasattr(processor, "get_rope_index_kwargs"):
             raise ValueError(
-                f"{processor.__class__.__name__} is not a configured Qwen2.5-Omni processor; load it with "
-                "verl_modality.models.qwen2_5_omni.load_omni_processor"
+                f"{processor.__class__.__name__} is not a configured Omni processor; load it with "
+                "verl_modality.models.omni.load_omni_processor"
             )
         config = config or {}
         if config.get("truncation", "error") == "left":
@@ -248,7 +248,7 @@ class OmniSFTDataset(MultiTurnSFTDataset):
     def __getitem__(self, item: int) -> dict[str, Any]:
         from verl.utils.dataset.dataset_utils import DatasetPadMode
 
-        from verl_modality.models.qwen2_5_omni import compute_position_ids
+        from verl_modality.models.omni import compute_position_ids
 
         row: dict = self.dataframe.iloc[item].to_dict()
         sample = self.sample_name(row, item)

@@ -74,7 +74,7 @@ class EvalConfigError(ValueError):
 class EvalConfig:
     """Options of ``verl-modality eval`` (its command line is built from these fields)."""
 
-    model: str = option(REQUIRED, help="local checkpoint directory (Qwen2.5-Omni class)")
+    model: str = option(REQUIRED, help="local checkpoint directory (a known Omni family)")
     data: str = option(REQUIRED, metavar="TEST.parquet", help="schema parquet to evaluate")
     out: str = option(REQUIRED, metavar="RESULTS.jsonl", help="one JSON record per response (resumable)")
     k: int = option(4, ge=1, help="samples per query; pass@1 = mean over the k (SPEC section 8)")
@@ -213,7 +213,7 @@ def cpu_kv_cache_bytes(model_path: str, max_model_len: int, max_num_seqs: int) -
     float32, clamped to [:data:`CPU_KV_CACHE_MIN_BYTES`, :data:`CPU_KV_CACHE_MAX_BYTES`]."""
     from transformers import AutoConfig
 
-    from verl_modality.models.qwen2_5_omni import thinker_config_of
+    from verl_modality.models.omni import thinker_config_of
 
     config = AutoConfig.from_pretrained(model_path)
     try:
@@ -287,7 +287,7 @@ class VLLMBackend:
     def __init__(self, cfg: EvalConfig) -> None:
         from vllm import LLM
 
-        from verl_modality.models.qwen2_5_omni import load_omni_processor, never_sample_token_ids
+        from verl_modality.models.omni import load_omni_processor, never_sample_token_ids
 
         self.cfg = cfg
         self.platform = vllm_platform()
@@ -308,7 +308,7 @@ class VLLMBackend:
 
         from verl_modality.data.media import SAMPLE_RATE
         from verl_modality.models.generation import row_prompt
-        from verl_modality.models.qwen2_5_omni import collapse_placeholders
+        from verl_modality.models.omni import collapse_placeholders
 
         c = cfg
         p = row_prompt(row, self.processor, None, c.max_prompt_length)

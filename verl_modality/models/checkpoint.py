@@ -1,4 +1,4 @@
-"""A thinker trained by verl (sharded FSDP checkpoint) written back into a full Qwen2.5-Omni checkpoint directory.
+"""A thinker trained by verl (sharded FSDP checkpoint) written back into a full Omni checkpoint directory.
 
 verl's trainers save the trained module's state dict (``model_world_size_<W>_rank_<r>.pt``, DTensor shards); the
 module is the thinker, so its names carry no ``thinker.`` prefix. The full checkpoint the plugin loads (hub layout:
@@ -69,12 +69,18 @@ def export_thinker(
 ) -> Path:
     """Write ``out_dir``: ``base_dir`` with its ``thinker.*`` weights replaced by ``thinker_state`` (thinker names).
 
-    Shapes and dtypes must match the base; the directory is assembled beside ``out_dir`` and moved into place.
+    The base checkpoint's family names the trained tensors as its hub layout has them
+    (:meth:`~verl_modality.models.family.OmniFamily.checkpoint_weights`: ``thinker.`` prefix, MoE experts one by
+    one). Shapes and dtypes must match the base; the directory is assembled beside ``out_dir`` and moved into place.
     """
     from safetensors.torch import load_file, save_file
 
+    from verl_modality.models.family import require_family
+    from verl_modality.models.omni import load_config
+
     base, out = Path(base_dir), Path(out_dir)
-    remaining = dict(thinker_state)
+    family = require_family(load_config(base), base)
+    remaining = dict(family.checkpoint_weights(thinker_state.items()))
     with assembled_dir(out) as tmp:
         weight_files = _weight_files(base)
         for item in base.iterdir():
@@ -85,14 +91,15 @@ def export_thinker(
             for name in list(tensors):
                 if not name.startswith(THINKER_PREFIX):
                     continue
-                key = name[len(THINKER_PREFIX) :]
-                if key not in remaining:
+                if name not in remaining:
+                    key = name[len(THINKER_PREFIX) :]
                     raise KeyError(f"{base}: weight {name} has no trained counterpart {key!r}")
-                new = remaining.pop(key)
+                new = remaining.pop(name)
                 if new.shape != tensors[name].shape:
                     raise ValueError(f"{name}: trained shape {tuple(new.shape)} != base {tuple(tensors[name].shape)}")
                 tensors[name] = new.to(tensors[name].dtype).contiguous()
             save_file(tensors, str(tmp / path.name), metadata={"format": "pt"})
         if remaining:
-            raise KeyError(f"trained weights not in {base}: {sorted(remaining)[:5]}")
+            names = sorted(name.removeprefix(THINKER_PREFIX) for name in remaining)
+            raise KeyError(f"trained weights not in {base}: {names[:5]}")
     return out

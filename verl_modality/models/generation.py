@@ -74,7 +74,7 @@ class RowGenerator:
     """Samples responses for schema rows from a local checkpoint, as the training rollout would.
 
     Args:
-        model_path: local checkpoint directory (a full Qwen2.5-Omni checkpoint loads its thinker).
+        model_path: local checkpoint directory (a full Omni checkpoint loads its thinker).
         max_prompt_length: longest prompt accepted, in tokens (verl's ``data.max_prompt_length``).
         max_response_length: response budget in tokens (verl's ``rollout.response_length``).
         seed: base seed of the per-request seeding.
@@ -107,7 +107,7 @@ class RowGenerator:
             self.model_path, prompt_length=self.max_prompt_length, response_length=self.max_response_length, seed=seed
         )
         if self.core.processor is None:
-            raise ValueError(f"{self.model_path}: RowGenerator needs a multimodal (Qwen2.5-Omni) checkpoint")
+            raise ValueError(f"{self.model_path}: RowGenerator needs a multimodal (Omni) checkpoint")
         self.processor = self.core.processor
         self.tokenizer = self.core.tokenizer
 

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from verl_modality.models.family import family_of
+
 logger = logging.getLogger(__name__)
 
 #: verl's ``TokenOutput.stop_reason`` for each vLLM ``finish_reason``: verl's vLLM server reports both as
@@ -66,7 +68,7 @@ class HFGenerator:
     """Generation with a transformers model, in verl's token-in / token-out form.
 
     Args:
-        model_path: local checkpoint directory (a full Qwen2.5-Omni checkpoint loads its thinker).
+        model_path: local checkpoint directory (a full Omni checkpoint loads its thinker).
         prompt_length, response_length: verl's ``rollout.prompt_length`` / ``response_length`` (the token budget).
         seed: base seed of the request seeding.
     """
@@ -74,7 +76,7 @@ class HFGenerator:
     def __init__(self, model_path: str, prompt_length: int, response_length: int, seed: int = 0, processor=None):
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-        from verl_modality.models.qwen2_5_omni import is_omni_config, load_omni_processor, never_sample_token_ids
+        from verl_modality.models.omni import is_omni_config, load_omni_processor, never_sample_token_ids
 
         self.model_path = str(model_path)
         self.prompt_length = int(prompt_length)
@@ -83,7 +85,7 @@ class HFGenerator:
         config = AutoConfig.from_pretrained(self.model_path)
         self.is_omni = is_omni_config(config)
         if self.is_omni:
-            from verl_modality.models.qwen2_5_omni import load_thinker
+            from verl_modality.models.omni import load_thinker
 
             self.model = load_thinker(self.model_path)
             self.processor = processor or load_omni_processor(self.model_path, config=config)
@@ -126,7 +128,12 @@ class HFGenerator:
         self.weight_version = version
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> int:
-        """Load the actor's full state dict (its keys are the served model's); every key must match exactly."""
+        """Load the actor's full state dict (its keys are the served model's, MoE experts possibly split one by one as
+        verl's FSDP engine sends them); every key must match exactly."""
+        received = len(state_dict)
+        family = family_of(self.model.config)
+        if family is not None:
+            state_dict = family.module_weights(state_dict)
         missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
         # Tied or non-persistent buffers may be absent from the actor's export; parameters may not.
         params = {name for name, _ in self.model.named_parameters()}
@@ -137,7 +144,7 @@ class HFGenerator:
                 f"missing {missing[:8]} ({len(missing)}), unexpected {unexpected[:8]} ({len(unexpected)})"
             )
         self.set_weight_version(version)
-        return len(state_dict)
+        return received
 
     # ---------------------------------------------------------------------------------------------- multimodal
     def model_inputs(
@@ -157,7 +164,7 @@ class HFGenerator:
             raise ValueError("hf rollout: a multimodal request reached a model without a processor")
         from verl.utils.tokenizer import build_multimodal_processor_inputs
 
-        from verl_modality.models.qwen2_5_omni import collapse_placeholders
+        from verl_modality.models.omni import collapse_placeholders
 
         collapsed = collapse_placeholders(prompt_ids, self.placeholder_ids)
         text = self.tokenizer.decode(collapsed, skip_special_tokens=False)

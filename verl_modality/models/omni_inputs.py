@@ -1,4 +1,4 @@
-"""Model inputs for the Qwen2.5-Omni thinker, built the way verl's agent loop builds them.
+"""Model inputs for an Omni thinker, built the way verl's agent loop builds them.
 
 A prompt is rendered with the processor's chat template and run through verl's own
 ``build_multimodal_processor_inputs`` (so placeholder expansion, audio features and video patches are exactly what a
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 
-from verl_modality.models.qwen2_5_omni import compute_position_ids
+from verl_modality.models.omni import compute_position_ids
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from verl_modality.data import schema
-from verl_modality.models.qwen2_5_omni import compute_position_ids
+from verl_modality.models.omni import compute_position_ids
 from verl_modality.models.twin_inputs import encode_row, shown_row, twin_row
 
 TWIN_PARTITION = "verl_modality_twin"

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from verl_modality.algorithms.relevance import relevance_weights
 from verl_modality.data import schema
-from verl_modality.models.qwen2_5_omni import load_omni_processor, placeholder_token_ids
+from verl_modality.models.omni import load_omni_processor, placeholder_token_ids
 from verl_modality.trainer import relevance_pass as rp
 from verl_modality.trainer.features.mapo_at_pass import MapoATPass
 
@@ -168,4 +168,12 @@ def test_actor_settings_carry_the_options_and_the_audio_token(tiny_model_dir):
         "tau_base": 1.0,
         "c_mask": 5.0,
         "audio_token_id": placeholder_token_ids(tokenizer)["audio"],
+        "loss_options": {"advantage_floor_eps": 0.02, "reduction": "seq_mean", "content_fallback": "all_tokens"},
+    }
+    other = {"advantage_floor_eps": 0.0, "attn_loss_reduction": "token_mean", "content_fallback": "skip"}
+    settings = MapoATPass(_cfg("vanilla", attention_loss=True, **other)).actor_settings(tokenizer)
+    assert settings["loss_options"] == {
+        "advantage_floor_eps": 0.0,
+        "reduction": "token_mean",
+        "content_fallback": "skip",
     }

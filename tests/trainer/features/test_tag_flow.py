@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from verl_modality.algorithms.batch_context import current_batch_context
 from verl_modality.algorithms.gradient_variance import pg_variance_metrics
-from verl_modality.models.qwen2_5_omni import load_omni_processor, placeholder_token_ids
+from verl_modality.models.omni import load_omni_processor, placeholder_token_ids
 from verl_modality.trainer.features import tag_flow as tf
 
 

@@ -178,7 +178,7 @@ class MapoATPass:
     def actor_settings(self, tokenizer: Any) -> dict[str, Any]:
         """``extra_info["mapo_at"]`` of the actor update: what :mod:`verl_modality.integrations.verl_workers`
         reads."""
-        from verl_modality.models.qwen2_5_omni import placeholder_token_ids
+        from verl_modality.models.omni import placeholder_token_ids
 
         at = self.config
         return {
@@ -188,4 +188,10 @@ class MapoATPass:
             "tau_base": at.tau_base,
             "c_mask": at.c_mask,
             "audio_token_id": placeholder_token_ids(tokenizer)["audio"],
+            # keyword arguments of verl_modality.algorithms.attention_loss.attention_loss
+            "loss_options": {
+                "advantage_floor_eps": at.advantage_floor_eps,
+                "reduction": at.attn_loss_reduction,
+                "content_fallback": at.content_fallback,
+            },
         }

@@ -69,7 +69,7 @@ def stats_to_metrics(per_tag: dict[str, dict[str, float]], prefix: str = "mapo")
 
 def stream_token_ids(tokenizer: Any) -> tuple[int, int] | None:
     """(audio, video) placeholder ids; None for a tokenizer without them (no stream tokens to count)."""
-    from verl_modality.models.qwen2_5_omni import placeholder_token_ids
+    from verl_modality.models.omni import placeholder_token_ids
 
     try:
         ids = placeholder_token_ids(tokenizer)

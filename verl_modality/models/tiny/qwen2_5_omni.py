@@ -1,11 +1,11 @@
-"""A tiny random-weight Qwen2.5-Omni checkpoint, built fully offline.
+"""Tiny Qwen2.5-Omni checkpoint builder (see :func:`verl_modality.models.tiny.make_tiny_model`).
 
-:func:`make_tiny_model` writes a directory laid out like ``Qwen/Qwen2.5-Omni-3B`` on the hub: the full
+The directory is laid out like ``Qwen/Qwen2.5-Omni-3B`` on the hub: the full
 ``Qwen2_5OmniConfig`` (``architectures: ["Qwen2_5OmniModel"]``), safetensors weights with ``thinker.*``, ``talker.*``
 and ``token2wav.*`` keys, ``spk_dict.pt``, ``generation_config.json``, and a ``Qwen2_5OmniProcessor`` (Whisper
 features, Qwen2-VL image and video processors, a byte-level BPE tokenizer trained here, an Omni chat template). It is
-loaded by the same code as the real checkpoint (:func:`verl_modality.models.qwen2_5_omni.load_thinker`,
-:func:`verl_modality.models.qwen2_5_omni.load_processor`).
+loaded by the same code as the real checkpoint (:func:`verl_modality.models.omni.load_thinker`,
+:func:`verl_modality.models.omni.load_omni_processor`).
 
 Token ids keep Qwen's layout: the 22 added tokens follow the BPE vocabulary in Qwen's order, and the embedding is
 padded past them (Qwen2.5-Omni: 151643 BPE tokens, added tokens at 151643-151664, 152064 rows).
@@ -13,7 +13,6 @@ padded past them (Qwen2.5-Omni: 151643 BPE tokens, added tokens at 151643-151664
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Any
 
@@ -105,129 +104,6 @@ CHAT_TEMPLATE = (
 # Pixel budget of the image/video processors: 56x56 up to 112x112 (4 to 16 merged tokens per frame pair).
 MIN_PIXELS = 4 * 28 * 28
 MAX_PIXELS = 16 * 28 * 28
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Tokenizer
-# --------------------------------------------------------------------------------------------------------------------
-_GENERIC_LINES = """\
-The quick brown fox jumps over the lazy dog.
-A small model is trained on a tiny corpus so that every test runs in a few seconds.
-Please read the question carefully and choose the best option.
-Think step by step, then give the final answer.
-She opened the window and listened to the rain falling on the roof.
-The train leaves the station at seven o'clock in the morning.
-We watched the video twice before we wrote down what we saw.
-He played a short melody on the piano, first slowly and then faster.
-Listen to the audio clip and tell me what you hear.
-The weather is cold today, but tomorrow it will be warm and sunny.
-There are three apples, two bananas and one orange on the table.
-Numbers like 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 100 and 2024 appear in many questions.
-The answer is not in the list, so none of the options is correct.
-It is impossible to tell from the information given.
-The speaker says hello, then thanks everyone for coming.
-Subtitles show the words that people say in the video.
-A caption describes the scene: a cat sits next to a red ball.
-Which of the following statements is true?
-How many times does the sound repeat?
-What is the main colour of the object in the middle of the frame?
-Is the second tone higher or lower than the first one?
-The sound gets louder, then quieter, and finally stops.
-I think the correct choice is the one that matches both the picture and the sound.
-Answer with the letter of the option only.
-Could you describe what happens at the beginning, in the middle and at the end?
-The dog barks loudly while the bird sings quietly in the tree.
-Every morning the farmer feeds the cows, the sheep, the horses and the chickens.
-Hello, how are you? I am fine, thank you!
-Yes. No. Maybe. Sometimes. Always. Never.
-(a) first, (b) second, (c) third, (d) fourth; "quoted text" and 'single quotes' too.
-Email: test@example.com, website: https://example.com/path?query=1#top
-Tabs\tand multiple   spaces, new lines, and punctuation: ! ? . , ; : - _ + = * / \\ | < > [ ] { } ( ) # $ % & @ ^ ~ `
-"""
-
-_COLOURS = ("red", "blue", "green", "yellow", "orange", "purple", "black", "white", "pink", "brown", "grey", "gray")
-_SHAPES = ("square", "circle", "triangle", "star", "ball", "box", "line", "dot")
-_ANIMALS = ("dog", "cat", "cow", "bird", "sheep", "horse", "duck", "frog", "lion", "owl", "pig", "chicken")
-_SOUNDS = ("beep", "beeps", "tone", "tones", "chirp", "click", "whistle", "buzz", "bark", "meow", "moo", "quack")
-_PITCH = ("high", "low", "rising", "falling", "steady", "loud", "quiet", "short", "long", "higher", "lower")
-_COUNTS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "zero", "once", "twice")
-_WORDS = (
-    "audio video subtitle subtitles caption speech transcript frame frames picture image clip sound sounds noise "
-    "silence silent blank pitch frequency hertz Hz kHz volume loudness duration second seconds minute beginning end "
-    "middle left right top bottom background foreground colour color colours colors shape shapes animal animals "
-    "question answer option options choice correct incorrect wrong none above below cannot determined missing "
-    "modality modalities stream visible audible shown heard seen says said spoken word words text reads display "
-    "think reasoning because therefore first then finally both neither either only also count number how many which "
-    "what where when who why is are was were does do did can could would should the a an of in on at to for with"
-).split()
-
-
-def tokenizer_corpus() -> list[str]:
-    """The built-in training corpus: generic English plus the words of a small audio/video QA set."""
-    lines = [line for line in _GENERIC_LINES.splitlines() if line]
-    for colour, shape in itertools.product(_COLOURS, _SHAPES):
-        lines.append(f"What colour is the {shape}? The {shape} is {colour}. A {colour} {shape} appears on screen.")
-    for count, sound, pitch in zip(itertools.cycle(_COUNTS), _SOUNDS * 3, _PITCH * 4):
-        lines.append(f"How many {sound}s do you hear? I hear {count} {pitch} {sound}s. The {sound} pitch is {pitch}.")
-    for animal, sound in zip(_ANIMALS, itertools.cycle(_SOUNDS)):
-        lines.append(f"Which animal makes this sound? Options: A. {animal} B. {_ANIMALS[-1]} C. none of the above.")
-        lines.append(f"The {animal} makes a {sound} sound. The subtitle says: the {animal} is here.")
-    letters = ("A", "B", "C", "D")
-    for i, (colour, animal) in enumerate(zip(itertools.cycle(_COLOURS), _ANIMALS * 2)):
-        answer = letters[i % 4]
-        lines.append(
-            f"Question: Which option matches the video? A. a {colour} {animal} B. a beep C. a high tone D. none. "
-            f"<think>The video shows a {colour} {animal}.</think> <answer>{answer}</answer>"
-        )
-    for i in range(60):
-        lines.append(" ".join(_WORDS[(i * 7 + k * 13) % len(_WORDS)] for k in range(12)) + ".")
-    # Chat turns, so that role names become single tokens as in Qwen's vocabulary.
-    for i, line in enumerate(lines[:120]):
-        lines.append(f"system\nYou are a helpful assistant.\nuser\n{line}\nassistant\nThe answer is {letters[i % 4]}.")
-    return lines
-
-
-def build_tokenizer(bpe_vocab_size: int) -> Any:
-    """Train a byte-level BPE with Qwen2's pre-tokenizer on :func:`tokenizer_corpus` and add Qwen's tokens."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-
-    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=bpe_vocab_size,
-        min_frequency=1,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=[],
-    )
-    tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
-    tok.add_tokens([AddedToken(text, special=special, normalized=False) for text, special in ADDED_TOKENS])
-    return Qwen2Tokenizer(
-        tokenizer_object=tok,
-        bos_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        errors="replace",
-        model_max_length=32768,
-        clean_up_tokenization_spaces=False,
-        split_special_tokens=False,
-        extra_special_tokens=[text for text, special in ADDED_TOKENS if special],
-        # Qwen2_5OmniProcessor.__call__ resizes videos to its class default (>= 128*28*28 pixels) unless told
-        # otherwise; values in the tokenizer's init kwargs are the only saved defaults it reads for every modality.
-        min_pixels=MIN_PIXELS,
-        max_pixels=MAX_PIXELS,
-        **TOKENIZER_NAMED_TOKENS,
-    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -409,54 +285,20 @@ def _speaker_dict(config: Any, vocab_size: int) -> dict[str, dict[str, Any]]:
     return speakers
 
 
-def make_tiny_model(out_dir: str | Path, seed: int = 0, vocab_size: int = 1024, overwrite: bool = False) -> Path:
-    """Write a tiny random-weight Qwen2.5-Omni checkpoint (full layout, tokenizer, processor) to ``out_dir``.
-
-    ``vocab_size`` is the number of embedding rows: the BPE gets ``vocab_size - 30`` of them, then come Qwen's 22 added
-    tokens and 8 reserved rows (talker text tokens, speaker bos). The files are a pure function of ``seed`` and
-    ``vocab_size``. The directory is assembled next to ``out_dir`` and moved into place when complete.
-    """
-    out = Path(out_dir)
-    for parent in out.parents:
-        if parent.exists() and not parent.is_dir():
-            raise NotADirectoryError(f"{parent} is a file, not a folder: cannot write the model to {out}")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} is a file, not a model directory: refusing to replace it")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
-        if not (out / "config.json").is_file():
-            raise FileExistsError(
-                f"refusing to replace {out}: it does not look like a model directory (no config.json)"
-            )
-    n_added = len(ADDED_TOKENS)
-    if vocab_size < 256 + n_added + RESERVED_TAIL + 64:
-        raise ValueError(f"vocab_size={vocab_size} is too small for a byte-level BPE plus Qwen's added tokens")
-    # after the checks: transformers takes seconds to import
+def write_checkpoint(out: Path, config: Any, token_ids: dict[str, int], vocab_size: int) -> None:
+    """Build the full model from ``config`` (under the caller's seed) and save it with ``spk_dict.pt`` and the
+    generation config, as the hub checkpoint has them."""
     from transformers import GenerationConfig, Qwen2_5OmniForConditionalGeneration
 
-    from verl_modality.models.checkpoint import assembled_dir
-
-    with assembled_dir(out) as tmp:
-        tokenizer = build_tokenizer(vocab_size - n_added - RESERVED_TAIL)
-        token_ids = {text: tokenizer.convert_tokens_to_ids(text) for text, _ in ADDED_TOKENS}
-        user_id = tokenizer.convert_tokens_to_ids("user")
-        token_ids["user"] = user_id if isinstance(user_id, int) and user_id >= 0 else 0
-        config = tiny_config(token_ids, vocab_size)
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = Qwen2_5OmniForConditionalGeneration(config).eval()
-            speakers = _speaker_dict(config, vocab_size)
-        model.save_pretrained(tmp)
-        torch.save(speakers, tmp / "spk_dict.pt")
-        # save_pretrained records the class it saved; hub checkpoints declare the name vLLM registers.
-        config.architectures = ["Qwen2_5OmniModel"]
-        config.save_pretrained(tmp)
-        GenerationConfig(
-            bos_token_id=token_ids["<|endoftext|>"],
-            eos_token_id=[token_ids["<|im_end|>"], token_ids["<|endoftext|>"]],
-            pad_token_id=token_ids["<|endoftext|>"],
-        ).save_pretrained(tmp)
-        build_processor(tokenizer).save_pretrained(tmp)
-    return out
+    model = Qwen2_5OmniForConditionalGeneration(config).eval()
+    speakers = _speaker_dict(config, vocab_size)
+    model.save_pretrained(out)
+    torch.save(speakers, out / "spk_dict.pt")
+    # save_pretrained records the class it saved; hub checkpoints declare the name vLLM registers.
+    config.architectures = ["Qwen2_5OmniModel"]
+    config.save_pretrained(out)
+    GenerationConfig(
+        bos_token_id=token_ids["<|endoftext|>"],
+        eos_token_id=[token_ids["<|im_end|>"], token_ids["<|endoftext|>"]],
+        pad_token_id=token_ids["<|endoftext|>"],
+    ).save_pretrained(out)
