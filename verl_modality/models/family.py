@@ -108,6 +108,14 @@ class OmniFamily:
         return f"<{self.title} family>"
 
 
+def module_function(module: torch.nn.Module, name: str) -> Any:
+    """A function of the source file that defines ``module``'s class (the one its forward calls)."""
+    function = getattr(sys.modules[type(module).__module__], name, None)
+    if function is None:
+        raise TypeError(f"{type(module).__name__}: its module has no {name}")
+    return function
+
+
 def _token_id(tokenizer: Any, token: str) -> int | None:
     token_id = tokenizer.convert_tokens_to_ids(token)
     if token_id is None or token_id == getattr(tokenizer, "unk_token_id", -1):

@@ -7,12 +7,9 @@ function: the thinker's attention applies multimodal RoPE to q/k itself (``apply
 
 from __future__ import annotations
 
-import sys
-from typing import Any
-
 import torch
 
-from verl_modality.models.family import OmniFamily, register_family
+from verl_modality.models.family import OmniFamily, module_function, register_family
 
 
 @register_family
@@ -39,13 +36,5 @@ class Qwen25Omni(OmniFamily):
         q = module.q_proj(hidden_states).view(bsz, length, -1, module.head_dim).transpose(1, 2)
         k = module.k_proj(hidden_states).view(bsz, length, -1, module.head_dim).transpose(1, 2)
         cos, sin = position_embeddings
-        rotary = _module_function(module, "apply_multimodal_rotary_pos_emb")
+        rotary = module_function(module, "apply_multimodal_rotary_pos_emb")
         return rotary(q, k, cos, sin, module.config.rope_parameters["mrope_section"])
-
-
-def _module_function(module: torch.nn.Module, name: str) -> Any:
-    """A function of the source file that defines ``module``'s class (the one its forward calls)."""
-    function = getattr(sys.modules[type(module).__module__], name, None)
-    if function is None:
-        raise TypeError(f"{type(module).__name__}: its module has no {name}")
-    return function

@@ -14,8 +14,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from verl_modality.models.family import OmniFamily, register_family
-from verl_modality.models.qwen2_5_omni import _module_function
+from verl_modality.models.family import OmniFamily, module_function, register_family
 
 
 @register_family
@@ -63,7 +62,7 @@ class Qwen3Omni(OmniFamily):
         q = module.q_norm(module.q_proj(hidden_states).view(shape)).transpose(1, 2)
         k = module.k_norm(module.k_proj(hidden_states).view(shape)).transpose(1, 2)
         cos, sin = position_embeddings
-        return _module_function(module, "apply_rotary_pos_emb")(q, k, cos, sin)
+        return module_function(module, "apply_rotary_pos_emb")(q, k, cos, sin)
 
 
 def split_experts(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
