@@ -28,7 +28,7 @@ class UnknownFamilyError(ValueError):
 class OmniFamily:
     """One Omni model family: thinker + talker checkpoints whose thinker the plugin trains.
 
-    Subclasses fill the class attributes and implement :meth:`query_key_states`; the rest works from the attributes.
+    Subclasses fill the class attributes; every method works from them.
     """
 
     name: ClassVar[str]  # registry key and ``make-tiny-model --family`` value
@@ -48,6 +48,9 @@ class OmniFamily:
     never_sample_tokens: ClassVar[tuple[str, ...]]
     hub_ids: ClassVar[tuple[str, ...]]  # checkpoints the real loading path serves
     moe: ClassVar[bool] = False  # mixture-of-experts text decoder (fused experts in transformers 5)
+    #: RoPE function of the modeling module that the text attention applies to q/k (MAPO-AT's capture redoes it)
+    rotary_function: ClassVar[str]
+    rotary_takes_mrope_section: ClassVar[bool]  # True: the function splits cos/sin by the config's mrope_section
 
     # -- configs ------------------------------------------------------------------------------------------------
     @property
@@ -101,8 +104,22 @@ class OmniFamily:
     def query_key_states(
         self, module: torch.nn.Module, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, ...]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Post-RoPE ``(q (B, H, L, D), k (B, Hk, L, D))`` of a text attention module, as its forward makes them."""
-        raise NotImplementedError
+        """Post-RoPE ``(q (B, H, L, D), k (B, Hk, L, D))`` of a text attention module, as its forward makes them:
+        q/k projections, the per-head q/k norms where the module has them, then the family's
+        :attr:`rotary_function` of the module's own source file (given ``mrope_section`` when
+        :attr:`rotary_takes_mrope_section`)."""
+        shape = (*hidden_states.shape[:-1], -1, module.head_dim)
+        q = module.q_proj(hidden_states).view(shape)
+        k = module.k_proj(hidden_states).view(shape)
+        q_norm, k_norm = getattr(module, "q_norm", None), getattr(module, "k_norm", None)
+        if q_norm is not None and k_norm is not None:
+            q, k = q_norm(q), k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        cos, sin = position_embeddings
+        rotary = module_function(module, self.rotary_function)
+        if self.rotary_takes_mrope_section:
+            return rotary(q, k, cos, sin, module.config.rope_parameters["mrope_section"])
+        return rotary(q, k, cos, sin)
 
     def __repr__(self) -> str:
         return f"<{self.title} family>"

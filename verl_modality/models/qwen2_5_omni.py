@@ -1,15 +1,13 @@
 """The Qwen2.5-Omni family (``Qwen/Qwen2.5-Omni-3B`` / ``-7B``): thinker + talker + token2wav.
 
-What differs from other families is data (model types, class names, placeholder tokens, FSDP leaf layers) and one
-function: the thinker's attention applies multimodal RoPE to q/k itself (``apply_multimodal_rotary_pos_emb`` with
-``mrope_section``), so MAPO-AT's capture does the same.
+What differs from other families is data only: model types, class names, placeholder tokens, FSDP leaf layers, and
+the RoPE its attention applies to q/k (``apply_multimodal_rotary_pos_emb`` with ``mrope_section``), which MAPO-AT's
+capture repeats.
 """
 
 from __future__ import annotations
 
-import torch
-
-from verl_modality.models.family import OmniFamily, module_function, register_family
+from verl_modality.models.family import OmniFamily, register_family
 
 
 @register_family
@@ -27,14 +25,5 @@ class Qwen25Omni(OmniFamily):
     placeholder_tokens = {"audio": "<|AUDIO|>", "image": "<|IMAGE|>", "video": "<|VIDEO|>"}
     never_sample_tokens = ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<|IMAGE|>", "<|VIDEO|>")
     hub_ids = ("Qwen/Qwen2.5-Omni-3B", "Qwen/Qwen2.5-Omni-7B")
-
-    def query_key_states(
-        self, module: torch.nn.Module, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, ...]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """q/k projections, then multimodal RoPE with the config's ``mrope_section`` (cos/sin ``(3, B, L, D)``)."""
-        bsz, length, _ = hidden_states.shape
-        q = module.q_proj(hidden_states).view(bsz, length, -1, module.head_dim).transpose(1, 2)
-        k = module.k_proj(hidden_states).view(bsz, length, -1, module.head_dim).transpose(1, 2)
-        cos, sin = position_embeddings
-        rotary = module_function(module, "apply_multimodal_rotary_pos_emb")
-        return rotary(q, k, cos, sin, module.config.rope_parameters["mrope_section"])
+    rotary_function = "apply_multimodal_rotary_pos_emb"  # cos/sin (3, B, L, D): sections split here
+    rotary_takes_mrope_section = True

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from verl_modality.models.family import OmniFamily, module_function, register_family
+from verl_modality.models.family import OmniFamily, register_family
 
 
 @register_family
@@ -44,6 +44,8 @@ class Qwen3Omni(OmniFamily):
     )
     hub_ids = ("Qwen/Qwen3-Omni-30B-A3B-Instruct", "Qwen/Qwen3-Omni-30B-A3B-Thinking")
     moe = True
+    rotary_function = "apply_rotary_pos_emb"  # the multimodal sections are interleaved inside cos/sin already
+    rotary_takes_mrope_section = False
 
     def checkpoint_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
         """``thinker.*`` names with fused experts split one by one (``experts.<e>.gate_proj.weight`` ...), the hub
@@ -53,16 +55,6 @@ class Qwen3Omni(OmniFamily):
     def module_weights(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-expert entries (verl's FSDP engine splits the experts before every weight sync) fused back."""
         return fuse_experts(weights)
-
-    def query_key_states(
-        self, module: torch.nn.Module, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, ...]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """q/k projections, per-head RMS norms, then RoPE with the interleaved cos/sin ``(B, L, D)``."""
-        shape = (*hidden_states.shape[:-1], -1, module.head_dim)
-        q = module.q_norm(module.q_proj(hidden_states).view(shape)).transpose(1, 2)
-        k = module.k_norm(module.k_proj(hidden_states).view(shape)).transpose(1, 2)
-        cos, sin = position_embeddings
-        return module_function(module, "apply_rotary_pos_emb")(q, k, cos, sin)
 
 
 def split_experts(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
