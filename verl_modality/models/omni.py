@@ -30,6 +30,7 @@ import torch
 from verl_modality.models.family import (
     OmniFamily,
     UnknownFamilyError,
+    family_named,
     family_of,
     family_of_processor,
     family_of_tokenizer,
@@ -133,8 +134,12 @@ def placeholder_token_ids(tokenizer: Any) -> dict[str, int]:
 
 
 def never_sample_token_ids(processor: Any) -> list[int]:
+    """Ids the policy must never sample; a configured processor names its family (the vLLM server asks per
+    request), any other is recognised by its tokenizer."""
     tok = processor.tokenizer
-    return family_of_tokenizer(tok).never_sample_token_ids(tok)
+    name = getattr(processor, "verl_modality_family", None)
+    family = family_named(name) if name else family_of_tokenizer(tok)
+    return family.never_sample_token_ids(tok)
 
 
 def configure_processor(processor: Any, config: Any, use_audio_in_video: bool = False) -> Any:
