@@ -209,8 +209,8 @@ def sampled_reward(model_dir, rows, n: int = SAMPLES) -> tuple[float, dict[str, 
     per_tag: dict[str, list[float]] = {}
     replies: Counter = Counter()
     for row in rows:
+        truth = row["reward_model"]["ground_truth"]
         for g in gen.generate(row, n=n):
-            truth = row["reward_model"]["ground_truth"]
             score = compute_score(row["data_source"], g.text, truth, row["extra_info"])["score"]
             per_tag.setdefault(row["modality_tag"], []).append(float(score))
             replies[g.text] += 1
