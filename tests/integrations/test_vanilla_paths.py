@@ -107,6 +107,7 @@ def probe_fsdp_build_module():
     engine = object()
     assert leaf_layer_build_module(spy)(engine) is built
     assert spy.calls == [((engine,), {})] and not hasattr(built, "_no_split_modules")
+    assert not hasattr(built, "forward")  # no encoder lockstep either
 
 
 def probe_position_id_fix():

@@ -82,6 +82,20 @@ def test_sampling_is_reproducible_and_order_independent(tiny_model_dir, media):
     assert a.generate(p1, SAMPLING, **kw)["token_ids"] != run_a[0]
 
 
+def test_replicas_give_one_groups_requests_distinct_samples(tiny_model_dir, media):
+    """World size 2: verl's load balancer may send two requests of one group to two replicas, each counting its own
+    occurrences; the replica's rank keeps their seeds apart (replica 0 keeps the one-replica seeds)."""
+    audio, video = media
+    one = HFGenerator(tiny_model_dir, prompt_length=512, response_length=6, seed=3)
+    r0 = HFGenerator(tiny_model_dir, prompt_length=512, response_length=6, seed=3, processor=one.processor, replica=0)
+    r1 = HFGenerator(tiny_model_dir, prompt_length=512, response_length=6, seed=3, processor=one.processor, replica=1)
+    ids = _prompt(one, media, "first question").input_ids.tolist()
+    first = [g.request_seed(ids, b"media") for g in (one, r0, r1)]  # each generator's first such request
+    assert first[0] == first[1] != first[2]
+    kw = {"video_data": [video], "audio_data": [audio]}
+    assert r0.generate(ids, SAMPLING, **kw)["token_ids"] != r1.generate(ids, SAMPLING, **kw)["token_ids"]
+
+
 def test_greedy_and_budget(gen, media):
     audio, video = media
     ids = _prompt(gen, media).input_ids.tolist()

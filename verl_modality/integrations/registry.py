@@ -191,10 +191,11 @@ INTEGRATIONS: tuple[Integration, ...] = (
         group="patches",
         kind="patch",
         target="verl.workers.engine.fsdp.transformer_impl",
-        attribute="FSDPEngine._build_module",
+        attribute="FSDPEngine._build_module (and the built thinker's forward)",
         apply=f"{_WORKERS}:patch_fsdp_engine",
         when="always",
-        why="the thinker's audio encoder layers, vision blocks and decoder layers become the FSDP units",
+        why="the thinker's audio encoder layers, vision blocks and decoder layers become the FSDP units; each forward "
+        "runs every encoder (a dummy where the micro-batch has no such stream), so all ranks issue the same collectives",
     ),
     Integration(
         name="maybe_fix_3d_position_ids: repacks multimodal RoPE ids of equal-length batches",

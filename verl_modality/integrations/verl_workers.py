@@ -4,7 +4,9 @@
   verl by its *thinker* config, so verl's own auto-class logic loads the thinker only.
 * ``engine.fsdp.transformer_impl.FSDPEngine._build_module``: the thinker wraps its leaf layers (the family's
   :attr:`~verl_modality.models.family.OmniFamily.fsdp_layer_classes`); its default ``_no_split_modules`` names the
-  encoder towers, which makes FSDP2 wrap a tower before its layers and breaks the audio encoder.
+  encoder towers, which makes FSDP2 wrap a tower before its layers and breaks the audio encoder. The built thinker
+  also runs every encoder in every forward (:mod:`verl_modality.models.encoder_lockstep`): without it, two ranks
+  whose micro-batches hold different streams enter different FSDP collectives.
 * ``engine.base`` / ``engine_workers``: modules that imported ``maybe_fix_3d_position_ids`` or
   ``initialize_global_process_group_ray`` by name get the wrapped ones (:mod:`verl_modality.integrations.verl_utils`).
 * MAPO-AT's attention loss (SPEC §5), inert unless the update batch carries the ``mapo_at`` knob (set by the
@@ -87,7 +89,9 @@ def patch_model_config(module) -> None:
 
 # ---------------------------------------------------------------------- verl.workers.engine.fsdp.transformer_impl
 def leaf_layer_build_module(original):
-    """``FSDPEngine._build_module`` that gives a thinker the leaf-layer ``_no_split_modules``."""
+    """``FSDPEngine._build_module`` that gives a thinker the leaf-layer ``_no_split_modules`` and makes every forward
+    run each of its encoders (:mod:`verl_modality.models.encoder_lockstep`)."""
+    from verl_modality.models import encoder_lockstep
     from verl_modality.models.family import family_of
 
     @functools.wraps(original)
@@ -98,6 +102,8 @@ def leaf_layer_build_module(original):
         if family is not None and config.model_type == family.thinker_model_type:
             # verl reads this for its default FSDP wrap policy; an explicit wrap_policy still wins.
             module._no_split_modules = list(family.fsdp_layer_classes)
+            # the same FSDP collectives on every rank, whichever streams each rank's micro-batch holds
+            encoder_lockstep.install(module)
         return module
 
     _build_module.__verl_modality__ = True

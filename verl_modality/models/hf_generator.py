@@ -71,9 +71,19 @@ class HFGenerator:
         model_path: local checkpoint directory (a full Omni checkpoint loads its thinker).
         prompt_length, response_length: verl's ``rollout.prompt_length`` / ``response_length`` (the token budget).
         seed: base seed of the request seeding.
+        replica: which of several generators serving one run this is (verl's rollout replica rank); mixed into the
+            request seeds, so that the ``n`` requests of one prompt group spread over replicas stay distinct.
     """
 
-    def __init__(self, model_path: str, prompt_length: int, response_length: int, seed: int = 0, processor=None):
+    def __init__(
+        self,
+        model_path: str,
+        prompt_length: int,
+        response_length: int,
+        seed: int = 0,
+        processor=None,
+        replica: int = 0,
+    ):
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
         from verl_modality.models.omni import is_omni_config, load_omni_processor, never_sample_token_ids
@@ -82,6 +92,7 @@ class HFGenerator:
         self.prompt_length = int(prompt_length)
         self.response_length = int(response_length)
         self.seed = int(seed)
+        self.replica = int(replica)
         config = AutoConfig.from_pretrained(self.model_path)
         self.is_omni = is_omni_config(config)
         if self.is_omni:
@@ -195,7 +206,10 @@ class HFGenerator:
         key = hashlib.sha1(np.asarray(prompt_ids, dtype=np.int64).tobytes() + media).digest()
         occurrence = self._served.get(key, 0)
         self._served[key] = occurrence + 1
-        mixed = hashlib.sha1(f"{self.seed}/{self.weight_version}/{occurrence}/".encode() + key).digest()
+        # each replica counts its own occurrences: without its rank, two replicas serving requests of one group would
+        # give them the same seeds (replica 0 keeps the one-replica seeds)
+        base = f"{self.seed}/" if self.replica == 0 else f"{self.seed}/replica{self.replica}/"
+        mixed = hashlib.sha1(f"{base}{self.weight_version}/{occurrence}/".encode() + key).digest()
         return int.from_bytes(mixed[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
     def max_new_tokens(self, prompt_len: int, sampling_params: dict) -> int:

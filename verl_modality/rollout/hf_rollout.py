@@ -15,9 +15,10 @@ it); vLLM stays the backend for GPUs. Three pieces, as verl's rollout interface 
   the actor's weights to the server after every update).
 
 Sampling is reproducible run to run: each request is seeded from (``rollout.seed``, the weight version, the prompt
-ids, a digest of the media, and how many identical requests this weight version has already served). The ``n``
-identical requests of a prompt group therefore get distinct samples, and the group's set of responses does not
-depend on the order in which requests arrive.
+ids, a digest of the media, and how many identical requests this weight version has already served on this replica,
+and the replica's rank when there are several). The ``n`` identical requests of a prompt group therefore get distinct
+samples, also when verl's load balancer spreads them over replicas (world size > 1), and with one replica the group's
+set of responses does not depend on the order in which requests arrive.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class HFServer:
             response_length=rollout_config.response_length,
             seed=0 if seed is None else int(seed),
             processor=mc.processor if getattr(mc.processor, "verl_modality_omni", False) else None,
+            replica=replica_rank,
         )
         self._lock = asyncio.Lock()
 

@@ -1,0 +1,166 @@
+"""Every encoder of an Omni thinker runs in every forward, in the thinker's own order, on every rank.
+
+Under FSDP each encoder layer is a sharded unit: its forward all-gathers the layer's parameters and its backward
+reduce-scatters their gradients. These are collectives, so every data-parallel rank must issue the same ones in the
+same order. A thinker runs its audio encoder only for a micro-batch that holds audio and its vision encoder only for
+images or videos; with per-sample streams (``data.modality.policy=exact``, one tag's batch split over ranks, a rank
+whose shard happens to hold no audio) two ranks enter different collectives: gloo aborts with "Received data size
+doesn't match", NCCL hangs or exchanges the wrong buffers. verl guards its Qwen2-VL forward the same way (a dummy
+image through the vision tower, added as zero times its mean).
+
+:func:`install` makes each forward of one thinker module run the three media slots, audio, image and video (the
+order of the thinker's own forward, for every known family), each on its real input or, when the micro-batch has
+none, on a tiny input of zeros; zero times the dummy outputs is added to the input embeddings before the decoder.
+No output value changes (``x + 0.0 == x``), every encoder gets a gradient (zero from a dummy), and the collectives
+of a forward and its backward are the same on every rank whatever streams each rank holds. It is installed on the
+modules verl's FSDP engine builds (actor and reference), at every world size, so that world size 1 and 2 step the
+same optimizer state (an encoder with a zero gradient takes an AdamW step; one without a gradient does not).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+#: (slot, forward keyword of its input, the thinker's method that encodes it), in the thinker forward's order
+SLOTS: tuple[tuple[str, str, str], ...] = (
+    ("audio", "input_features", "get_audio_features"),
+    ("image", "pixel_values", "get_image_features"),
+    ("video", "pixel_values_videos", "get_video_features"),
+)
+_MARK = "__verl_modality_lockstep__"
+
+
+def dummy_call(model: torch.nn.Module, slot: str) -> tuple[Callable[..., Any], tuple, dict]:
+    """The smallest valid encoder call of ``slot`` on ``model``: ``(method, args, kwargs)`` with inputs of zeros.
+
+    audio: ``input_features`` ``(1, n_mels, 2 * n_window)`` and its all-ones mask (one chunk of the encoder);
+    image / video: ``(m * m, C * T * p * p)`` patches of one ``(1, m, m)`` grid, m the spatial merge size.
+    """
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    config = model.config
+    if slot == "audio":
+        audio = config.audio_config
+        frames = 2 * int(audio.n_window)
+        feats = torch.zeros(1, int(audio.num_mel_bins), frames, device=device, dtype=dtype)
+        mask = torch.ones(1, frames, device=device, dtype=torch.long)
+        return model.get_audio_features, (feats, mask), {}
+    vision = config.vision_config
+    merge = int(vision.spatial_merge_size)
+    channels = int(getattr(vision, "in_channels", None) or getattr(vision, "in_chans", 3))
+    width = channels * int(vision.temporal_patch_size) * int(vision.patch_size) ** 2
+    pixels = torch.zeros(merge * merge, width, device=device, dtype=dtype)
+    grid = torch.tensor([[1, merge, merge]], device=device, dtype=torch.long)
+    method = model.get_image_features if slot == "image" else model.get_video_features
+    return method, (pixels, grid), {}
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):  # transformers' ModelOutput is a dict
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _tensors(item)
+
+
+def zero_of(output: Any) -> torch.Tensor | None:
+    """``0 * sum`` of every floating tensor in an encoder's output: a zero that keeps the encoder in the graph."""
+    parts = [t.float().sum() for t in _tensors(output) if t.is_floating_point()]
+    return sum(parts) * 0.0 if parts else None
+
+
+class _Forward:
+    """One forward's plan: which slots have input, which dummies have run, the zeros still to add."""
+
+    def __init__(self, model: torch.nn.Module, present: list[bool]):
+        self.model, self.present = model, present
+        self.done = 0  # slots before this index have run (real or dummy)
+        self.zeros: list[torch.Tensor] = []
+
+    def run_dummies_until(self, stop: int) -> None:
+        for i in range(self.done, stop):
+            if not self.present[i]:
+                method, args, kwargs = dummy_call(self.model, SLOTS[i][0])
+                zero = zero_of(method(*args, **kwargs))
+                if zero is not None:
+                    self.zeros.append(zero)
+        self.done = max(self.done, stop)
+
+    def next_present(self, after: int) -> int:
+        return next((i for i in range(after + 1, len(SLOTS)) if self.present[i]), len(SLOTS))
+
+
+def _wrap_encoder(model: torch.nn.Module, index: int, plan: _Forward) -> Callable[..., Any]:
+    method = getattr(model, SLOTS[index][2])
+
+    @functools.wraps(method)
+    def encode(*args: Any, **kwargs: Any) -> Any:
+        plan.run_dummies_until(index)  # nothing left to run here unless the thinker skipped a slot we saw as present
+        out = method(*args, **kwargs)
+        plan.done = max(plan.done, index + 1)
+        plan.run_dummies_until(plan.next_present(index))
+        return out
+
+    return encode
+
+
+@contextmanager
+def _lockstep(model: torch.nn.Module, present: list[bool]) -> Iterator[_Forward]:
+    plan = _Forward(model, present)
+    saved = {name: model.__dict__.get(name) for _, _, name in SLOTS}
+    for i, (_, _, name) in enumerate(SLOTS):
+        if present[i]:
+            setattr(model, name, _wrap_encoder(model, i, plan))
+
+    def add_zeros(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        plan.run_dummies_until(len(SLOTS))  # a slot the thinker did not encode after all
+        embeds = kwargs.get("inputs_embeds")
+        if not plan.zeros or embeds is None:
+            return None
+        kwargs["inputs_embeds"] = embeds + sum(plan.zeros).to(embeds.dtype)
+        return args, kwargs
+
+    handle = model.model.register_forward_pre_hook(add_zeros, with_kwargs=True)
+    try:
+        plan.run_dummies_until(plan.next_present(-1))
+        yield plan
+    finally:
+        handle.remove()
+        for name, value in saved.items():
+            if value is None:
+                model.__dict__.pop(name, None)
+            else:
+                setattr(model, name, value)
+
+
+def install(model: torch.nn.Module) -> torch.nn.Module:
+    """Make every forward of ``model`` (a thinker) run all encoders in lockstep (see the module docstring).
+    Idempotent; returns ``model``."""
+    forward = model.forward
+    if getattr(forward, _MARK, False):
+        return model
+    signature = inspect.signature(forward)
+
+    @functools.wraps(forward)
+    def lockstep_forward(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind_partial(*args, **kwargs).arguments
+        present = [bound.get(key) is not None for _, key, _ in SLOTS]
+        with _lockstep(model, present):
+            return forward(*args, **kwargs)
+
+    setattr(lockstep_forward, _MARK, True)
+    model.forward = lockstep_forward
+    return model
+
+
+def is_installed(model: torch.nn.Module) -> bool:
+    return bool(getattr(model.forward, _MARK, False))
