@@ -125,6 +125,18 @@ def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from verl_modality.models.checkpoint import actor_folder, checkpoint_world_size, export_thinker, load_sharded_state
+
+    actor = actor_folder(args.checkpoint)
+    problem = _folder_option(args.out, "--out")
+    if problem:
+        raise ValueError(problem)
+    out = export_thinker(args.base, load_sharded_state(actor), args.out)
+    print(f"thinker of {actor} (world size {checkpoint_world_size(actor)}) written into a copy of {args.base}: {out}")
+    return 0
+
+
 def _cmd_make_demo_data(args: argparse.Namespace) -> int:
     from verl_modality.data.synthetic import make_demo_data
 
@@ -303,6 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
     p.set_defaults(func=_cmd_make_tiny_model)
+
+    p = sub.add_parser(
+        "export",
+        help="write a verl actor checkpoint (any world size) into a full Omni model folder that eval and verl load",
+    )
+    p.add_argument("--checkpoint", required=True, help="a run's global_step_N folder (or its actor folder)")
+    p.add_argument("--base", required=True, help="the full Omni checkpoint the run started from (talker, processor)")
+    p.add_argument("--out", required=True, help="the model folder to write (replaced if it exists)")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("make-demo-data", help="write the synthetic tagged QA demo set (train/test parquet + media)")
     p.add_argument("out_dir")

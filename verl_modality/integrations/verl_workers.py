@@ -19,7 +19,8 @@
   ``mapo_attn_reward`` and ``mapo_attn_adv`` (task reward and |A_i|, repeated over the response). The micro-batch's
   L_attn (by default the mean over its sequences of each sequence's mean over its content tokens; the reduction and
   the other release details come in the knob's ``loss_options``) is scaled by the micro-batch's share of the global
-  batch (sequences), so gradient accumulation over micro-batches gives the batch mean.
+  batch (sequences) times the data-parallel size, so gradient accumulation over micro-batches and FSDP's averaging
+  over ranks give the global batch mean.
 
 Every wrapper hands calls that are not for an Omni model, or not for MAPO-AT, to verl's function unchanged.
 """
@@ -116,6 +117,24 @@ def patch_fsdp_engine(module) -> None:
         engine._build_module = leaf_layer_build_module(engine._build_module)
 
 
+def unpinned_offload_policy(original):
+    """``CPUOffloadPolicy`` as verl's FSDP2 engine builds it, without pinned memory (cpu platform only)."""
+
+    @functools.wraps(original, updated=())
+    def CPUOffloadPolicy(*args: Any, pin_memory: bool = True, **kwargs: Any):  # noqa: N802 (verl's name)
+        return original(*args, pin_memory=False, **kwargs)
+
+    CPUOffloadPolicy.__verl_modality__ = True
+    return CPUOffloadPolicy
+
+
+def patch_offload_policy(module) -> None:
+    """verl shards forward-only engines (the reference policy) with ``CPUOffloadPolicy(pin_memory=True)``; pinning
+    needs a CUDA driver, and on the CPU the parameters are in host memory already."""
+    if not getattr(module.CPUOffloadPolicy, "__verl_modality__", False):
+        module.CPUOffloadPolicy = unpinned_offload_policy(module.CPUOffloadPolicy)
+
+
 def _knob(data: Any) -> dict | None:
     from verl.utils import tensordict_utils as tu
 
@@ -175,6 +194,19 @@ def _padded(nested: Any, fill: float = 0.0) -> Any:
     return nested.to_padded_tensor(fill) if nested.is_nested else nested
 
 
+def attention_loss_share(data: Any, sequences: int) -> float:
+    """The weight of one micro-batch's L_attn (a mean over its ``sequences``) in the update's loss: its share of the
+    global mini-batch, times the data-parallel size, as verl's ``agg_loss`` scales its own losses, because FSDP
+    averages gradients over the ranks. The ranks' contributions then add up to the mean over the global mini-batch.
+    """
+    from verl.utils import tensordict_utils as tu
+
+    global_bsz = data["global_batch_size"] if "global_batch_size" in data.keys() else None
+    global_bsz = tu.get_non_tensor_data(data=data, key="global_batch_size", default=None) or global_bsz
+    dp_size = tu.get_non_tensor_data(data=data, key="dp_size", default=None) or 1
+    return sequences / float(global_bsz) * int(dp_size) if global_bsz else 1.0
+
+
 def with_attention_loss(ppo_loss):
     """verl's ``ppo_loss`` plus eta * L_attn when the batch asks for it (see the module docstring)."""
     if getattr(ppo_loss, "__verl_modality__", False):
@@ -208,9 +240,7 @@ def with_attention_loss(ppo_loss):
             c_mask=float(knob["c_mask"]),
             **dict(knob.get("loss_options") or {}),
         )
-        global_bsz = data["global_batch_size"] if "global_batch_size" in data.keys() else None
-        global_bsz = tu.get_non_tensor_data(data=data, key="global_batch_size", default=None) or global_bsz
-        share = len(lengths) / float(global_bsz) if global_bsz else 1.0
+        share = attention_loss_share(data, len(lengths))
         loss = loss + float(knob["eta"]) * share * l_attn.to(loss.dtype)
         metrics.update({f"mapo_at/{k.split('/', 1)[1]}": v for k, v in attn_metrics.items()})
         return loss, metrics

@@ -9,6 +9,7 @@ replacing every ``thinker.*`` tensor; a base tensor without a trained counterpar
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -39,19 +40,63 @@ def assembled_dir(out: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def load_sharded_state(step_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The full state dict of a verl FSDP checkpoint folder (``global_step_N``), shards gathered on the CPU.
+def actor_folder(step_dir: str | os.PathLike) -> Path:
+    """The folder holding the actor's shards: ``step_dir`` itself, or its ``actor`` subfolder (a ``global_step_N``)."""
+    step = Path(step_dir)
+    if not step.is_dir():
+        raise FileNotFoundError(f"{step}: no such checkpoint folder")
+    if not any(step.glob("model_world_size_*_rank_*.pt")) and (step / "actor").is_dir():
+        return step / "actor"
+    return step
 
-    Only single-rank checkpoints can be read without a process group; more ranks raise with the folder named.
+
+def checkpoint_world_size(step_dir: str | os.PathLike) -> int:
+    """The world size a verl FSDP checkpoint folder was saved at (from its ``model_world_size_<W>_rank_<r>.pt``)."""
+    step = Path(step_dir)
+    sizes = {int(p.name.split("_")[3]) for p in step.glob("model_world_size_*_rank_*.pt")}
+    if not sizes:
+        raise FileNotFoundError(f"{step}: no model_world_size_*_rank_*.pt (not a verl FSDP checkpoint folder)")
+    if len(sizes) != 1:
+        raise ValueError(f"{step}: shards of several world sizes {sorted(sizes)}; keep one run's checkpoint per folder")
+    return sizes.pop()
+
+
+def load_sharded_state(step_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The full state dict of a verl FSDP checkpoint folder (``global_step_N`` or its ``actor``), any world size,
+    gathered on the CPU without a process group: each rank's DTensor shard is its local piece of the full tensor
+    (``Shard(d)``: concatenated along ``d`` in rank order; ``Replicate``: rank 0's copy).
+
+    Raises with the folder named when the shards are missing, or their world size and count disagree.
     """
     step = Path(step_dir)
-    shards = sorted(step.glob("model_world_size_*_rank_*.pt"))
-    if not shards:
-        raise FileNotFoundError(f"{step}: no model_world_size_*_rank_*.pt (not a verl FSDP checkpoint folder)")
-    if len(shards) > 1:
-        raise ValueError(f"{step}: {len(shards)} rank shards; merge them with verl's model merger first")
-    state = torch.load(shards[0], map_location="cpu", weights_only=False)
-    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for k, v in state.items()}
+    world = checkpoint_world_size(step)
+    files = [step / f"model_world_size_{world}_rank_{r}.pt" for r in range(world)]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{step}: world size {world} but {', '.join(missing)} missing")
+    # torch warns that the shards' device mesh was unpickled before any process group existed: none is needed here
+    mesh_log = logging.getLogger("torch.distributed.device_mesh")
+    level = mesh_log.level
+    mesh_log.setLevel(logging.ERROR)
+    try:
+        states = [torch.load(f, map_location="cpu", weights_only=False) for f in files]
+    finally:
+        mesh_log.setLevel(level)
+    return {key: _gathered(key, [state[key] for state in states]).detach().clone() for key in states[0]}
+
+
+def _gathered(key: str, pieces: list) -> torch.Tensor:
+    first = pieces[0]
+    if not hasattr(first, "placements"):  # a plain tensor: every rank holds all of it
+        return first
+    if len(pieces) == 1:
+        return first.full_tensor()
+    placement = first.placements[0]
+    if placement.is_replicate():
+        return first.to_local()
+    if not placement.is_shard() or len(first.placements) != 1:
+        raise ValueError(f"{key}: placements {first.placements} (expected one Shard or Replicate, as FSDP saves)")
+    return torch.cat([p.to_local() for p in pieces], dim=placement.dim)
 
 
 def _weight_files(base: Path) -> list[Path]:

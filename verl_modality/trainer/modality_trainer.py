@@ -3,7 +3,8 @@
 :class:`ModalityTrainerSync` replaces verl's ``sync`` trainer entry (``trainer.v1.trainer_mode=sync``, the default).
 Each override hands one of verl's hook points to the features that act there; a feature that is not selected does
 nothing, and with none selected every override calls verl's method and nothing else, so vanilla runs are unchanged
-(proved end to end against verl's own ``PPOTrainerSync`` in tests/trainer/test_main_ppo_cpu.py).
+(proved end to end against verl's own ``PPOTrainerSync`` in tests/trainer/test_main_ppo_cpu.py). The one check that
+always runs stops, with both sizes named, a resume that verl would fail: a checkpoint of another world size.
 
 =========================  ==========================================================================================
 verl's hook                features
@@ -19,7 +20,7 @@ verl's hook                features
 ``_validate``              tag validation (uid -> tag), the adaptive curriculum's zero-shot order
 ``_val_metrics_update``    tag validation: ``val-core/tag/*``, ``val-aux/{level,modality_gap,stratum}/*``
 ``_save_checkpoint``       state: ``global_step_N/verl_modality_state.json``
-``_load_checkpoint``       state: restored on resume
+``_load_checkpoint``       a checkpoint of another world size stops the resume, naming both sizes; state: restored
 =========================  ==========================================================================================
 """
 
@@ -34,7 +35,7 @@ from verl_modality.trainer.features.curriculum_steps import CurriculumSteps, dat
 from verl_modality.trainer.features.failed_rewards import FailedRewards
 from verl_modality.trainer.features.group_filter import GroupFilter
 from verl_modality.trainer.features.mapo_at_pass import MapoATPass
-from verl_modality.trainer.features.state import TrainerState, resumed_folder, step_folder
+from verl_modality.trainer.features.state import TrainerState, check_world_size, resumed_folder, step_folder
 from verl_modality.trainer.features.tag_flow import TagFlow
 from verl_modality.trainer.features.tag_validation import TagValidation, tag_accuracies
 
@@ -154,6 +155,7 @@ class ModalityTrainerSync(PPOTrainerSync):
         return super()._save_checkpoint()
 
     def _load_checkpoint(self):
+        check_world_size(resumed_folder(self.config.trainer), self.config.trainer)  # before verl's workers try
         result = super()._load_checkpoint()
         if self.state.enabled and self.global_steps > 0:
             self.state.restore(resumed_folder(self.config.trainer), self.global_steps, self._steps_per_epoch)

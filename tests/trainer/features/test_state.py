@@ -85,3 +85,27 @@ def test_resumed_folder_follows_verls_resume_mode(tmp_path):
         {"resume_mode": "resume_path", "resume_from_path": str(tmp_path / "x"), "default_local_dir": "."}
     )
     assert resumed_folder(path) == str(tmp_path / "x")
+
+
+def test_a_checkpoint_of_another_world_size_stops_the_resume_naming_both(tmp_path):
+    import types
+
+    from verl_modality.trainer.features.state import check_world_size
+
+    actor = tmp_path / "global_step_3" / "actor"
+    actor.mkdir(parents=True)
+    for rank in (0, 1):
+        (actor / f"model_world_size_2_rank_{rank}.pt").write_bytes(b"")
+
+    def trainer(nodes: int, per_node: int, mode: str = "auto"):
+        return types.SimpleNamespace(resume_mode=mode, nnodes=nodes, n_gpus_per_node=per_node)
+
+    folder = str(tmp_path / "global_step_3")
+    check_world_size(folder, trainer(1, 2))  # the same size: verl loads it
+    check_world_size(folder, trainer(2, 1))  # two nodes of one rank: also world size 2
+    check_world_size(folder, trainer(1, 1, mode="disable"))  # no resume
+    check_world_size(None, trainer(1, 1))  # nothing to resume
+    with pytest.raises(ValueError, match=r"saved at world size 2, but this run has world size 1 \(trainer.nnodes=1 x"):
+        check_world_size(folder, trainer(1, 1))
+    with pytest.raises(ValueError, match="world size 4"):
+        check_world_size(folder, trainer(2, 2))

@@ -35,6 +35,25 @@ def resumed_folder(trainer_config: Any) -> str | None:
     return None if folder is None else os.path.abspath(folder)
 
 
+def check_world_size(folder: str | None, trainer_config: Any) -> None:
+    """Stop a resume from a checkpoint written at another world size, naming both sizes: verl's FSDP checkpoints
+    hold one shard file per rank (``model_world_size_<W>_rank_<r>.pt``) and load only at the world size that wrote
+    them (verl itself would fail later, inside a worker, on a missing shard file)."""
+    from verl_modality.models.checkpoint import checkpoint_world_size
+
+    if folder is None or trainer_config.resume_mode == "disable" or not os.path.isdir(os.path.join(folder, "actor")):
+        return
+    saved = checkpoint_world_size(os.path.join(folder, "actor"))
+    nodes, per_node = int(trainer_config.nnodes), int(trainer_config.n_gpus_per_node)
+    if saved != nodes * per_node:
+        raise ValueError(
+            f"{folder}: the checkpoint was saved at world size {saved}, but this run has world size {nodes * per_node} "
+            f"(trainer.nnodes={nodes} x trainer.n_gpus_per_node={per_node}); verl resumes an FSDP checkpoint only at "
+            f"the world size that wrote it: resume with {saved} ranks, or write the actor into a model folder with "
+            "`verl-modality export` and start a new run from it"
+        )
+
+
 class TrainerState:
     """The state of the tag flow (adaptive weights, under MAPO) and of the curriculum, as one JSON document."""
 
