@@ -100,6 +100,11 @@ def a_file(work: Path, demo: Path) -> None:
     (work / "f").write_text("a plain file")
 
 
+def notes_dir_and_a_file(work: Path, demo: Path) -> None:
+    notes_dir(work, demo)
+    a_file(work, demo)
+
+
 def text_files(work: Path, demo: Path) -> None:
     (work / "bad.jsonl").write_text('{"a": 1}\nnot json\n')
     (work / "notes.txt").write_text("not a parquet file")
@@ -288,6 +293,26 @@ CASES += [
     Case("report-missing-table", ("report", "--table", "nope.csv"), 1, ("nope.csv",)),
     Case("report-table-no-count", ("report", "--table", "nocount.csv"), 1, ("nocount.csv", "'A'"), published_tables),
     Case("report-table-bad-tag", ("report", "--table", "badtag.csv"), 1, ("badtag.csv", "'Q'"), published_tables),
+]
+
+EXPORT = ("export", "--base", "{demo}")
+CASES += [
+    Case("export-no-checkpoint", (*EXPORT, "--checkpoint", "nope", "--out", "o"), 1, ("nope", "no such checkpoint")),
+    Case(
+        "export-not-a-checkpoint",
+        (*EXPORT, "--checkpoint", "m", "--out", "o"),
+        1,
+        ("m", "model_world_size_*_rank_*.pt"),
+        notes_dir,
+    ),
+    Case(
+        "export-out-is-a-file",
+        (*EXPORT, "--checkpoint", "m", "--out", "f/x"),
+        1,
+        ("--out f/x", "f is a file"),
+        notes_dir_and_a_file,
+    ),
+    Case("export-no-base", ("export", "--checkpoint", "m", "--out", "o"), 2, ("--base",)),
 ]
 
 ACF = ("acf", "--voters", "voters.yaml", "--out-dir", "acf")

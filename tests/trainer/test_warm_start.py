@@ -83,6 +83,8 @@ def test_split_heldout_takes_the_first_rows_of_each_tag():
         ({"window_high": 1.5}, "warm_start.window_high=1.5: expected a finite number > 0 and <= 1"),
         ({"lr": 0.0}, "warm_start.lr=0.0: expected a finite number > 0"),
         ({"policies": ()}, r"warm_start.policies=\(\): expected a non-empty list"),
+        ({"nproc": 0}, "warm_start.nproc=0: expected an integer >= 1"),
+        ({"batch_size": 16, "nproc": 3}, "warm_start.batch_size=16 must be a multiple of warm_start.nproc=3"),
     ],
 )
 def test_config_errors_name_the_option(kwargs, match):
@@ -145,6 +147,35 @@ def test_heldout_reward_is_the_probability_of_the_taught_reply(tiny_model_dir, t
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_warm_start_with_two_ranks_follows_the_one_rank_path(tmp_path, tiny_model_dir):
+    """verl's SFT trainer under ``torchrun --nproc_per_node 2`` (two FSDP2 ranks, each half of every batch): the same
+    held-out reward at each checkpoint as with one rank, up to float rounding, and one chosen model folder."""
+    from dataclasses import replace
+
+    from verl_modality.data.synthetic import make_demo_data
+    from verl_modality.models.omni import load_thinker
+    from verl_modality.trainer.warm_start import run_warm_start, sft_command
+
+    make_demo_data(tmp_path / "data", seed=0, n_train=70, n_test=0, families="balanced", progress=False)
+    one = WarmStartConfig(max_steps=4, eval_every=2, window_low=0.99, window_high=1.0, heldout_per_tag=2, batch_size=8)
+    two = replace(one, nproc=2)
+    assert sft_command(two, *[Path("x")] * 4)[7] == "2"  # torchrun --nproc_per_node 2
+    runs = [run_warm_start(tmp_path / f"ws{c.nproc}", c, tiny_model_dir, tmp_path / "data", None) for c in (one, two)]
+    for run in runs:
+        assert run.status == "budget_spent" and [h["step"] for h in run.history] == [2, 4] and run.step == 4
+        assert sorted(p.name for p in run.model_dir.parent.iterdir() if p.is_dir()) == ["model"]  # one checkpoint
+    assert "--nproc_per_node 2" in (tmp_path / "ws2" / "warm_start" / "sft.log").read_text().splitlines()[0]
+    for a, b in zip(runs[0].history, runs[1].history, strict=True):
+        assert b["reward"] == pytest.approx(a["reward"], rel=1e-3)
+        assert b["per_tag"] == pytest.approx(a["per_tag"], rel=1e-3)
+    base = load_thinker(tiny_model_dir).state_dict()
+    w1, w2 = (load_thinker(r.model_dir).state_dict() for r in runs)
+    moved = max(float((w1[k] - base[k]).abs().max()) for k in base)
+    apart = max(float((w1[k] - w2[k]).abs().max()) for k in base)
+    assert moved > 1e-3 and apart < 0.05 * moved, (apart, moved)  # AdamW: rounding noise in near-zero gradients
+
+
 def test_warm_start_then_mapo_raises_the_expected_training_reward(tmp_path, tiny_model_dir):
     """verl's SFT trainer until the held-out window (cached on the second call), then a short seeded MAPO run
     (full recipe) from it: the expected reward on the RL prompts, sampled as the rollout samples and scored by the

@@ -54,9 +54,15 @@ class WarmStartConfig:
     policies: tuple[str, ...] = option(("exact", "full"), nonempty=True, distinct=True)  # views of the SFT records
     seed: int = 0
     timeout_s: float = option(1800.0, gt=0)
+    nproc: int = option(1, ge=1)  # data-parallel ranks of verl's SFT trainer (torchrun --nproc_per_node)
 
     def __post_init__(self) -> None:
         options.validate(self, SECTION)
+        if self.batch_size % self.nproc:
+            raise ValueError(
+                f"{SECTION}.batch_size={self.batch_size} must be a multiple of {SECTION}.nproc={self.nproc} "
+                "(each rank takes an equal share of a batch)"
+            )
         if self.window_low > self.window_high:
             raise ValueError(
                 f"{SECTION}.window_low={self.window_low} and {SECTION}.window_high={self.window_high}: the window "
@@ -166,12 +172,13 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 
 def sft_command(cfg: WarmStartConfig, sft_file: Path, media_root: Path, base_model: Path, ckpt_dir: Path) -> list[str]:
-    """The torchrun command of the warm start's SFT (one CPU process)."""
+    """The torchrun command of the warm start's SFT (``cfg.nproc`` CPU processes, one data-parallel rank each)."""
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "1",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+        "--nproc_per_node", str(cfg.nproc),
         "-m", "verl.trainer.sft_trainer", f"--config-path={EXAMPLES_DIR}", "--config-name=sft_cpu_demo",
         f"data.train_files={sft_file}", f"+data.media_root={media_root}", f"model.path={base_model}",
-        f"data.train_batch_size={cfg.batch_size}", f"data.micro_batch_size_per_gpu={cfg.batch_size}",
+        f"data.train_batch_size={cfg.batch_size}", f"data.micro_batch_size_per_gpu={cfg.batch_size // cfg.nproc}",
         f"optim.lr={cfg.lr}", f"trainer.total_training_steps={cfg.max_steps}", f"trainer.save_freq={cfg.eval_every}",
         f"trainer.default_local_dir={ckpt_dir}", f"trainer.seed={cfg.seed}",
     ]  # fmt: skip

@@ -1,0 +1,128 @@
+"""The recipe as a Ray job on a two-node cluster: ``recipes/maple/launch_ray_cluster.sh`` as the README writes it.
+
+A head and a second Ray node, each with its own resources (one rank per node), run on this machine through Ray's
+``Cluster`` utility (their processes only, stopped at the end). The launcher submits ``main_ppo`` with
+``trainer.nnodes=2 trainer.n_gpus_per_node=1`` and follows the job; Ray's state says on which node each rank ran.
+A second job with a bad override fails with the override named in its logs.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import SMALL_BATCH
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCHER = ROOT / "recipes" / "maple" / "launch_ray_cluster.sh"
+COIN = Path(__file__).with_name("coin_reward.py")
+#: logical CPUs per node: enough for one rank and verl's actors around it (TransferQueue, agent loop, reward)
+NODE_CPUS = 8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A Ray head (with the dashboard that takes jobs) and one more node, each declaring one rank's slot."""
+    from ray.cluster_utils import Cluster
+
+    # the job's entry point runs `python` and `ray` from the head node's PATH: this interpreter's
+    env_path = os.environ["PATH"]
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env_path}"
+    port = _free_port()
+    head = {
+        "num_cpus": NODE_CPUS,
+        "num_gpus": 1,
+        "include_dashboard": True,
+        "dashboard_host": "127.0.0.1",
+        "dashboard_port": port,
+    }
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)
+    try:
+        cluster.add_node(num_cpus=NODE_CPUS, num_gpus=1)
+        cluster.wait_for_nodes()
+        yield {"address": f"http://127.0.0.1:{port}", "cluster": cluster}
+    finally:
+        cluster.shutdown()
+        os.environ["PATH"] = env_path
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tiny_model_dir):
+    from verl_modality.data.synthetic import make_demo_data
+
+    root = tmp_path_factory.mktemp("ray_job_inputs")
+    make_demo_data(root / "data", seed=0, n_train=16, n_test=7)
+    return {"model": Path(tiny_model_dir), "data": root / "data"}
+
+
+def _launch(cluster: dict, inputs: dict, work: Path, job_id: str, extra: list[str]) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": cluster["address"],
+        "NNODES": "2",
+        "GPUS_PER_NODE": "1",
+        "CPU": "1",
+        "WAIT": "1",
+        "SUBMISSION_ID": job_id,
+        "TRAIN": str(inputs["data"] / "train.parquet"),
+        "VAL": str(inputs["data"] / "test.parquet"),
+        "CKPT_DIR": str(work / "ckpt"),
+        "METRICS": str(work / "metrics.jsonl"),
+    }
+    cmd = [
+        "bash", str(LAUNCHER), str(ROOT / "examples" / "mapo_cpu_demo.yaml"),
+        f"actor_rollout_ref.model.path={inputs['model']}", *SMALL_BATCH,
+        "trainer.total_training_steps=2", "trainer.val_before_train=False", "trainer.test_freq=-1",
+        "trainer.save_freq=2", f"reward.custom_reward_function.path={COIN}", *extra,
+    ]  # fmt: skip
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _job_logs(cluster: dict, job_id: str) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(cluster["address"]).get_job_logs(job_id)
+
+
+def test_launcher_runs_the_recipe_as_a_job_with_one_rank_on_each_node(cluster, inputs, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.util.state import list_actors, list_nodes
+
+    done = _launch(cluster, inputs, tmp_path, "mapo-two-nodes", [])
+    client = JobSubmissionClient(cluster["address"])
+    assert client.get_job_status("mapo-two-nodes") == JobStatus.SUCCEEDED, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == 0
+    logs = _job_logs(cluster, "mapo-two-nodes")
+    assert "mapo/" in logs and "step:2" in logs  # the per-tag lines, as `ray job logs` shows them
+    # metrics and checkpoints where the launcher put them
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(set(steps)) == [1, 2]
+    shards = sorted(p.name for p in (tmp_path / "ckpt" / "global_step_2" / "actor").glob("model_world_size_*"))
+    assert shards == ["model_world_size_2_rank_0.pt", "model_world_size_2_rank_1.pt"]
+    # the two ranks (verl's colocated worker actors) ran on the two nodes, as Ray's state records them
+    nodes = {n.node_id for n in list_nodes(address=cluster["address"])}
+    workers = [
+        a for a in list_actors(address=cluster["address"], detail=True, limit=10000) if "WorkerDict" in a.class_name
+    ]
+    assert len(workers) == 2, [(a.class_name, a.node_id) for a in workers]
+    assert {a.node_id for a in workers} == nodes and len(nodes) == 2
+
+
+def test_a_job_with_a_bad_override_fails_naming_it(cluster, inputs, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    done = _launch(cluster, inputs, tmp_path, "bad-override", ["algorithm.mapo.difficulty=sometimes"])
+    assert done.returncode != 0
+    assert JobSubmissionClient(cluster["address"]).get_job_status("bad-override") == JobStatus.FAILED
+    assert "algorithm.mapo.difficulty" in _job_logs(cluster, "bad-override")
