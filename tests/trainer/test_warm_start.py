@@ -164,16 +164,19 @@ def test_warm_start_with_two_ranks_follows_the_one_rank_path(tmp_path, tiny_mode
     runs = [run_warm_start(tmp_path / f"ws{c.nproc}", c, tiny_model_dir, tmp_path / "data", None) for c in (one, two)]
     for run in runs:
         assert run.status == "budget_spent" and [h["step"] for h in run.history] == [2, 4] and run.step == 4
-        assert sorted(p.name for p in run.model_dir.parent.iterdir() if p.is_dir()) == ["model"]  # one checkpoint
+        left = sorted(p.name for p in run.model_dir.parent.iterdir() if p.is_dir() and p.name != "outputs")  # Hydra's
+        assert left == ["model"]  # one checkpoint: no other candidate, no SFT checkpoints
     assert "--nproc_per_node 2" in (tmp_path / "ws2" / "warm_start" / "sft.log").read_text().splitlines()[0]
     for a, b in zip(runs[0].history, runs[1].history, strict=True):
         assert b["reward"] == pytest.approx(a["reward"], rel=1e-3)
         assert b["per_tag"] == pytest.approx(a["per_tag"], rel=1e-3)
     base = load_thinker(tiny_model_dir).state_dict()
     w1, w2 = (load_thinker(r.model_dir).state_dict() for r in runs)
-    moved = max(float((w1[k] - base[k]).abs().max()) for k in base)
-    apart = max(float((w1[k] - w2[k]).abs().max()) for k in base)
-    assert moved > 1e-3 and apart < 0.05 * moved, (apart, moved)  # AdamW: rounding noise in near-zero gradients
+    d1, d2 = (torch.cat([(w[k] - base[k]).flatten() for k in base]) for w in (w1, w2))
+    # AdamW turns rounding noise in near-zero gradients into steps of the full learning rate, so a few elements
+    # differ by up to 4 steps; measured: the updates 0.9 % apart (L2), 0.1 % of elements more than 1e-4 apart
+    apart = float((d1 - d2).norm() / d1.norm())
+    assert float(d1.abs().max()) > 1e-3 and apart < 0.05, apart
 
 
 def test_warm_start_then_mapo_raises_the_expected_training_reward(tmp_path, tiny_model_dir):
