@@ -22,6 +22,8 @@ def test_bad_entries_are_refused():
         Integration("x", "patches", "patch", "m", "a", "mod:fn", "sometimes", "why")
     with pytest.raises(ValueError, match="bad when"):
         Integration("x", "patches", "patch", "m", "a", "mod.fn", "always", "why")
+    with pytest.raises(ValueError, match="no comma"):  # VERL_MODALITY_DISABLE could not name it
+        Integration("x, y", "patches", "patch", "m", "a", "mod:fn", "always", "why")
 
 
 @pytest.fixture

@@ -169,6 +169,28 @@ def probe_vllm_adapter():
     assert asyncio.run(adapter.update_weights(weights)) == "done" and seen == [weights]  # names untouched
 
 
+def probe_vllm_engine_calls():
+    from verl_modality.integrations.verl_rollout import record_engine_call_failures
+
+    target = "verl.workers.rollout.vllm_rollout.vllm_async_server"
+    if _importable(target):
+        _wraps_verl(target, "vLLMHttpServer.collective_rpc")
+
+    class vLLMHttpServer:  # noqa: N801 (verl's name)
+        async def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
+            if method == "boom":
+                raise RuntimeError("Worker failed")
+            return ("ran", method, args)
+
+    record_engine_call_failures(types.SimpleNamespace(vLLMHttpServer=vLLMHttpServer))
+    server = vLLMHttpServer()
+    assert asyncio.run(server.collective_rpc("check_health", args=(1,))) == ("ran", "check_health", (1,))
+    assert asyncio.run(server.engine_call_failure()) is None  # nothing failed: nothing recorded
+    with pytest.raises(RuntimeError, match="Worker failed"):  # the failure still reaches verl unchanged
+        asyncio.run(server.collective_rpc("boom"))
+    assert asyncio.run(server.engine_call_failure()) == "boom failed: RuntimeError: Worker failed"
+
+
 def probe_forward_step():
     from tensordict import TensorDict
 
@@ -219,13 +241,14 @@ def probe_replay_buffer():
 
 PROBES = {
     "config validation log: no warnings for the talker's thinker-vocabulary token ids": probe_talker_log_filter,
-    "hf_processor: the Omni processor of the model family, with multimodal RoPE": probe_hf_processor,
+    "hf_processor: the Omni processor of the model family with multimodal RoPE": probe_hf_processor,
     "HFModelConfig: full Omni checkpoint -> thinker config": probe_hf_model_config,
     "FSDPEngine._build_module: leaf-layer FSDP wrapping for the thinker": probe_fsdp_build_module,
     "maybe_fix_3d_position_ids: repacks multimodal RoPE ids of equal-length batches": probe_position_id_fix,
     "engine base: the repacking position-id fix": _probe_rebound("verl.workers.engine.base"),
     "engine workers: the repacking position-id fix": _probe_rebound("verl.workers.engine_workers"),
-    "vLLM server: Omni placeholder collapse, placeholders never sampled": probe_vllm_server,
+    "vLLM server: Omni placeholder collapse and placeholders never sampled": probe_vllm_server,
+    "vLLM server: failed engine calls recorded for the watchdog": probe_vllm_engine_calls,
     "vLLM adapter: thinker weights under full-checkpoint names": probe_vllm_adapter,
     "ReplayBuffer._dapo_filtered_keys: failed rewards neutralised before the group filter": probe_replay_buffer,
     "forward_step: MAPO-AT attention capture": probe_forward_step,

@@ -1,9 +1,10 @@
 """End to end: verl's real ``python -m verl.trainer.main_ppo`` on the CPU with the tiny Omni model and demo data.
 
 Eight runs (about a minute each): MAPO (``exact`` streams, adaptive curriculum) for 4 steps with checkpoints at steps 2
-and 4, the same run resumed from its step-2 checkpoint, MAPO with the static curriculum and group filtering, MAPO-AT,
-the MUPO baseline (``full`` streams, mixed batches) for 2 steps, plain GRPO for 2 steps, and plain GRPO through the
-plugin's trainer and through verl's own ``PPOTrainerSync``.
+and 4, the same run resumed from its step-2 checkpoint, MAPO with the static curriculum and group filtering, the MUPO
+baseline (``full`` streams, mixed batches) for 2 steps, plain GRPO for 2 steps, plain GRPO through the plugin's
+trainer and through verl's own ``PPOTrainerSync``, and MAPO-AT on the Qwen3-Omni thinker at world size 2. MAPO-AT on
+Qwen2.5-Omni runs in tests/trainer/test_data_parallel.py, at world size 1 and 2.
 """
 
 import json
@@ -177,10 +178,6 @@ def test_static_curriculum_with_group_filtering(tmp_path, inputs):
     assert evicted > 0  # ~40 % of groups of 4 have no variance under this reward
 
 
-def test_mapo_at_relevance_mask_and_attention_loss(tmp_path, inputs):
-    assert_mapo_at_steps(_run(tmp_path, inputs, MAPO_AT_TWO_STEPS).steps())
-
-
 def test_mupo_baseline_shows_every_stream(tmp_path, inputs):
     extra = ["trainer.total_training_steps=2", "trainer.test_freq=2", "data.curriculum.order=mixed"]
     result = _run(tmp_path, inputs, extra, config="mupo_cpu_demo")
@@ -248,11 +245,13 @@ def test_plugin_trainer_gives_verls_own_metrics(tmp_path, inputs):
     assert apart < 2e-5 and moved > 50 * apart, (apart, moved)
 
 
-def test_qwen3_omni_trains_with_mapo_at(tmp_path, inputs, tiny_qwen3_model_dir):
-    """The Qwen3-Omni (MoE) thinker through the same loop: hf rollout, verl's FSDP actor, MAPO with MAPO-AT's
-    relevance pass and attention loss; the rollout's log-probs equal the actor's before each update, so the weights
-    synced from the actor (experts split by verl, fused again by the rollout) are the actor's."""
+def test_qwen3_omni_trains_with_mapo_at_on_two_ranks(tmp_path, inputs, tiny_qwen3_model_dir):
+    """The Qwen3-Omni (MoE) thinker through the same loop at world size 2: two FSDP2 ranks sharding its experts, one
+    hf rollout server per rank, MAPO with MAPO-AT's relevance pass and attention loss; the rollout's log-probs equal
+    the actor's before each update, so the weights synced from the actor (experts split by verl, fused again by the
+    rollout) reach both servers."""
     qwen3 = {**inputs, "model": Path(tiny_qwen3_model_dir)}
-    steps = _run(tmp_path, qwen3, MAPO_AT_TWO_STEPS).steps()
+    ws2 = ["trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_gpus=2"]
+    steps = _run(tmp_path, qwen3, [*MAPO_AT_TWO_STEPS, *ws2]).steps()
     assert_mapo_at_steps(steps)
     assert all(steps[s]["training/rollout_probs_diff_max"] < 1e-5 for s in (1, 2))

@@ -1,8 +1,9 @@
 """The recipe as a Ray job on a two-node cluster: ``recipes/maple/launch_ray_cluster.sh`` as the README writes it.
 
 A head and a second Ray node, each with its own resources (one rank per node), run on this machine through Ray's
-``Cluster`` utility (their processes only, stopped at the end). The launcher submits ``main_ppo`` with
-``trainer.nnodes=2 trainer.n_gpus_per_node=1`` and follows the job; Ray's state says on which node each rank ran.
+``Cluster`` utility (their processes only, stopped at the end). The launcher submits ``main_ppo`` with MAPO's full
+recipe (exact streams, ``mapo_stratified``, the static curriculum, zero-variance group filtering) and
+``trainer.nnodes=2 trainer.n_gpus_per_node=1``, and follows the job; Ray's state says on which node each rank ran.
 A second job with a bad override fails with the override named in its logs.
 """
 
@@ -81,7 +82,7 @@ def _launch(cluster: dict, inputs: dict, work: Path, job_id: str, extra: list[st
         "METRICS": str(work / "metrics.jsonl"),
     }
     cmd = [
-        "bash", str(LAUNCHER), str(ROOT / "examples" / "mapo_cpu_demo.yaml"),
+        "bash", str(LAUNCHER), str(ROOT / "examples" / "mapo_full_cpu_demo.yaml"),
         f"actor_rollout_ref.model.path={inputs['model']}", *SMALL_BATCH,
         "trainer.total_training_steps=2", "trainer.val_before_train=False", "trainer.test_freq=-1",
         "trainer.save_freq=2", f"reward.custom_reward_function.path={COIN}", *extra,

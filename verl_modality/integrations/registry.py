@@ -55,6 +55,8 @@ class Integration:
     def __post_init__(self) -> None:
         if self.when not in WHEN or self.kind not in KINDS or self.group not in GROUPS or ":" not in self.apply:
             raise ValueError(f"integration {self.name!r}: bad when/kind/group/apply ({self})")
+        if "," in self.name:  # VERL_MODALITY_DISABLE lists names comma-separated
+            raise ValueError(f"integration {self.name!r}: a name must hold no comma")
 
     @property
     def line(self) -> str:
@@ -146,7 +148,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
         why="verl's vLLM replica reads the platform's resource among Ray's accelerator ids; Ray never lists CPU there",
     ),
     Integration(
-        name="dispatch_cpu_unquantized_gemm keeps linear weights, so weight sync can reload them",
+        name="dispatch_cpu_unquantized_gemm keeps linear weights for weight sync",
         group="patches",
         kind="patch",
         target="vllm.model_executor.layers.utils",
@@ -177,7 +179,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
         why="every Omni config load warns about token ids that are valid in the thinker's vocabulary",
     ),
     Integration(
-        name="hf_processor: the Omni processor of the model family, with multimodal RoPE",
+        name="hf_processor: the Omni processor of the model family with multimodal RoPE",
         group="patches",
         kind="patch",
         target="verl.utils.tokenizer",
@@ -238,7 +240,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
         why="the module imported verl's function by name",
     ),
     Integration(
-        name="vLLM server: Omni placeholder collapse, placeholders never sampled",
+        name="vLLM server: Omni placeholder collapse and placeholders never sampled",
         group="patches",
         kind="patch",
         target="verl.workers.rollout.vllm_rollout.vllm_async_server",
@@ -246,6 +248,17 @@ INTEGRATIONS: tuple[Integration, ...] = (
         apply=f"{_ROLLOUT}:patch_vllm_server",
         when="always",
         why="vLLM expands one placeholder per stream itself; sampling a placeholder token would break the next turn",
+    ),
+    Integration(
+        name="vLLM server: failed engine calls recorded for the watchdog",
+        group="patches",
+        kind="patch",
+        target="verl.workers.rollout.vllm_rollout.vllm_async_server",
+        attribute="vLLMHttpServer.collective_rpc, vLLMHttpServer.engine_call_failure (added)",
+        apply=f"{_ROLLOUT}:record_engine_call_failures",
+        when="always",
+        why="a weight sync that fails in vLLM's worker leaves verl's sender waiting forever; the trainer's watchdog "
+        "reads the failure and ends the run",
     ),
     Integration(
         name="vLLM adapter: thinker weights under full-checkpoint names",

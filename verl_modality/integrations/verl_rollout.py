@@ -4,6 +4,8 @@ verl's functions unchanged):
 * ``vllm_async_server``: the prompt verl keeps has expanded audio / video / image placeholder runs; vLLM needs one
   placeholder per item (:func:`~verl_modality.models.omni.collapse_placeholders`), and the policy must never sample a
   placeholder.
+* ``vllm_async_server.vLLMHttpServer.collective_rpc``: a failed engine call is recorded for the trainer's watchdog
+  (:func:`record_engine_call_failures`; any model).
 * ``vllm_rollout.ServerAdapter.update_weights``: the thinker's state dict has bare names (``model.*``); vLLM's Omni
   models load the full checkpoint layout (``thinker.model.*``, experts one by one).
 """
@@ -62,3 +64,33 @@ def patch_vllm_adapter(module) -> None:
 
     update_weights.__verl_modality__ = True
     cls.update_weights = update_weights
+
+
+def record_engine_call_failures(module) -> None:
+    """verl's vLLM server remembers the last engine call (``collective_rpc``) that failed, and answers
+    ``engine_call_failure()`` with it (None while none has), for the trainer's watchdog.
+
+    A weight sync runs such a call (``update_weights_from_ipc``) beside a sender that waits for every bucket to be
+    received: when the call fails in vLLM's worker, verl's sender waits forever, and neither the server nor the
+    engine dies. The failure is re-raised unchanged.
+    """
+    cls = module.vLLMHttpServer
+    original = cls.collective_rpc
+    if getattr(original, "__verl_modality__", False):
+        return
+
+    @functools.wraps(original)
+    async def collective_rpc(self, method, *args, **kwargs):
+        try:
+            return await original(self, method, *args, **kwargs)
+        except BaseException as err:
+            name = method if isinstance(method, str) else getattr(method, "__name__", repr(method))
+            self._verl_modality_failure = f"{name} failed: {type(err).__name__}: {err}"
+            raise
+
+    async def engine_call_failure(self) -> str | None:
+        return getattr(self, "_verl_modality_failure", None)
+
+    collective_rpc.__verl_modality__ = True
+    cls.collective_rpc = collective_rpc
+    cls.engine_call_failure = engine_call_failure

@@ -3,12 +3,14 @@
 :class:`ModalityTrainerSync` replaces verl's ``sync`` trainer entry (``trainer.v1.trainer_mode=sync``, the default).
 Each override hands one of verl's hook points to the features that act there; a feature that is not selected does
 nothing, and with none selected every override calls verl's method and nothing else, so vanilla runs are unchanged
-(proved end to end against verl's own ``PPOTrainerSync`` in tests/trainer/test_main_ppo_cpu.py). The one check that
-always runs stops, with both sizes named, a resume that verl would fail: a checkpoint of another world size.
+(proved end to end against verl's own ``PPOTrainerSync`` in tests/trainer/test_main_ppo_cpu.py). Two things always
+act, and only where verl fails anyway: a resume from a checkpoint of another world size stops with both sizes named,
+and a watchdog ends the run, naming what died, when a Ray actor or a vLLM engine dies (:mod:`.features.dead_actors`).
 
 =========================  ==========================================================================================
 verl's hook                features
 =========================  ==========================================================================================
+``on_init_end``, ``fit``    watchdog: a dead Ray actor or vLLM engine ends the run within a minute, named
 ``_build_replay_buffer``   group filter: failed rewards neutralised before verl's filter compares a group
 ``_init_dataloader``       curriculum: built over the training rows' tags; group filter: its metric against the tasks
 ``_fetch_one_gen_batch``   curriculum: the step's prompts, one tag per batch
@@ -32,6 +34,7 @@ import transfer_queue as tq
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from verl_modality.trainer.features.curriculum_steps import CurriculumSteps, dataset_tags
+from verl_modality.trainer.features.dead_actors import Watchdog
 from verl_modality.trainer.features.failed_rewards import FailedRewards
 from verl_modality.trainer.features.group_filter import GroupFilter
 from verl_modality.trainer.features.mapo_at_pass import MapoATPass
@@ -59,6 +62,7 @@ class ModalityTrainerSync(PPOTrainerSync):
         self.mapo_at = MapoATPass(config)
         self.curriculum = CurriculumSteps(config, self.tag_flow.mapo_active)
         self.state = TrainerState(self.tag_flow, self.curriculum)
+        self.watchdog = Watchdog(self._rollout_servers, lambda: int(getattr(self, "global_steps", 0)))
         acting = [
             *self.tag_flow.labels,
             *self.mapo_at.labels,
@@ -71,6 +75,24 @@ class ModalityTrainerSync(PPOTrainerSync):
             + (f"acting for: {', '.join(acting)}" if acting else "nothing selected: every step runs verl's own code"),
             flush=True,
         )
+
+    def on_init_end(self):
+        with self.watchdog.watching():  # verl's first weight sync to the rollout servers
+            return super().on_init_end()
+
+    def fit(self, *args, **kwargs):
+        with self.watchdog.watching():
+            return super().fit(*args, **kwargs)
+
+    def _rollout_servers(self) -> list[tuple[str, Any]]:
+        """``(label, Ray actor handle)`` of each rollout replica's server, for the watchdog."""
+        manager = getattr(self, "llm_server_manager", None)
+        replicas = manager.get_replicas() if manager is not None else []
+        return [
+            (f"{type(r).__name__} {r.replica_rank}", r._server_handle)
+            for r in replicas
+            if getattr(r, "_server_handle", None) is not None
+        ]
 
     @property
     def _steps_per_epoch(self) -> int | None:
