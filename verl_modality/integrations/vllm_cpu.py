@@ -33,7 +33,7 @@ def alias_vllm_distribution(module) -> None:
 
 
 def cpu_accelerator_ids(module) -> None:
-    """``RuntimeContext.get_accelerator_ids`` lists device ``0`` for the ``CPU`` resource."""
+    """``RuntimeContext.get_accelerator_ids`` lists device ``0`` for the cpu platform's resource when Ray lists none."""
     cls = module.RuntimeContext
     original = cls.get_accelerator_ids
     if getattr(original, "__verl_modality__", False):
@@ -42,7 +42,8 @@ def cpu_accelerator_ids(module) -> None:
     @functools.wraps(original)
     def get_accelerator_ids(self) -> dict[str, list[str]]:
         ids = dict(original(self))
-        ids.setdefault(RESOURCE, ["0"])
+        if not ids.get(RESOURCE):  # the worker holds none of the rank-slot resource itself
+            ids[RESOURCE] = ["0"]
         return ids
 
     get_accelerator_ids.__verl_modality__ = True

