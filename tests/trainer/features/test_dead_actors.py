@@ -27,6 +27,10 @@ def test_only_unexpected_deaths_since_the_start_are_reported():
         "Worker exit type: SYSTEM_ERROR"
     )
     assert [d["Name"] for d in da.dead_actors(table=TABLE)] == ["old", "hf_server_0"]  # in the order they died
+    other_job = {k: {**v, "JobID": "02000000"} for k, v in TABLE.items()}
+    assert da.dead_actors(table={**other_job, "a6": {**TABLE["a2"], "JobID": "01000000"}}, job_id="01000000") == [
+        {**TABLE["a2"], "JobID": "01000000"}
+    ]  # another job's actors on a shared cluster are not this run's
 
 
 def test_failure_message_lists_every_problem():

@@ -36,9 +36,12 @@ INTENDED = ("ray.kill", "references to the actor were removed", "INTENDED_USER_E
 EXIT_STATUS = 75
 
 
-def dead_actors(since_ms: float | None = None, table: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict]:
+def dead_actors(
+    since_ms: float | None = None, table: Mapping[str, Mapping[str, Any]] | None = None, job_id: str | None = None
+) -> list[dict]:
     """The actors of Ray's actor table (``ray._private.state.actors()`` unless ``table`` is given) that died
-    unexpectedly at or after ``since_ms`` (milliseconds since the epoch), in the order they died."""
+    unexpectedly at or after ``since_ms`` (milliseconds since the epoch), of job ``job_id`` when given (a cluster
+    may run other jobs), in the order they died."""
     if table is None:
         from ray._private import state
 
@@ -46,6 +49,8 @@ def dead_actors(since_ms: float | None = None, table: Mapping[str, Mapping[str, 
     out = []
     for info in table.values():
         if info.get("State") != "DEAD" or any(word in str(info.get("DeathCause") or "") for word in INTENDED):
+            continue
+        if job_id is not None and str(info.get("JobID", job_id)) != job_id:
             continue
         ended = float(info.get("EndTime") or 0)
         if since_ms is not None and ended and ended < since_ms:
@@ -114,7 +119,10 @@ class Watchdog:
 
     def check(self, since_ms: float) -> list[str]:
         """What died since ``since_ms``: dead actors first, then dead engines."""
-        problems = [describe(info) for info in dead_actors(since_ms)]
+        import ray
+
+        job = ray.get_runtime_context().get_job_id() if ray.is_initialized() else None
+        problems = [describe(info) for info in dead_actors(since_ms, job_id=job)]
         return problems + engine_problems(self.servers())
 
     @contextmanager
