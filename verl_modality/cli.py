@@ -132,7 +132,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     problem = _folder_option(args.out, "--out")
     if problem:
         raise ValueError(problem)
-    out = export_thinker(args.base, load_sharded_state(actor), args.out)
+    try:
+        out = export_thinker(args.base, load_sharded_state(actor), args.out)
+    except KeyError as err:  # a weight on one side only: --base is not the model the run started from
+        raise ValueError(f"--base {args.base} does not match the checkpoint {actor}: {err.args[0]}") from err
     print(f"thinker of {actor} (world size {checkpoint_world_size(actor)}) written into a copy of {args.base}: {out}")
     return 0
 

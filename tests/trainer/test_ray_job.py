@@ -8,6 +8,7 @@ A second job with a bad override fails with the override named in its logs.
 """
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -100,15 +101,21 @@ def test_launcher_runs_the_recipe_as_a_job_with_one_rank_on_each_node(cluster, i
     from ray.job_submission import JobStatus, JobSubmissionClient
     from ray.util.state import list_actors, list_nodes
 
-    done = _launch(cluster, inputs, tmp_path, "mapo-two-nodes", [])
+    # with the KL penalty in the reward: verl's reference policy runs on both CPU ranks too
+    done = _launch(cluster, inputs, tmp_path, "mapo-two-nodes", ["algorithm.use_kl_in_reward=true"])
     client = JobSubmissionClient(cluster["address"])
     assert client.get_job_status("mapo-two-nodes") == JobStatus.SUCCEEDED, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.returncode == 0
     logs = _job_logs(cluster, "mapo-two-nodes")
     assert "mapo/" in logs and "step:2" in logs  # the per-tag lines, as `ray job logs` shows them
     # metrics and checkpoints where the launcher put them
-    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert sorted(set(steps)) == [1, 2]
+    steps: dict[int, dict] = {}
+    for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        steps.setdefault(record["step"], {}).update(record["data"])
+    assert sorted(steps) == [1, 2]
+    assert steps[1]["actor/reward_kl_penalty"] == 0.0  # the policy is the reference before its first update
+    assert math.isfinite(steps[2]["actor/reward_kl_penalty"]) and steps[2]["actor/reward_kl_penalty"] != 0.0
     shards = sorted(p.name for p in (tmp_path / "ckpt" / "global_step_2" / "actor").glob("model_world_size_*"))
     assert shards == ["model_world_size_2_rank_0.pt", "model_world_size_2_rank_1.pt"]
     # the two ranks (verl's colocated worker actors) ran on the two nodes, as Ray's state records them
