@@ -34,7 +34,7 @@ import transfer_queue as tq
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from verl_modality.trainer.features.curriculum_steps import CurriculumSteps, dataset_tags
-from verl_modality.trainer.features.dead_actors import Watchdog
+from verl_modality.trainer.features.dead_actors import Watchdog, rollout_servers
 from verl_modality.trainer.features.failed_rewards import FailedRewards
 from verl_modality.trainer.features.group_filter import GroupFilter
 from verl_modality.trainer.features.mapo_at_pass import MapoATPass
@@ -62,7 +62,10 @@ class ModalityTrainerSync(PPOTrainerSync):
         self.mapo_at = MapoATPass(config)
         self.curriculum = CurriculumSteps(config, self.tag_flow.mapo_active)
         self.state = TrainerState(self.tag_flow, self.curriculum)
-        self.watchdog = Watchdog(self._rollout_servers, lambda: int(getattr(self, "global_steps", 0)))
+        self.watchdog = Watchdog(
+            lambda: rollout_servers(getattr(self, "llm_server_manager", None)),
+            lambda: int(getattr(self, "global_steps", 0)),
+        )
         acting = [
             *self.tag_flow.labels,
             *self.mapo_at.labels,
@@ -83,16 +86,6 @@ class ModalityTrainerSync(PPOTrainerSync):
     def fit(self, *args, **kwargs):
         with self.watchdog.watching():
             return super().fit(*args, **kwargs)
-
-    def _rollout_servers(self) -> list[tuple[str, Any]]:
-        """``(label, Ray actor handle)`` of each rollout replica's server, for the watchdog."""
-        manager = getattr(self, "llm_server_manager", None)
-        replicas = manager.get_replicas() if manager is not None else []
-        return [
-            (f"{type(r).__name__} {r.replica_rank}", r._server_handle)
-            for r in replicas
-            if getattr(r, "_server_handle", None) is not None
-        ]
 
     @property
     def _steps_per_epoch(self) -> int | None:

@@ -111,3 +111,15 @@ def test_engine_probe_reports_failed_calls_and_dead_engines_only():
         "vLLM rollout server vLLMReplica 0, engine call: update_weights_from_ipc failed: RuntimeError: Worker failed",
         "vLLM rollout server vLLMReplica 1, engine: vllm.v1.engine.exceptions.EngineDeadError: EngineCore died.",
     ]
+
+
+def test_rollout_servers_are_read_from_verls_server_manager():
+    import types
+
+    class vLLMReplica:  # noqa: N801 (verl's name)
+        def __init__(self, rank, handle):
+            self.replica_rank, self._server_handle = rank, handle
+
+    manager = types.SimpleNamespace(get_replicas=lambda: [vLLMReplica(0, "h0"), vLLMReplica(1, None)])
+    assert da.rollout_servers(manager) == [("vLLMReplica 0", "h0")]  # a replica without a server yet is skipped
+    assert da.rollout_servers(None) == []  # before verl built its rollout

@@ -104,6 +104,16 @@ def engine_problems(servers: list[tuple[str, Any]], timeout_s: float = 3.0) -> l
     return out
 
 
+def rollout_servers(manager: Any) -> list[tuple[str, Any]]:
+    """``(label, Ray actor handle)`` of each rollout replica's server of verl's ``LLMServerManager`` (none without)."""
+    replicas = manager.get_replicas() if manager is not None else []
+    return [
+        (f"{type(r).__name__} {r.replica_rank}", r._server_handle)
+        for r in replicas
+        if getattr(r, "_server_handle", None) is not None
+    ]
+
+
 class Watchdog:
     """Checks the run's actors and engines while a phase of the trainer runs (see the module docstring)."""
 
