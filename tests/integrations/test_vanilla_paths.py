@@ -178,7 +178,7 @@ def probe_vllm_engine_calls():
 
     class vLLMHttpServer:  # noqa: N801 (verl's name)
         async def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
-            if method == "boom":
+            if method.startswith("boom") or method == "check_health" and args == ("fail",):
                 raise RuntimeError("Worker failed")
             return ("ran", method, args)
 
@@ -188,6 +188,9 @@ def probe_vllm_engine_calls():
     assert asyncio.run(server.engine_call_failure()) is None  # nothing failed: nothing recorded
     with pytest.raises(RuntimeError, match="Worker failed"):  # the failure still reaches verl unchanged
         asyncio.run(server.collective_rpc("boom"))
+    assert asyncio.run(server.engine_call_failure()) == "boom failed: RuntimeError: Worker failed"
+    with pytest.raises(RuntimeError, match="Worker failed"):  # the watchdog's probe is not recorded
+        asyncio.run(server.collective_rpc("check_health", args=("fail",)))
     assert asyncio.run(server.engine_call_failure()) == "boom failed: RuntimeError: Worker failed"
 
 

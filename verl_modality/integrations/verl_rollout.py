@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import functools
 
+#: the engine call the trainer's watchdog makes to see whether an engine is alive (vLLM workers' ``check_health``)
+PROBE = "check_health"
+
 
 def patch_vllm_server(module) -> None:
     """verl's vLLM server: collapse Omni placeholder runs, and never sample Omni placeholders."""
@@ -85,7 +88,8 @@ def record_engine_call_failures(module) -> None:
             return await original(self, method, *args, **kwargs)
         except BaseException as err:
             name = method if isinstance(method, str) else getattr(method, "__name__", repr(method))
-            self._verl_modality_failure = f"{name} failed: {type(err).__name__}: {err}"
+            if name != PROBE:  # the watchdog reads its own probe's failure from the probe
+                self._verl_modality_failure = f"{name} failed: {type(err).__name__}: {err}"
             raise
 
     async def engine_call_failure(self) -> str | None:

@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from verl_modality.integrations.verl_rollout import PROBE
+
 #: Ray's death causes of actors that ended as intended (``ray.kill``, every handle dropped, ``exit_actor``)
 INTENDED = ("ray.kill", "references to the actor were removed", "INTENDED_USER_EXIT", "exit_actor", "out of scope")
 #: exit status of a trainer process the watchdog had to end (its main thread did not take the interrupt)
@@ -84,7 +86,7 @@ def engine_problems(servers: list[tuple[str, Any]], timeout_s: float = 3.0) -> l
     out = []
     for label, handle in servers:
         try:
-            probes = [handle.engine_call_failure.remote(), handle.collective_rpc.remote("check_health")]
+            probes = [handle.engine_call_failure.remote(), handle.collective_rpc.remote(PROBE)]
         except AttributeError:
             continue
         for i, probe in enumerate(probes):
