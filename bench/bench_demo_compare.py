@@ -29,7 +29,10 @@ def main() -> int:
     parser.add_argument("--work-dir", default="bench_demo")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every main_ppo run")
     args = parser.parse_args()
+    from verl_modality.cli import select_platform
     from verl_modality.trainer.demo import DemoConfig, run_demo
+
+    select_platform("bench_demo_compare")  # the cpu platform on a machine without a GPU, as `verl-modality demo` does
 
     print("$ " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]))
     rows = []

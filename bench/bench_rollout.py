@@ -112,6 +112,9 @@ def main() -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = p.parse_args()
     args.batch = args.prompts
+    from verl_modality.cli import select_platform
+
+    select_platform("bench_rollout")  # the cpu platform on a machine without a GPU, as `verl-modality demo` does
 
     from verl_modality.data.synthetic import make_demo_data
     from verl_modality.models.tiny import make_tiny_model

@@ -13,8 +13,6 @@ collectives and the second process cost, not a speed-up.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import statistics
 import tempfile
 from pathlib import Path
@@ -64,8 +62,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
-    if not os.environ.get("VERL_PLATFORM") and shutil.which("nvidia-smi") is None:
-        os.environ["VERL_PLATFORM"] = "cpu"  # as `verl-modality demo` does on a machine without a GPU
+    from verl_modality.cli import select_platform
+
+    select_platform("bench_world_size")  # the cpu platform on a machine without a GPU, as `verl-modality demo` does
 
     from verl_modality.data.synthetic import make_demo_data
     from verl_modality.models.tiny import make_tiny_model

@@ -12,6 +12,7 @@ from verl.workers.config import ActorConfig, PolicyLossConfig
 from verl_modality.algorithms.relevance import (
     LOSS_MODE,
     compute_policy_loss_mapo_relevance,
+    global_token_weights,
     normalize_per_sequence,
     relevance_metrics,
     relevance_weights,
@@ -93,6 +94,48 @@ def test_weighted_sequence_mean_by_hand_with_asymmetric_clip():
     assert float(loss) == pytest.approx(float(torch.stack(per_seq).mean()), rel=1e-5)
     # normalisation: each row sums to its token count
     assert normalize_per_sequence(w, mask).sum(-1).tolist() == pytest.approx(mask.sum(-1).tolist())
+
+
+def _per_token(old, new, adv, low=0.2, high=0.3):
+    ratio = torch.exp(new - old)
+    return torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - low, 1 + high))
+
+
+def test_token_mean_is_one_weighted_mean_over_ranks_and_micro_batches():
+    """sum w l / sum w over the global mini-batch (the MAPO release's token-level loss), by hand: 2 ranks x 2
+    micro-batches, each through verl's agg_loss with the global token count, summed per rank, averaged over ranks (as
+    FSDP averages gradients)."""
+    b, t = 8, 12
+    g = torch.Generator().manual_seed(3)
+    old = -torch.rand(b, t, generator=g)
+    new = old + 0.3 * (torch.rand(b, t, generator=g) - 0.5)
+    adv = torch.randn(b, 1, generator=g).expand(b, t).contiguous()
+    mask = (torch.arange(t)[None, :] < torch.tensor([12, 3, 7, 12, 5, 9, 2, 11])[:, None]).float()
+    w = relevance_weights(4.0 * torch.randn(b, t, generator=g), mask, c_mask=2.0)
+    assert (w == 2.0).any()  # the cap clips: where the earlier reading differs
+    n_tokens, total = float(mask.sum()), float(w.sum())
+    want = float((w * _per_token(old, new, adv) * mask).sum() / w.sum())
+    cfg = _actor_config()
+    cfg.global_batch_info.update(dp_size=2, batch_num_tokens=n_tokens)
+    ranks = []
+    for rank in (range(0, 4), range(4, 8)):
+        rows = list(rank)
+        micro = [rows[:1], rows[1:]]  # uneven micro-batches
+        loss = 0.0
+        for m in micro:
+            scaled = global_token_weights(w[m], n_tokens, total)
+            part, _ = compute_policy_loss_mapo_relevance(old[m], new[m], adv[m], mask[m], "token-mean", cfg, scaled)
+            loss += float(part)
+        ranks.append(loss)
+    assert sum(ranks) / 2 == pytest.approx(want, rel=1e-5)
+    # the earlier reading (each sequence rescaled to sum T_i, then verl's token mean) is another number here
+    earlier = float((normalize_per_sequence(w, mask) * _per_token(old, new, adv) * mask).sum() / n_tokens)
+    assert abs(earlier - want) > 1e-3
+
+
+def test_global_token_weights_refuses_a_zero_sum():
+    with pytest.raises(ValueError, match="sum to 0.0"):
+        global_token_weights(torch.zeros(2, 3), 6, 0.0)
 
 
 def test_missing_weights_is_an_error():

@@ -214,16 +214,36 @@ def probe_forward_step():
     assert seen == [(batch, loss, False), (batch, loss, True)]
 
 
+def probe_forward_backward_batch():
+    from tensordict import TensorDict
+
+    from verl_modality.integrations.verl_workers import patch_forward_backward_batch
+
+    _wraps_verl("verl.workers.engine.fsdp.transformer_impl", "FSDPEngine.forward_backward_batch")
+    seen = []
+
+    class FSDPEngine:
+        def forward_backward_batch(self, data, loss_function, forward_only=False):
+            seen.append((data, loss_function, forward_only))
+            return ["out"]
+
+    patch_forward_backward_batch(types.SimpleNamespace(FSDPEngine=FSDPEngine))
+    batch, loss = TensorDict({}, batch_size=[]), object()  # no relevance flag: MAPO-AT not selected
+    for forward_only in (False, True):
+        assert FSDPEngine().forward_backward_batch(batch, loss, forward_only) == ["out"]
+    assert seen == [(batch, loss, False), (batch, loss, True)] and list(batch.keys()) == []
+
+
 def probe_ppo_loss():
     from tensordict import TensorDict
 
-    from verl_modality.integrations.verl_workers import with_attention_loss
+    from verl_modality.integrations.verl_workers import with_mapo_at
 
     _wraps_verl("verl.workers.engine_workers", "ppo_loss")
     loss, metrics = torch.tensor(0.5), {"actor/pg_loss": 0.5}
     spy = Spy(result=(loss, metrics))
     config, output, data = object(), object(), TensorDict({}, batch_size=[])
-    out = with_attention_loss(spy)(config, output, data)
+    out = with_mapo_at(spy)(config, output, data)
     assert out[0] is loss and out[1] is metrics and spy.calls == [((config, output, data, None), {})]
 
 
@@ -255,7 +275,8 @@ PROBES = {
     "vLLM adapter: thinker weights under full-checkpoint names": probe_vllm_adapter,
     "ReplayBuffer._dapo_filtered_keys: failed rewards neutralised before the group filter": probe_replay_buffer,
     "forward_step: MAPO-AT attention capture": probe_forward_step,
-    "ppo_loss: + eta * MAPO-AT attention loss": probe_ppo_loss,
+    "forward_backward_batch: MAPO-AT relevance-weight sum of the mini-batch": probe_forward_backward_batch,
+    "ppo_loss: MAPO-AT relevance weights and + eta * attention loss": probe_ppo_loss,
 }
 ALWAYS_PATCHES = [i for i in INTEGRATIONS if i.kind == "patch" and i.when == "always"]
 PLATFORM_ENTRIES = [i for i in INTEGRATIONS if i.when != "always"]

@@ -32,7 +32,14 @@ def setup(tmp_path_factory, tiny_model_dir):
 
 
 def _step(
-    setup: dict, loss_mode: str = "vanilla", weights=None, eta: float | None = None, loss_options: dict | None = None
+    setup: dict,
+    loss_mode: str = "vanilla",
+    weights=None,
+    eta: float | None = None,
+    loss_options: dict | None = None,
+    adv: torch.Tensor | None = None,
+    micro_batch_size: int = 8,
+    overrides: tuple[str, ...] = (),
 ) -> torch.Tensor:
     """One actor update of a fresh actor on the batch; the response log-probs after it."""
     from verl.utils import tensordict_utils as tu
@@ -43,15 +50,16 @@ def _step(
     actor = LocalActor.create(
         setup["model"],
         mini_batch_size=8,
-        micro_batch_size=8,
+        micro_batch_size=micro_batch_size,
         lr=1e-2,
-        overrides=[f"actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode}"],
+        overrides=[f"actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode}", *overrides],
     )
     step = batch.clone()
     step["old_log_probs"] = actor.compute_log_prob(batch)["log_probs"]
-    step["advantages"] = setup["adv"]
+    step["advantages"] = setup["adv"] if adv is None else adv
     if weights is not None:
         step["rollout_is_weights"] = weights
+        tu.assign_non_tensor(step, mapo_relevance=True)  # as MapoATPass.update_settings flags the update
     if eta is not None:
         mask = batch["response_mask"].float()
         step["mapo_attn_adv"] = setup["adv"].abs().amax(-1, keepdim=True).expand_as(mask).clone()
@@ -88,6 +96,23 @@ def test_relevance_mask_changes_the_update(setup, vanilla):
     )
     assert _max_diff(masked, vanilla) > MOVED
     assert _max_diff(flat, vanilla) < SAME  # uniform weights: verl's clipped loss exactly
+
+
+def test_token_mean_relevance_is_the_weighted_mean_of_the_mini_batch(setup, vanilla):
+    """Weights constant per sequence (s_i) make sum w l / sum w a plain token mean with advantages A_i s_i N / W,
+    so the relevance update (4 micro-batches) equals verl's vanilla update (1 micro-batch) with those advantages.
+    The earlier per-sequence rescaling would have erased s_i and given verl's update with A_i itself."""
+    mask = setup["batch"]["response_mask"].float()
+    s = torch.tensor([0.5, 2.0, 1.0, 3.0, 0.25, 1.5, 4.0, 1.0])[: mask.shape[0]]
+    weights = mask * s[:, None]
+    scale = float(mask.sum()) / float(weights.sum())
+    sgd = ("actor_rollout_ref.actor.optim.optimizer=SGD",)  # linear in the gradient: no Adam noise amplification
+    masked = _step(setup, "mapo_relevance", weights=weights, micro_batch_size=2, overrides=sgd)
+    scaled = _step(setup, adv=setup["adv"] * s[:, None] * scale, overrides=sgd)
+    plain = _step(setup, overrides=sgd)
+    print(f"\n[mapo-at] token-mean weighted mean: {_max_diff(masked, scaled):.2e} vs {_max_diff(masked, plain):.2e}")
+    assert _max_diff(masked, scaled) < 1e-5
+    assert _max_diff(masked, plain) > 1e-4
 
 
 def test_attention_loss_changes_the_update(setup, vanilla):

@@ -8,10 +8,16 @@ Per response i with T_i tokens and dh_t = H_t(audio removed) - H_t(full input):
 * the clipped PPO loss is the weighted mean sum_t w_t l_t / sum_t w_t per sequence.
 
 The loss mode ``mapo_relevance`` (``actor_rollout_ref.actor.policy_loss.loss_mode``) receives w through verl's only
-per-token passthrough to registered losses, the ``rollout_is_weights`` field, which the trainer writes. It rescales
-each sequence's weights to sum to T_i and hands them to verl's own clipped loss, so every ``loss_agg_mode`` and both
-clip ratios behave as in verl: the sequence-mean modes give exactly the weighted mean above, ``token-mean`` the
-global token mean of w'_t l_t (with sum_t w'_t = T_i), which stays invariant to micro-batching.
+per-token passthrough to registered losses, the ``rollout_is_weights`` field, which the trainer writes, and hands
+them to verl's own clipped loss, so every ``loss_agg_mode`` and both clip ratios behave as in verl:
+
+* the sequence-mean modes (``seq-mean-*``): each sequence's weights are rescaled to sum to T_i
+  (:func:`normalize_per_sequence`), which gives exactly sum_t w_t l_t / sum_t w_t per sequence;
+* ``token-mean``: one weighted mean over the whole global mini-batch, sum w_t l_t / sum w_t over every token of every
+  sequence on every rank, as the MAPO release computes its token-level losses. verl's ``token-mean`` divides by the
+  mini-batch's token count N; the actor multiplies the weights by N / W first (:func:`global_token_weights`, with W
+  the mini-batch's weight sum over all ranks, :mod:`verl_modality.integrations.verl_workers`), which turns verl's
+  token mean into that weighted mean, invariant to micro-batching and to the data-parallel size.
 """
 
 from __future__ import annotations
@@ -60,6 +66,20 @@ def normalize_per_sequence(weights: torch.Tensor, response_mask: torch.Tensor) -
     return torch.where(total > 0, w * lengths / total.clamp(min=1e-12), torch.zeros_like(w))
 
 
+def weight_sum(weights: torch.Tensor) -> float:
+    """Sum of the weights of a batch: a plain ``(B, T)`` tensor (zeros off the response) or a jagged nested one."""
+    values = weights.values() if weights.is_nested else weights
+    return float(values.double().sum())
+
+
+def global_token_weights(weights: torch.Tensor, batch_num_tokens: float, total_weight: float) -> torch.Tensor:
+    """w * N / W: the weights that make verl's ``token-mean`` (sum w l / N) the weighted mean sum w l / W of the
+    global mini-batch (N tokens, weight sum W, both over all ranks). Shapes: any (plain or nested) -> the same."""
+    if not (total_weight > 0 and math.isfinite(total_weight)):
+        raise ValueError(f"relevance weights of the mini-batch sum to {total_weight}; expected a positive number")
+    return weights * (float(batch_num_tokens) / float(total_weight))
+
+
 def compute_policy_loss_mapo_relevance(
     old_log_prob: torch.Tensor,
     log_prob: torch.Tensor,
@@ -77,7 +97,10 @@ def compute_policy_loss_mapo_relevance(
             f"policy loss mode {LOSS_MODE!r} needs the per-token relevance weights: set "
             "algorithm.mapo_at.relevance_mask=true so the trainer computes them"
         )
-    weights = normalize_per_sequence(rollout_is_weights, response_mask).to(log_prob.dtype)
+    if loss_agg_mode == "token-mean":
+        weights = rollout_is_weights.to(log_prob.dtype)  # already w * N / W (global_token_weights, in the actor)
+    else:
+        weights = normalize_per_sequence(rollout_is_weights, response_mask).to(log_prob.dtype)
     return compute_policy_loss_vanilla(
         old_log_prob=old_log_prob,
         log_prob=log_prob,

@@ -293,14 +293,26 @@ INTEGRATIONS: tuple[Integration, ...] = (
         why="L_attn needs the late layers' attention to audio keys; off unless algorithm.mapo_at.attention_loss",
     ),
     Integration(
-        name="ppo_loss: + eta * MAPO-AT attention loss",
+        name="forward_backward_batch: MAPO-AT relevance-weight sum of the mini-batch",
+        group="patches",
+        kind="patch",
+        target="verl.workers.engine.fsdp.transformer_impl",
+        attribute="FSDPEngine.forward_backward_batch",
+        apply=f"{_WORKERS}:patch_forward_backward_batch",
+        when="always",
+        why="the relevance-weighted loss under token-mean is sum w l / sum w over the global mini-batch; the sum over "
+        "all ranks is known only here; off unless algorithm.mapo_at.relevance_mask",
+    ),
+    Integration(
+        name="ppo_loss: MAPO-AT relevance weights and + eta * attention loss",
         group="patches",
         kind="patch",
         target="verl.workers.engine_workers",
         attribute="ppo_loss",
         apply=f"{_WORKERS}:patch_ppo_loss",
         when="always",
-        why="adds eta * L_attn to the policy loss; off unless eta > 0",
+        why="scales the relevance weights to the mini-batch's weighted mean under token-mean and adds eta * L_attn "
+        "to the policy loss; off unless algorithm.mapo_at is on",
     ),
     # rollouts, algorithms, trainer, rewards
     Integration(

@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 #: the actor update's knob (``batch.extra_info``) and the per-token fields of MAPO-AT's attention loss
 KNOB = "mapo_at"
+#: the actor update's flag (``batch.extra_info``): the update's ``rollout_is_weights`` are MAPO-AT relevance weights
+RELEVANCE_KNOB = "mapo_relevance"
+#: what the actor adds to each mini-batch: the weight sum W of its relevance weights over all data-parallel ranks
+WEIGHT_SUM = "mapo_relevance_weight_sum"
 FIELDS = ("mapo_dh", "mapo_attn_content", "mapo_attn_reward", "mapo_attn_adv")
 _ACTIVE: contextvars.ContextVar[Any] = contextvars.ContextVar("mapo_at_capture", default=None)
 
@@ -168,6 +172,39 @@ def patch_forward_step(module) -> None:
     cls.forward_step = forward_step
 
 
+def patch_forward_backward_batch(module) -> None:
+    """``FSDPEngine.forward_backward_batch`` adds the mini-batch's relevance-weight sum over all ranks (the
+    ``token-mean`` denominator of the ``mapo_relevance`` loss, :func:`~verl_modality.algorithms.relevance.
+    global_token_weights`) when the update carries MAPO-AT relevance weights."""
+    cls = module.FSDPEngine
+    if getattr(cls.forward_backward_batch, "__verl_modality__", False):
+        return
+    original = cls.forward_backward_batch
+
+    @functools.wraps(original)
+    def forward_backward_batch(self, data, loss_function, forward_only=False):
+        from verl.utils import tensordict_utils as tu
+
+        if forward_only or not tu.get_non_tensor_data(data=data, key=RELEVANCE_KNOB, default=False):
+            return original(self, data, loss_function, forward_only)
+        import torch
+
+        from verl_modality.algorithms.relevance import weight_sum
+
+        total = torch.tensor([weight_sum(data["rollout_is_weights"])], dtype=torch.float64)
+        group = self.get_data_parallel_group()
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size(group) > 1:
+            from verl.utils.device import get_device_id
+
+            total = total.to(get_device_id())
+            torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM, group=group)
+        tu.assign_non_tensor(data, **{WEIGHT_SUM: float(total.item())})
+        return original(self, data, loss_function, forward_only)
+
+    forward_backward_batch.__verl_modality__ = True
+    cls.forward_backward_batch = forward_backward_batch
+
+
 # ------------------------------------------------------------------------ verl.workers.engine.base, engine_workers
 def rebind_position_id_fix(module) -> None:
     """Modules that imported ``maybe_fix_3d_position_ids`` by name get the fixed one."""
@@ -207,13 +244,38 @@ def attention_loss_share(data: Any, sequences: int) -> float:
     return sequences / float(global_bsz) * int(dp_size) if global_bsz else 1.0
 
 
-def with_attention_loss(ppo_loss):
-    """verl's ``ppo_loss`` plus eta * L_attn when the batch asks for it (see the module docstring)."""
+def relevance_token_weights(config: Any, data: Any) -> Any:
+    """``data`` with its relevance weights scaled by N / W for the ``mapo_relevance`` loss under ``token-mean``
+    (:func:`~verl_modality.algorithms.relevance.global_token_weights`); ``data`` itself for any other loss."""
+    from verl.utils import tensordict_utils as tu
+
+    from verl_modality.algorithms.relevance import LOSS_MODE, global_token_weights
+
+    policy_loss = getattr(config, "policy_loss", None)
+    mode = policy_loss.get("loss_mode", "vanilla") if policy_loss is not None else "vanilla"
+    if mode != LOSS_MODE or getattr(config, "loss_agg_mode", None) != "token-mean" or "rollout_is_weights" not in data:
+        return data
+    total = tu.get_non_tensor_data(data=data, key=WEIGHT_SUM, default=None)
+    if total is None:
+        raise RuntimeError(
+            f"policy loss {LOSS_MODE!r} with loss_agg_mode=token-mean needs the mini-batch's relevance-weight sum, "
+            f"which the actor's engine adds ({WEIGHT_SUM}); is the plugin's FSDPEngine.forward_backward_batch patch "
+            "installed (see `verl-modality doctor`)?"
+        )
+    scaled = data.copy()
+    scaled["rollout_is_weights"] = global_token_weights(data["rollout_is_weights"], data["batch_num_tokens"], total)
+    return scaled
+
+
+def with_mapo_at(ppo_loss):
+    """verl's ``ppo_loss`` with MAPO-AT's relevance weights as one global weighted mean under ``token-mean``
+    (:func:`relevance_token_weights`), plus eta * L_attn when the batch asks for it (see the module docstring)."""
     if getattr(ppo_loss, "__verl_modality__", False):
         return ppo_loss
 
     @functools.wraps(ppo_loss)
     def loss_fn(config, model_output, data, dp_group=None):
+        data = relevance_token_weights(config, data)
         loss, metrics = ppo_loss(config, model_output, data, dp_group)
         capture = _ACTIVE.get()
         knob = _knob(data)
@@ -250,4 +312,4 @@ def with_attention_loss(ppo_loss):
 
 
 def patch_ppo_loss(module) -> None:
-    module.ppo_loss = with_attention_loss(module.ppo_loss)
+    module.ppo_loss = with_mapo_at(module.ppo_loss)

@@ -18,7 +18,7 @@ verl's hook                features
 ``_compute_advantage``     failed rewards (those the group filter has not rewritten), then tag flow (tags to the
                            estimator, ``mapo/*``, ``pg_var/*``, ``streams/*``), MAPO-AT's attention-loss inputs, the
                            curriculum's step end
-``_update_actor``          MAPO-AT: the attention loss's settings for the actor
+``_update_actor``          MAPO-AT: the relevance loss's flag and the attention loss's settings for the actor
 ``_validate``              tag validation (uid -> tag), the adaptive curriculum's zero-shot order
 ``_val_metrics_update``    tag validation: ``val-core/tag/*``, ``val-aux/{level,modality_gap,stratum}/*``
 ``_save_checkpoint``       state: ``global_step_N/verl_modality_state.json``
@@ -142,8 +142,7 @@ class ModalityTrainerSync(PPOTrainerSync):
         return out
 
     def _update_actor(self, batch, metrics: dict):
-        if self.mapo_at.attention_loss:
-            batch.extra_info["mapo_at"] = self.mapo_at.actor_settings(self.tokenizer)
+        batch.extra_info.update(self.mapo_at.update_settings(self.tokenizer))
         return super()._update_actor(batch, metrics)
 
     def _validate(self) -> dict[str, float]:

@@ -6,7 +6,8 @@ per-response inputs after the advantages.
   relevance weights, written as ``rollout_is_weights`` for the ``mapo_relevance`` policy loss, and (with the attention
   loss) dh and the content-token mask for the actor; ``mapo_at/*`` metrics.
 * :meth:`MapoATPass.attention_loss_inputs`: the task reward and |A_i| per response, repeated over its tokens.
-* :meth:`MapoATPass.actor_settings`: what the actor's attention loss reads from the update's ``extra_info``.
+* :meth:`MapoATPass.update_settings`: what the actor reads from the update's ``extra_info`` (the relevance flag, the
+  attention loss's settings).
 """
 
 from __future__ import annotations
@@ -174,6 +175,18 @@ class MapoATPass:
         return store.kv_batch_put(
             keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(fields, batch_size=len(batch))
         )
+
+    def update_settings(self, tokenizer: Any) -> dict[str, Any]:
+        """What the actor update's ``extra_info`` gets: the relevance flag (the engine then sums the mini-batch's
+        weights for the ``token-mean`` weighted mean) and the attention loss's settings; nothing when MAPO-AT is off."""
+        from verl_modality.integrations.verl_workers import KNOB, RELEVANCE_KNOB
+
+        out: dict[str, Any] = {}
+        if self.enabled and self.config.relevance_mask:
+            out[RELEVANCE_KNOB] = True
+        if self.attention_loss:
+            out[KNOB] = self.actor_settings(tokenizer)
+        return out
 
     def actor_settings(self, tokenizer: Any) -> dict[str, Any]:
         """``extra_info["mapo_at"]`` of the actor update: what :mod:`verl_modality.integrations.verl_workers`
