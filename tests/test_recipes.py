@@ -8,7 +8,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from verl_modality.algorithms.config import MapoATConfig, MapoConfig
+from verl_modality.algorithms.config import MapoATConfig, MapoConfig, ZeroVarianceConfig
 from verl_modality.data.curriculum import CurriculumConfig
 from verl_modality.data.modality_view import ModalityView
 from verl_modality.trainer.local_actor import compose_verl_config
@@ -28,6 +28,7 @@ RECIPES = [
 OPEN_PREFIXES = (
     "algorithm.mapo.",
     "algorithm.mapo_at.",
+    "algorithm.zero_variance.",
     "data.curriculum.",
     "data.modality.",
     "ray_kwargs.ray_init.",
@@ -114,7 +115,8 @@ def test_recipe_composes_with_valid_mapo_options(path, monkeypatch):
         assert mapo.adaptive_weights and cfg.trainer.val_before_train and curriculum.window == 5
     if path.stem.startswith("mapo_qwen") or path.stem == "mapo_full_cpu_demo":
         assert not mapo.adaptive_weights and not cfg.algorithm.use_kl_in_reward
-        assert cfg.algorithm.filter_groups.enable and cfg.algorithm.filter_groups.metric == "acc"
+        zv = ZeroVarianceConfig.from_algorithm_config(cfg.algorithm)
+        assert zv.drop and not zv.retire and zv.metric == "acc" and not cfg.algorithm.filter_groups.enable
     if "maple" in str(path):  # the paper's settings (SPEC §2.6)
         a, r = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
         assert (cfg.data.train_batch_size, a.ppo_mini_batch_size, r.n) == (256, 32, 8)

@@ -174,3 +174,15 @@ def test_caption_rows_describe_their_media(tmp_path, decode):
             assert refs["A"].split()[2] == str(decode.bursts(wave, media.SAMPLE_RATE))
     with pytest.raises(ValueError, match="caption_every"):
         make_demo_data(tmp_path / "bad", n_train=1, n_test=0, caption_every=-1, progress=False)
+
+
+def test_media_size_sets_clip_length_and_resolution(tmp_path):
+    from verl_modality.data.synthetic import REALISTIC, MediaSize
+
+    make_demo_data(tmp_path / "d", seed=0, n_train=1, n_test=0, progress=False, media_size=REALISTIC)
+    row = schema.read_rows(tmp_path / "d" / "train.parquet")[0]
+    wave = media.load_audio(str(tmp_path / "d" / row["media"]["audios"][0]), sr=16000)  # every clip's media
+    frames = media.load_video(str(tmp_path / "d" / row["media"]["videos"][0]))
+    assert len(wave) == 10 * 16000 and frames.shape == (20, 448, 448, 3)
+    with pytest.raises(ValueError, match="frame_size=57"):
+        MediaSize(frame_size=57)

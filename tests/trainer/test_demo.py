@@ -99,7 +99,10 @@ def _steps():
     steps = {0: {"val-core/tag/V/acc": 0.5, "val-core/tag/VA/acc": 0.25, "val-core/tag/VAS/acc": 0.0}}
     steps[0]["val-core/tag/pooled/acc"] = 0.25
     steps[1] = {"mapo/V/reward_mean": 0.4, "mapo/V/count": 8.0, "timing_s/step": 9.0, "prompt_length/mean": 100.0}
+    steps[1].update({"zero_variance/samples_per_update": 48.0, "zero_variance/dropped_groups": 2.0})
     steps[2] = {"mapo/VA/reward_mean": 0.2, "mapo/VA/count": 8.0, "timing_s/step": 5.0, "prompt_length/mean": 50.0}
+    # no groups dropped: samples from verl's token count, 64 samples of 50 + 10 tokens
+    steps[2].update({"response_length/mean": 10.0, "perf/total_num_tokens": 64 * 60.0})
     steps[2].update({"val-core/tag/V/acc": 1.0, "val-core/tag/VA/acc": 0.5, "val-core/tag/VAS/acc": 0.5})
     steps[2]["val-core/tag/pooled/acc"] = 2 / 3
     return steps
@@ -125,8 +128,13 @@ def test_curves_levels_gap_and_report(tmp_path):
     s = demo.run_summary("mapo", Result(), {"V": 1, "VA": 1, "VAS": 1})
     assert s["steps"] == 2 and s["step_s_mean"] == 5.0  # the first step is left out
     assert s["prompt_tokens_per_response"] == 75.0
-    summary = {"seed": 0, "warm_start": {"step": 350}, "runs": [s, {**s, "run": "mupo", "step_s_mean": 10.0}]}
+    assert s["samples_per_update"] == (48 + 64) / 2 and s["dropped_groups"] == 2 and s["skipped_steps"] == 0
+    runs = [s, {**s, "run": "mupo", "step_s_mean": 10.0, "samples_per_update": 64.0}]
+    summary = {"seed": 0, "warm_start": {"step": 350}, "runs": runs, "ratios": demo.run_ratios(runs)}
+    assert summary["ratios"] == {"step_time": 2.0, "samples_per_update": 64 / 56, "prompt_tokens": 1.0}
+    assert demo.run_ratios(runs[:1]) is None
     text = format_report(summary)
     assert "pooled 0.250 -> 0.667 (+41.7 points) in 2 steps" in text
-    assert "step time MUPO / MAPO (full recipe): 2.00x" in text
+    assert "56.0 samples per update" in text and "2 zero-variance groups dropped (0 steps skipped)" in text
+    assert "MUPO / MAPO (full recipe): step time 2.00x, samples per update 1.14x" in text
     assert plot_curves(summary, tmp_path / "c.png").stat().st_size > 1000

@@ -1,7 +1,8 @@
 """End to end: verl's real ``python -m verl.trainer.main_ppo`` on the CPU with the tiny Omni model and demo data.
 
-Eight runs (about a minute each): MAPO (``exact`` streams, adaptive curriculum) for 4 steps with checkpoints at steps 2
-and 4, the same run resumed from its step-2 checkpoint, MAPO with the static curriculum and group filtering, the MUPO
+Nine runs (about a minute each): MAPO (``exact`` streams, adaptive curriculum) for 4 steps with checkpoints at steps 2
+and 4, the same run resumed from its step-2 checkpoint, MAPO with the static curriculum and verl's regenerating group
+filter, MAPO with the static curriculum and the dropping one (MAPLE's early and mid-training filtering), the MUPO
 baseline (``full`` streams, mixed batches) for 2 steps, plain GRPO for 2 steps, plain GRPO through the plugin's
 trainer and through verl's own ``PPOTrainerSync``, and MAPO-AT on the Qwen3-Omni thinker at world size 2. MAPO-AT on
 Qwen2.5-Omni runs in tests/trainer/test_data_parallel.py, at world size 1 and 2.
@@ -176,6 +177,54 @@ def test_static_curriculum_with_group_filtering(tmp_path, inputs):
         assert steps[step][f"mapo/{tags[step - 1]}/zero_var_frac"] == 0.0  # filtering kept only groups with variance
     evicted = sum(steps[s].get("training/filter_groups/evicted_samples", 0) for s in (1, 2, 3))
     assert evicted > 0  # ~40 % of groups of 4 have no variance under this reward
+
+
+def test_static_curriculum_drops_zero_variance_groups_and_retires_prompts(tmp_path, inputs):
+    """MAPLE's early filtering (drop, never regenerate) and mid-training filtering in verl's loop: V rows always score
+    1 (zero variance), the others a coin. The V step of the first epoch is skipped; every other step trains on
+    exactly its kept groups; nothing is generated beyond 4 x 4 per step; from the second epoch the V prompts are out."""
+    import pandas as pd
+
+    reward_log = tmp_path / "rewards.jsonl"
+    steps_total = 9  # 7 tags in 16 rows: 7 batches of 4 in the first epoch, then 2 of the second
+    extra = [
+        f"trainer.total_training_steps={steps_total}",
+        f"trainer.total_epochs={steps_total}",  # verl counts 16 // 4 steps an epoch; the step budget must decide
+        "trainer.test_freq=-1",
+        f"trainer.save_freq={steps_total}",
+        "data.curriculum.order=static",
+        "+algorithm.zero_variance.drop=true",
+        "+algorithm.zero_variance.retire=true",
+        "+algorithm.zero_variance.metric=acc",
+        f"reward.custom_reward_function.path={Path(__file__).with_name('tag_reward.py')}",
+    ]
+    result = _run(tmp_path, inputs, extra, env={"TAG_REWARD_LOG": str(reward_log)})
+    steps = result.steps()
+    calls = [json.loads(line) for line in reward_log.read_text().splitlines()]
+    assert len(calls) == steps_total * 4 * 4  # 4 prompts x 4 responses a step: no group was regenerated
+    v_step = TAGS.index("V")
+    for step in range(1, steps_total + 1):
+        m = steps[step]
+        assert (
+            m["zero_variance/kept_groups"] + m["zero_variance/dropped_groups"] + m["zero_variance/rounded_off_groups"]
+            == 4
+        )
+        # one rank, one mini-batch, log-prob micro-batches of 8 samples (cpu_demo_common): an even count of groups
+        assert m["zero_variance/kept_groups"] % 2 == 0 and m["zero_variance/rounded_off_groups"] <= 1
+        trained = sum(v for k, v in m.items() if k.startswith("mapo/") and k.endswith("/count"))
+        if m["curriculum/tag_index"] == v_step:  # the V batch: nothing varies, the step is skipped
+            assert step <= 7 and m["zero_variance/skipped_step"] == 1 and m["zero_variance/dropped/V"] == 4
+            assert trained == 0 and "actor/pg_loss" not in m
+        elif m["zero_variance/skipped_step"] == 0:
+            assert trained == m["zero_variance/samples_per_update"] == 4 * m["zero_variance/kept_groups"]
+            assert "actor/pg_loss" in m
+    assert [steps[s]["curriculum/tag_index"] for s in range(1, 8)].count(v_step) == 1
+    assert all(steps[s]["curriculum/tag_index"] != v_step for s in (8, 9))  # V prompts retired after epoch 1
+    state = json.loads((tmp_path / "ckpt" / f"global_step_{steps_total}" / "verl_modality_state.json").read_text())
+    tags = pd.read_parquet(inputs["data"] / "train.parquet")["modality_tag"].tolist()
+    retired = state["curriculum"]["retired"]
+    assert {i for i, t in enumerate(tags) if t == "V"} <= set(retired)
+    assert steps[8]["curriculum/retired_prompts"] == len(retired)
 
 
 def test_mupo_baseline_shows_every_stream(tmp_path, inputs):

@@ -90,3 +90,37 @@ class MapoATConfig:
         """From verl's ``algorithm`` section; unknown keys raise with the list of known ones."""
         node = algorithm_config.get("mapo_at", None) if algorithm_config is not None else None
         return options.load(cls, node, "algorithm.mapo_at")
+
+
+#: what a zero-variance test compares within a group: verl's sequence reward (``rm_scores``), or any other name for
+#: that key of the reward function's ``reward_extra_info`` (``acc``, ``score``), as verl's ``filter_groups.metric``
+REWARD_METRIC = "reward"
+
+
+@dataclass(frozen=True)
+class ZeroVarianceConfig:
+    """``algorithm.zero_variance.*``: MAPLE's zero-variance filtering (§5.2), which drops and never regenerates.
+
+    verl's ``algorithm.filter_groups`` is DAPO's dynamic sampling: it regenerates until the batch is full again. The
+    two cannot be combined. ``retire`` needs the plugin's sampler (``data.curriculum.order``; ``mixed`` samples every
+    tag together, as verl's shuffled loader does).
+    """
+
+    drop: bool = False  # early filtering: a step trains on its groups with reward variance only (MAPLE §5.2)
+    retire: bool = False  # mid-training filtering: zero-variance prompts of epoch 1 leave the set (MAPLE §5.2)
+    metric: str = REWARD_METRIC  # compared within a group (as verl's filter_groups.metric)
+
+    def __post_init__(self) -> None:
+        options.validate(self, "algorithm.zero_variance")
+        if not self.metric.strip():
+            raise ValueError("algorithm.zero_variance.metric='': expected 'reward' or a reward_extra_info key")
+
+    @property
+    def enabled(self) -> bool:
+        return self.drop or self.retire
+
+    @classmethod
+    def from_algorithm_config(cls, algorithm_config: Any) -> ZeroVarianceConfig:
+        """From verl's ``algorithm`` section; unknown keys raise with the list of known ones."""
+        node = algorithm_config.get("zero_variance", None) if algorithm_config is not None else None
+        return options.load(cls, node, "algorithm.zero_variance")

@@ -16,6 +16,11 @@ samples than the tag's permutation has left (the last, partial batch of a tag, o
 gets extra draws from a fresh seeded permutation of the same tag, counted in :attr:`TagCurriculum.extra_samples`.
 Nothing is dropped. All randomness is derived from ``(seed, epoch, tag)``, so the state is a few counters and
 resuming from :meth:`state_dict` continues the exact sequence.
+
+Mid-training filtering (MAPLE §5.2, ``retire=True``): during the first epoch :meth:`TagCurriculum.observe` records
+which prompts' groups had zero reward variance; when the second epoch begins, the prompts that had zero variance
+every time they were seen leave the pools (:attr:`TagCurriculum.retired`), and the epoch's batches are counted over
+the prompts that remain. A tag with no prompt left has no batches; no prompt left at all is an error.
 """
 
 from __future__ import annotations
@@ -107,7 +112,7 @@ class TagCurriculum:
     ``tags[i]`` is the tag of dataset index i; ``batch_size`` prompts make one training batch.
     """
 
-    def __init__(self, tags: Sequence[str], batch_size: int, config: CurriculumConfig):
+    def __init__(self, tags: Sequence[str], batch_size: int, config: CurriculumConfig, retire: bool = False):
         if not config.enabled:
             raise ValueError("TagCurriculum needs data.curriculum.order other than 'none'")
         if batch_size < 1:
@@ -116,12 +121,14 @@ class TagCurriculum:
             raise ValueError("the training set is empty")
         self.config = config
         self.batch_size = int(batch_size)
-        keys = [ALL] * len(tags) if config.order == "mixed" else [_tag_of_row(t, i) for i, t in enumerate(tags)]
-        self.pools: dict[str, np.ndarray] = {
-            tag: np.flatnonzero(np.asarray(keys) == tag) for tag in ([ALL] if config.order == "mixed" else TAGS)
-        }
-        self.pools = {tag: idx for tag, idx in self.pools.items() if len(idx)}
-        self.blocks = {tag: math.ceil(len(idx) / self.batch_size) for tag, idx in self.pools.items()}
+        self.retire = bool(retire)
+        self._keys = np.asarray(
+            [ALL] * len(tags) if config.order == "mixed" else [_tag_of_row(t, i) for i, t in enumerate(tags)]
+        )
+        self.pools: dict[str, np.ndarray] = {}
+        self.blocks: dict[str, int] = {}
+        self._build_pools(())
+        self.pool_sizes = {t: int(len(p)) for t, p in self.pools.items()}  # before any prompt is retired
         self.zero_shot: dict[str, float] | None = None
         if isinstance(config.zero_shot, Mapping):
             self.set_zero_shot(config.zero_shot)
@@ -135,6 +142,30 @@ class TagCurriculum:
         self.step_indices: list[int] = []  # taken in the open step
         self._perms: dict[tuple, np.ndarray] = {}
         self.recent: dict[str, list[float]] = {tag: [] for tag in self.pools}
+        self.zero_rows: set[int] = set()  # first epoch: prompts whose group had zero variance
+        self.varied_rows: set[int] = set()  # first epoch: prompts whose group had variance
+        self.retired: list[int] = []  # prompts out of the pools from the second epoch on
+
+    def _build_pools(self, retired: Sequence[int]) -> None:
+        keep = np.ones(len(self._keys), dtype=bool)
+        keep[np.asarray(list(retired), dtype=np.int64)] = False
+        groups = [ALL] if self.config.order == "mixed" else TAGS
+        pools = {tag: np.flatnonzero((self._keys == tag) & keep) for tag in groups}
+        self.pools = {tag: idx for tag, idx in pools.items() if len(idx)}
+        if not self.pools:
+            raise RuntimeError(
+                f"mid-training filtering retired all {len(retired)} training prompts (every group had zero reward "
+                "variance in the first epoch): nothing is left to train on"
+            )
+        self.blocks = {tag: math.ceil(len(idx) / self.batch_size) for tag, idx in self.pools.items()}
+        self._perms = {}
+
+    def observe(self, zero: Sequence[int], varied: Sequence[int]) -> None:
+        """Record, during the first epoch, the prompts (dataset indices) whose group had zero reward variance and those
+        whose group had some (``retire`` only; later epochs are not recorded)."""
+        if self.retire and self.epoch == 0:
+            self.zero_rows.update(int(i) for i in zero)
+            self.varied_rows.update(int(i) for i in varied)
 
     # ------------------------------------------------------------------------------------------- ordering
     @property
@@ -249,6 +280,10 @@ class TagCurriculum:
         self.step_tag = None
 
     def _next_epoch(self) -> None:
+        if self.retire and self.epoch == 0:
+            self.retired = sorted(self.zero_rows - self.varied_rows)
+            self._build_pools(self.retired)
+            self.recent = {tag: self.recent.get(tag, []) for tag in self.pools}
         self.epoch += 1
         self.served = dict.fromkeys(self.pools, 0)
         self.taken = dict.fromkeys(self.pools, 0)
@@ -275,7 +310,7 @@ class TagCurriculum:
             "order": self.config.order,
             "seed": self.config.seed,
             "batch_size": self.batch_size,
-            "pool_sizes": {t: int(len(p)) for t, p in self.pools.items()},
+            "pool_sizes": dict(self.pool_sizes),
             "epoch": self.epoch,
             "served": dict(self.served),
             "taken": dict(self.taken),
@@ -285,6 +320,10 @@ class TagCurriculum:
             "step_indices": list(self.step_indices),
             "recent": {t: list(v) for t, v in self.recent.items()},
             "zero_shot": dict(self.zero_shot) if self.zero_shot is not None else None,
+            "retire": self.retire,
+            "zero_rows": sorted(self.zero_rows),
+            "varied_rows": sorted(self.varied_rows),
+            "retired": list(self.retired),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -292,8 +331,13 @@ class TagCurriculum:
             "order": self.config.order,
             "seed": self.config.seed,
             "batch_size": self.batch_size,
-            "pool_sizes": {t: int(len(p)) for t, p in self.pools.items()},
+            "pool_sizes": dict(self.pool_sizes),
         }
+        if state.get("retire", False) != self.retire:
+            raise ValueError(
+                f"saved curriculum has retire={state.get('retire', False)!r}, this run has {self.retire!r}; "
+                "algorithm.zero_variance.retire changed since the checkpoint"
+            )
         for key, value in expected.items():
             if state.get(key) != value:
                 raise ValueError(
@@ -309,3 +353,8 @@ class TagCurriculum:
         self.step_indices = [int(i) for i in state["step_indices"]]
         self.recent = {t: [float(x) for x in v] for t, v in state["recent"].items()}
         self.zero_shot = dict(state["zero_shot"]) if state.get("zero_shot") is not None else self.zero_shot
+        self.zero_rows = {int(i) for i in state.get("zero_rows", [])}
+        self.varied_rows = {int(i) for i in state.get("varied_rows", [])}
+        self.retired = [int(i) for i in state.get("retired", [])]
+        if self.retired:
+            self._build_pools(self.retired)

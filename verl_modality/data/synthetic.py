@@ -16,6 +16,7 @@ from __future__ import annotations
 import numbers
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,28 @@ _ASPECT = {
 #: question families of :func:`make_demo_data`: ``classic`` asks pitch in about half of the A-only questions,
 #: ``balanced`` in about half of every tag holding A (the learnable demo set)
 FAMILIES = ("classic", "balanced")
+
+
+@dataclass(frozen=True)
+class MediaSize:
+    """How long and how large each clip's media are. The default is the demo's tiny clips; :data:`REALISTIC` has
+    seconds of 16 kHz audio and 2 fps video at a Qwen2.5-Omni processor's default resolution, so that audio and
+    video tokens dominate a prompt as they do on MAPLE-bench."""
+
+    audio_seconds: float = AUDIO_SECONDS
+    n_frames: int = N_FRAMES
+    frame_size: int = FRAME_SIZE  # pixels per side, even
+    fps: float = FPS
+
+    def __post_init__(self) -> None:
+        if not (self.audio_seconds >= 1.0 and self.n_frames >= 1 and self.frame_size >= 2 and self.fps > 0):
+            raise ValueError(f"{self}: expected audio_seconds >= 1, n_frames >= 1, frame_size >= 2 and fps > 0")
+        if self.frame_size % 2:
+            raise ValueError(f"frame_size={self.frame_size}: video frames need even sides")
+
+
+#: 10 s of 16 kHz audio and 10 s of 2 fps video, 448 x 448 frames (256 video tokens per two frames on Qwen2.5-Omni)
+REALISTIC = MediaSize(audio_seconds=10.0, n_frames=20, frame_size=448, fps=2)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -196,12 +219,14 @@ def _draw_clip(rng: np.random.Generator) -> tuple[str, int, str, str, str]:
     return colour, beeps, pitch, animal, subtitle_for(animal, int(rng.integers(len(SUBTITLE_TEMPLATES))))
 
 
-def _write_clip(root: Path, split: str, rid: str, colour: str, beeps: int, pitch: str) -> tuple[str, str]:
+def _write_clip(
+    root: Path, split: str, rid: str, colour: str, beeps: int, pitch: str, size: MediaSize = MediaSize()
+) -> tuple[str, str]:
     """Write the clip's video and audio; their paths relative to ``root``."""
     video_rel = f"media/{split}/{rid}.mp4"
     audio_rel = f"media/{split}/{rid}.wav"
-    media.write_video(root / video_rel, colour_frames(colour), fps=FPS)
-    media.write_audio(root / audio_rel, beep_wave(beeps, pitch))
+    media.write_video(root / video_rel, colour_frames(colour, size.n_frames, size.frame_size), fps=size.fps)
+    media.write_audio(root / audio_rel, beep_wave(beeps, pitch, seconds=size.audio_seconds))
     return video_rel, audio_rel
 
 
@@ -213,7 +238,13 @@ def question_family(tag: str, stream: str, question: str) -> str:
 
 
 def _make_record(
-    rng: np.random.Generator, root: Path, split: str, index: int, tag: str, families: str = "classic"
+    rng: np.random.Generator,
+    root: Path,
+    split: str,
+    index: int,
+    tag: str,
+    families: str = "classic",
+    size: MediaSize = MediaSize(),
 ) -> schema.Sample:
     colour, beeps, pitch, animal, subtitle = _draw_clip(rng)
     asks_pitch = tag == "A" if families == "classic" else "A" in tag
@@ -225,7 +256,7 @@ def _make_record(
     answer = schema.letter(options.index(truth))
 
     rid = f"demo-{split}-{index:04d}"
-    video_rel, audio_rel = _write_clip(root, split, rid, colour, beeps, pitch)
+    video_rel, audio_rel = _write_clip(root, split, rid, colour, beeps, pitch, size)
     return schema.Sample.create(
         id=rid,
         question=_question(tag, a_kind),
@@ -252,11 +283,13 @@ def caption_facts(tag: str, colour: str, beeps: int, pitch: str, animal: str) ->
     return {s: facts[s] for s in tag}
 
 
-def _make_caption_record(rng: np.random.Generator, root: Path, split: str, index: int, tag: str) -> schema.Sample:
+def _make_caption_record(
+    rng: np.random.Generator, root: Path, split: str, index: int, tag: str, size: MediaSize = MediaSize()
+) -> schema.Sample:
     colour, beeps, pitch, animal, subtitle = _draw_clip(rng)
     references = caption_facts(tag, colour, beeps, pitch, animal)
     rid = f"demo-{split}-{index:04d}"
-    video_rel, audio_rel = _write_clip(root, split, rid, colour, beeps, pitch)
+    video_rel, audio_rel = _write_clip(root, split, rid, colour, beeps, pitch, size)
     return schema.Sample.create(
         id=rid,
         question=schema.CAPTION_INSTRUCTION,
@@ -303,6 +336,7 @@ def make_demo_data(
     caption_every: int = 0,
     families: str = "classic",
     overwrite: bool = False,
+    media_size: MediaSize = MediaSize(),
 ) -> dict[str, Any]:
     """Write ``train.parquet``, ``test.parquet`` and their media under ``out_dir/media/``; returns a summary.
 
@@ -312,7 +346,8 @@ def make_demo_data(
     per-stream ``extra_info["reference_captions"]``) instead of a QA row. ``families`` is ``classic`` or
     ``balanced`` (pitch questions in every tag that holds A; the learnable set of the CPU demo). A folder that
     already holds ``train.parquet`` or ``test.parquet`` is refused (``FileExistsError``) unless ``overwrite``:
-    a run replaces the one and, with ``n_test=0``, deletes the other.
+    a run replaces the one and, with ``n_test=0``, deletes the other. ``media_size`` sets the clips' length and
+    resolution (:class:`MediaSize`; :data:`REALISTIC` for benchmarks at MAPLE-bench-like prompt lengths).
     """
     if families not in FAMILIES:
         raise ValueError(f"families must be one of {', '.join(FAMILIES)}, got {families!r}")
@@ -348,9 +383,9 @@ def make_demo_data(
             for index, tag in enumerate(_balanced_tags(n, rng)):
                 caption = caption_every > 0 and index % caption_every == caption_every - 1
                 if caption:
-                    rows.append(_make_caption_record(rng, out, split, index, tag).to_row())
+                    rows.append(_make_caption_record(rng, out, split, index, tag, media_size).to_row())
                 else:
-                    rows.append(_make_record(rng, out, split, index, tag, families).to_row())
+                    rows.append(_make_record(rng, out, split, index, tag, families, media_size).to_row())
                 bar.update()
             written = {Path(f).name for r in rows for files in r[schema.MEDIA].values() for f in files}
             _remove_stale_media(media_dir, split, written)

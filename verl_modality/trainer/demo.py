@@ -175,8 +175,22 @@ def levels_and_gap(acc: dict[str, float], counts: dict[str, int]) -> dict[str, A
     return {"uni": gap.uni, "bi": gap.bi, "tri": gap.tri, "gap": gap.gap}
 
 
+def samples_per_update(metrics: dict[str, float]) -> float:
+    """The samples one step trained on: ``zero_variance/samples_per_update`` when groups were dropped, else verl's
+    token count of the batch over the mean tokens of one sample (prompt + response)."""
+    if "zero_variance/samples_per_update" in metrics:
+        return float(metrics["zero_variance/samples_per_update"])
+    per_sample = metrics.get("prompt_length/mean", math.nan) + metrics.get("response_length/mean", math.nan)
+    return float(round(metrics.get("perf/total_num_tokens", math.nan) / per_sample)) if per_sample > 0 else math.nan
+
+
+def _mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
 def run_summary(name: str, result: RunResult, val_counts: dict[str, int]) -> dict[str, Any]:
-    """Per-tag accuracy before / after, levels and gap, timing and prompt tokens of one RL run."""
+    """Per-tag accuracy before / after, levels and gap, timing, samples per update and prompt tokens of one RL run."""
     steps = result.steps()
     curves = val_curves(steps)
     first = {t: c[0][1] for t, c in curves.items()}
@@ -198,6 +212,12 @@ def run_summary(name: str, result: RunResult, val_counts: dict[str, int]) -> dic
         "step_s_mean": sum(later) / len(later) if later else math.nan,
         "prompt_tokens_per_response": sum(prompt_lengths) / len(prompt_lengths) if prompt_lengths else math.nan,
         "evicted_samples": sum(steps[s].get("training/filter_groups/evicted_samples", 0.0) for s in train_steps),
+        # MAPLE's early filtering: groups dropped (never regenerated), steps with nothing left, samples trained on
+        "dropped_groups": sum(steps[s].get("zero_variance/dropped_groups", 0.0) for s in train_steps),
+        "skipped_steps": sum(steps[s].get("zero_variance/skipped_step", 0.0) for s in train_steps),
+        "samples_per_update": _mean(
+            [samples_per_update(steps[s]) for s in train_steps if not steps[s].get("zero_variance/skipped_step")]
+        ),
         "reward_curves": reward_curves(steps),
         "val_curves": curves,
     }
@@ -205,6 +225,20 @@ def run_summary(name: str, result: RunResult, val_counts: dict[str, int]) -> dic
 
 # ---------------------------------------------------------------------------------------------------------------
 # report
+
+
+def run_ratios(runs: Sequence[dict[str, Any]]) -> dict[str, float] | None:
+    """MUPO over MAPO (the second run over the first): step time, samples per update, prompt tokens per response;
+    None with one run. MAPLE reports the step time the other way round (MUPO / full recipe 3.18x, Table 1)."""
+    if len(runs) != 2:
+        return None
+    a, b = runs
+    keys = {
+        "step_time": "step_s_mean",
+        "samples_per_update": "samples_per_update",
+        "prompt_tokens": "prompt_tokens_per_response",
+    }
+    return {name: b[key] / a[key] if a[key] else math.nan for name, key in keys.items()}
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
@@ -232,14 +266,22 @@ def format_report(summary: dict[str, Any]) -> str:
         lines.append(
             f"{LABELS[r['run']]}: pooled {_fmt(r['val_first'].get('pooled'))} -> {_fmt(r['val_last'].get('pooled'))} "
             f"({gain * 100:+.1f} points) in {r['steps']} steps; {_fmt(r['step_s_mean'], '.1f')} s/step after the "
-            f"first, {_fmt(r['prompt_tokens_per_response'], '.1f')} prompt tokens per response, "
-            f"{r['evicted_samples']:.0f} responses filtered out"
+            f"first, {_fmt(r['samples_per_update'], '.1f')} samples per update, "
+            f"{_fmt(r['prompt_tokens_per_response'], '.1f')} prompt tokens per response, "
+            + (
+                f"{r['dropped_groups']:.0f} zero-variance groups dropped ({r['skipped_steps']:.0f} steps skipped)"
+                if r["dropped_groups"] or r["skipped_steps"]
+                else f"{r['evicted_samples']:.0f} responses filtered out and regenerated"
+                if r["evicted_samples"]
+                else "no groups filtered"
+            )
         )
-    if len(runs) == 2:
+    ratios = summary.get("ratios")
+    if ratios:
         a, b = runs
         lines.append(
-            f"step time {LABELS[b['run']]} / {LABELS[a['run']]}: {b['step_s_mean'] / a['step_s_mean']:.2f}x; "
-            f"prompt tokens per response {b['prompt_tokens_per_response'] / a['prompt_tokens_per_response']:.2f}x"
+            f"{LABELS[b['run']]} / {LABELS[a['run']]}: step time {ratios['step_time']:.2f}x, samples per update "
+            f"{ratios['samples_per_update']:.2f}x, prompt tokens per response {ratios['prompt_tokens']:.2f}x"
         )
     return "\n".join(lines)
 
@@ -314,6 +356,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "warm_start": {"step": ws.step, "reward": ws.reward, "status": ws.status, "cached": ws.cached},
         "runs": summaries,
+        "ratios": run_ratios(summaries),
     }
     (work / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     say(f"[demo] greedy validation accuracy on the first {cfg.val_rows} test rows, warm start and after RL:")

@@ -12,13 +12,19 @@ verl's hook                features
 =========================  ==========================================================================================
 ``on_init_end``, ``fit``    watchdog: a dead Ray actor or vLLM engine ends the run within a minute, named
 ``_build_replay_buffer``   group filter: failed rewards neutralised before verl's filter compares a group
-``_init_dataloader``       curriculum: built over the training rows' tags; group filter: its metric against the tasks
+``_init_dataloader``       curriculum: built over the training rows' tags; group filter, zero variance: their metric
+                           against the tasks
 ``_fetch_one_gen_batch``   curriculum: the step's prompts, one tag per batch
+``_step_once``             zero variance: a step with no group left is skipped; the actor mini-batch comes back
+``_balance_batch``         zero variance: failed rewards, then the zero-variance groups dropped (MAPLE's early
+                           filtering) and the first epoch's zero-variance prompts recorded (mid-training filtering)
 ``_compute_old_log_prob``  MAPO-AT: the audio-ablated pass, relevance weights
-``_compute_advantage``     failed rewards (those the group filter has not rewritten), then tag flow (tags to the
+``_compute_advantage``     failed rewards (unless zero variance or the group filter rewrote them), then tag flow (tags to the
                            estimator, ``mapo/*``, ``pg_var/*``, ``streams/*``), MAPO-AT's attention-loss inputs, the
                            curriculum's step end
 ``_update_actor``          MAPO-AT: the relevance loss's flag and the attention loss's settings for the actor
+``_compute_metrics``       zero variance: a skipped step logs its counts and timings only
+``_log_rollout_data``      zero variance: a skipped step has no advantages to dump
 ``_validate``              tag validation (uid -> tag), the adaptive curriculum's zero-shot order
 ``_val_metrics_update``    tag validation: ``val-core/tag/*``, ``val-aux/{level,modality_gap,stratum}/*``
 ``_save_checkpoint``       state: ``global_step_N/verl_modality_state.json``
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import transfer_queue as tq
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
@@ -41,6 +48,7 @@ from verl_modality.trainer.features.mapo_at_pass import MapoATPass
 from verl_modality.trainer.features.state import TrainerState, check_world_size, resumed_folder, step_folder
 from verl_modality.trainer.features.tag_flow import TagFlow
 from verl_modality.trainer.features.tag_validation import TagValidation, tag_accuracies
+from verl_modality.trainer.features.zero_variance import SkippedStep, ZeroVariance, actor_dp_size, skipped_metrics
 
 #: First words of the line the trainer prints when it starts (what a run's log shows of it).
 TRAINER_BANNER = "[verl-modality] trainer: ModalityTrainerSync"
@@ -56,6 +64,7 @@ class ModalityTrainerSync(PPOTrainerSync):
         # __init__ builds the replay buffer that the group filter guards
         self.failed_rewards = FailedRewards(config)
         self.group_filter = GroupFilter(config, self.failed_rewards)
+        self.zero_variance = ZeroVariance(config)
         super().__init__(config)
         self.tag_flow = TagFlow(config)
         self.tag_validation = TagValidation(self.tag_flow.tag_metrics)
@@ -72,6 +81,7 @@ class ModalityTrainerSync(PPOTrainerSync):
             *self.curriculum.labels,
             *([self.failed_rewards.label] if self.failed_rewards.enabled else []),
             *self.group_filter.labels,
+            *self.zero_variance.labels,
         ]
         print(
             f"{TRAINER_BANNER}; "
@@ -99,6 +109,7 @@ class ModalityTrainerSync(PPOTrainerSync):
     def _init_dataloader(self):
         super()._init_dataloader()
         self.group_filter.check_dataset(self.train_dataset)  # verl loads the training data here, before any worker
+        self.zero_variance.check_dataset(self.train_dataset)
         if self.curriculum.enabled:
             tags = dataset_tags(self.train_dataset)
             self.curriculum.start(tags, int(self.config.data.train_batch_size), self._steps_per_epoch)
@@ -108,6 +119,30 @@ class ModalityTrainerSync(PPOTrainerSync):
             return super()._fetch_one_gen_batch()
         n = self.config.data.get("gen_batch_size", None) or self.config.data.train_batch_size
         return self.curriculum.next_batch(self.train_dataset, int(n))
+
+    def _step_once(self, metrics: dict, timing_raw: dict, sample_batch_size: int):
+        if not self.zero_variance.enabled:
+            return super()._step_once(metrics, timing_raw, sample_batch_size)
+        with self.zero_variance.step():
+            try:
+                return super()._step_once(metrics, timing_raw, sample_batch_size)
+            except SkippedStep as skipped:  # nothing to train on: the step ends here, its samples cleared by fit
+                if self.curriculum.active:
+                    valid = np.ones(len(skipped.step.keys), dtype=bool)
+                    metrics.update(self.curriculum.end_step(skipped.step.tags, valid, None, self.global_steps))
+                return skipped.batch
+
+    def _balance_batch(self, batch, metrics, logging_prefix="global_seqlen", keep_minibatch=False):
+        if self.zero_variance.enabled and logging_prefix == "global_seqlen":
+            if self.failed_rewards.enabled:  # a failed reward's NaN must not decide whether its group has variance
+                metrics.update(self.failed_rewards.apply(self.store, batch))
+            step = self.zero_variance.read(self.store, batch)
+            self.curriculum.observe(step.zero, set(step.groups) - step.zero)
+            if self.zero_variance.drop:
+                batch = self.zero_variance.select(
+                    self.store, batch, step, actor_dp_size(self.actor_rollout_wg), metrics
+                )
+        return super()._balance_batch(batch, metrics, logging_prefix, keep_minibatch)
 
     def _compute_old_log_prob(self, batch, metrics: dict):
         batch = super()._compute_old_log_prob(batch, metrics)
@@ -126,7 +161,7 @@ class ModalityTrainerSync(PPOTrainerSync):
         return batch
 
     def _compute_advantage(self, batch, metrics: dict):
-        if self.failed_rewards.enabled:
+        if self.failed_rewards.enabled and not self.zero_variance.enabled:
             metrics.update(self.failed_rewards.apply(self.store, batch, group_filter=self.group_filter.guarded))
         if not (self.tag_flow.tag_metrics or self.curriculum.active or self.mapo_at.attention_loss):
             return super()._compute_advantage(batch, metrics)
@@ -144,6 +179,16 @@ class ModalityTrainerSync(PPOTrainerSync):
     def _update_actor(self, batch, metrics: dict):
         batch.extra_info.update(self.mapo_at.update_settings(self.tokenizer))
         return super()._update_actor(batch, metrics)
+
+    def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
+        if self.zero_variance.skipped:
+            return metrics.update(skipped_metrics(timing_raw, global_steps, epoch))
+        return super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
+
+    def _log_rollout_data(self, batch, timing_raw: dict, rollout_data_dir: str):
+        if self.zero_variance.skipped:
+            return None
+        return super()._log_rollout_data(batch, timing_raw, rollout_data_dir)
 
     def _validate(self) -> dict[str, float]:
         if not self.tag_validation.enabled:

@@ -1,6 +1,7 @@
 """One tag per batch (``data.curriculum.order`` static / adaptive / mixed): each step's prompts come from
 :class:`~verl_modality.data.curriculum.TagCurriculum` instead of verl's dataloader, refills of filtered groups from the
-same tag; the step's difficulties feed the adaptive order (MAPLE §4.2), logged as ``curriculum/*``.
+same tag; the step's difficulties feed the adaptive order (MAPLE §4.2), logged as ``curriculum/*``. With
+``algorithm.zero_variance.retire`` the first epoch's zero-variance prompts leave the pools (MAPLE §5.2).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from verl_modality.algorithms.advantage import ESTIMATOR_NAME
+from verl_modality.algorithms.config import ZeroVarianceConfig
 from verl_modality.data import schema
 from verl_modality.data.curriculum import ALL, CurriculumConfig, TagCurriculum
 
@@ -26,6 +28,8 @@ class CurriculumSteps:
         self.config = CurriculumConfig.from_config(config.data)
         self.enabled = self.config.enabled
         self.curriculum: TagCurriculum | None = None
+        self.retire = ZeroVarianceConfig.from_algorithm_config(config.algorithm).retire
+        self.rows: dict[str, int] = {}  # uid -> dataset index of the prompts handed out and not yet observed
         if self.config.order == "adaptive" and not mapo_active:
             raise ValueError(
                 "data.curriculum.order=adaptive orders tags by the difficulties of algorithm.adv_estimator="
@@ -45,7 +49,7 @@ class CurriculumSteps:
         """Build the curriculum over the training rows' tags (in dataset order)."""
         if not self.enabled:
             return
-        self.curriculum = TagCurriculum(tags, int(batch_size), self.config)
+        self.curriculum = TagCurriculum(tags, int(batch_size), self.config, retire=self.retire)
         logger.warning(
             "curriculum %s: %d steps per curriculum epoch over %d prompts (verl counts %s)",
             self.config.order,
@@ -62,7 +66,18 @@ class CurriculumSteps:
         indices = self.curriculum.take(int(n))
         batch_dict = collate_fn([dataset[i] for i in indices])
         batch_dict["uid"] = np.array([str(uuid.uuid4()) for _ in indices], dtype=object)
+        if self.retire:
+            self.rows.update(zip(batch_dict["uid"].tolist(), (int(i) for i in indices), strict=True))
         return tu.get_tensordict(batch_dict)
+
+    def observe(self, zero: set[str], varied: set[str]) -> None:
+        """The step's groups (verl uids) with zero reward variance and with some, for mid-training filtering."""
+        if not (self.retire and self.active):
+            return
+        rows = self.rows
+        self.curriculum.observe([rows[g] for g in zero if g in rows], [rows[g] for g in varied if g in rows])
+        for g in (*zero, *varied):
+            rows.pop(g, None)
 
     def end_step(
         self, tags: list[str], valid: np.ndarray, difficulties: Mapping[str, float] | None, global_step: int
@@ -75,6 +90,8 @@ class CurriculumSteps:
         if step_tag != ALL and held != [step_tag]:
             raise RuntimeError(f"curriculum step {global_step} should hold tag {step_tag!r} only, got {held}")
         metrics = cur.metrics()
+        if self.retire:
+            metrics["curriculum/retired_prompts"] = float(len(cur.retired))
         cur.end_step(difficulties)
         prio = {t: round(p, 4) for t, p in cur.priorities().items() if p == p}
         print(

@@ -67,31 +67,18 @@ class GroupFilter:
     @property
     def checks_tasks(self) -> bool:
         """Whether the metric is a QA-only key of :mod:`verl_modality.rewards.score`, the run's reward function."""
-        return self.enabled and self.metric in _qa_keys() and self.module.endswith(SCORE_MODULE)
+        return self.enabled and compares_qa_key(self.metric, self.module)
 
     def check_tasks(self, tasks: Sequence[Any] | None, ids: Sequence[Any] | None = None) -> None:
         """Refuses a QA-only metric of :mod:`verl_modality.rewards.score` on training data with caption rows
         (``tasks``: the dataset's ``task`` column, None when it has none)."""
-        if not self.checks_tasks or tasks is None:
-            return
-        rows = [i for i, t in enumerate(tasks) if str(t) == "caption"]
-        if rows:
-            first = f"row {rows[0]}" + (f" (id {ids[rows[0]]!r})" if ids is not None else "")
-            raise ValueError(
-                f"algorithm.filter_groups.metric={self.metric}: the training data (data.train_files) has {len(rows)} "
-                f"caption row(s) (task column; first: {first}); {SCORE_MODULE} gives caption rows no {self.metric!r} "
-                f"(None: it is a QA key, and a failed judge call leaves no value to compare), so verl's group filter "
-                "cannot compare their groups. Filter on 'score' (every row's reward) or 'reward' (verl's rm_scores)"
-            )
+        if self.checks_tasks:
+            refuse_caption_rows("algorithm.filter_groups.metric", self.metric, tasks, ids)
 
     def check_dataset(self, dataset: Any) -> None:
         """:meth:`check_tasks` on verl's training dataset (``RLHFDataset.dataframe``; no ``task`` column: QA data)."""
-        if not self.checks_tasks:
-            return
-        frame = getattr(dataset, "dataframe", None)
-        names = getattr(frame, "column_names", None) or []
-        if schema.TASK in names:
-            self.check_tasks(frame[schema.TASK], frame[schema.ID] if schema.ID in names else None)
+        if self.checks_tasks:
+            refuse_caption_rows("algorithm.filter_groups.metric", self.metric, *dataset_tasks(dataset))
 
     def guard(self, buffer: Any, store: Any) -> bool:
         """Give ``buffer`` (verl's ``ReplayBuffer``) the hook that neutralises failed rewards before it compares a
@@ -131,3 +118,33 @@ class GroupFilter:
         setattr(buffer, HOOK, before_filter)
         self.guarded = True
         return True
+
+
+def compares_qa_key(metric: str | None, module: str) -> bool:
+    """Whether a group filter's ``metric`` is a QA-only key of :mod:`verl_modality.rewards.score` (the run's reward
+    function ``module``), which caption rows do not have."""
+    return metric in _qa_keys() and module.endswith(SCORE_MODULE)
+
+
+def dataset_tasks(dataset: Any) -> tuple[Sequence[Any] | None, Sequence[Any] | None]:
+    """(``task`` column, ``id`` column) of verl's training dataset (``RLHFDataset.dataframe``); None for a column it
+    lacks (no ``task`` column: QA data)."""
+    frame = getattr(dataset, "dataframe", None)
+    names = getattr(frame, "column_names", None) or []
+    tasks = frame[schema.TASK] if schema.TASK in names else None
+    return tasks, (frame[schema.ID] if schema.ID in names else None)
+
+
+def refuse_caption_rows(option: str, metric: str, tasks: Sequence[Any] | None, ids: Sequence[Any] | None) -> None:
+    """Raise when the training data has caption rows, whose QA key ``metric`` is None (``option`` names the setting)."""
+    if tasks is None:
+        return
+    rows = [i for i, t in enumerate(tasks) if str(t) == "caption"]
+    if rows:
+        first = f"row {rows[0]}" + (f" (id {ids[rows[0]]!r})" if ids is not None else "")
+        raise ValueError(
+            f"{option}={metric}: the training data (data.train_files) has {len(rows)} caption row(s) (task column; "
+            f"first: {first}); {SCORE_MODULE} gives caption rows no {metric!r} (None: it is a QA key, and a failed "
+            "judge call leaves no value to compare), so groups of caption rows cannot be compared. Filter on 'score' "
+            "(every row's reward) or 'reward' (verl's rm_scores)"
+        )
