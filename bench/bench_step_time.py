@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4, help="responses per prompt")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--work-dir", default=None, help="keep the runs (logs, metrics) here; default: a temporary folder")
     args = parser.parse_args()
     from verl_modality.cli import select_platform
 
@@ -129,7 +130,7 @@ def main() -> None:
     print("$ " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), flush=True)
     results: dict[int, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench_step_time_") as tmp:
-        root = Path(tmp)
+        root = Path(args.work_dir or tmp).resolve()
         model = make_tiny_model(root / "model", seed=0)
         realistic_processor(model)
         make_demo_data(root / "data", seed=0, n_train=7 * args.batch, n_test=7, progress=False, media_size=REALISTIC)

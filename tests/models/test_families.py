@@ -90,9 +90,11 @@ def test_config_thinker_and_processor_of_each_family(family_model_dir):
     assert getattr(thinker, "audio_token_id", None) or getattr(thinker, "audio_token_index", None) == (
         processor.audio_token_id
     )
-    assert set(omni.never_sample_token_ids(processor)) == {
-        tok.convert_tokens_to_ids(t) for t in family.never_sample_tokens
-    }
+    banned = set(omni.never_sample_token_ids(processor))
+    assert banned == {tok.convert_tokens_to_ids(t) for t in family.never_sample_tokens}
+    # a sampled run start would make multimodal RoPE read past the response's end (its next token is the stream's)
+    starts = {getattr(thinker, name, None) for name in ("vision_start_token_id", "audio_start_token_id")}
+    assert starts - {None} <= banned, (starts, banned)
 
 
 def test_verl_hf_model_config_describes_the_thinker(family_model_dir):

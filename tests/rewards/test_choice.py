@@ -375,3 +375,26 @@ def test_string_rule_option(reply, lenient, official):
     assert compute_score("mmau/test-mini", reply, "B", info, string_rule="official")["acc"] == official
     with pytest.raises(ValueError, match=r"reward_kwargs\.string_rule='strict'"):
         compute_score("mmau/test-mini", reply, "B", info, string_rule="strict")
+
+
+# option texts that open with a letter and a separator, as chord labels, note names and sentences do
+LABEL_LIKE = [
+    ["D:maj(2)/2", "A:min", "C#", "E"],
+    ["A man speaks", "A woman sings", "B: bass", "C: cello"],
+    ["A", "B flat", "C sharp", "D"],
+    ["E:min7 / B", "A:maj", "D. major", "B minor"],
+]
+
+
+@pytest.mark.parametrize("choices", LABEL_LIKE, ids=lambda c: c[0])
+@pytest.mark.parametrize("data_source", ["demo", "mmau-test-mini"])  # the letter rule and MMAU's string rule
+def test_the_exact_option_text_scores_as_that_option_in_training(choices, data_source):
+    """A reply that is exactly an option's text (bare, tagged, bracketed, after a think block, upper-cased) scores
+    as that option, never as the option its first letter names."""
+    for i, text in enumerate(choices):
+        gold = "ABCD"[i]
+        for reply in (text, f"<answer>{text}</answer>", f"[{text}]", f"<think>hmm</think>{text}", text.upper()):
+            out = compute_score(data_source, reply, gold, {"choices": choices})
+            assert (out["acc"], out["parsed"]) == (1.0, gold), (reply, out)
+            wrong = "ABCD"[(i + 1) % 4]
+            assert compute_score(data_source, reply, wrong, {"choices": choices})["acc"] == 0.0, reply

@@ -23,7 +23,8 @@ class Qwen25Omni(OmniFamily):
     rope_owner_class = "Qwen2_5OmniPreTrainedModelForConditionalGeneration"
     fsdp_layer_classes = ("Qwen2_5OmniAudioEncoderLayer", "Qwen2_5OmniVisionBlock", "Qwen2_5OmniDecoderLayer")
     placeholder_tokens = {"audio": "<|AUDIO|>", "image": "<|IMAGE|>", "video": "<|VIDEO|>"}
-    never_sample_tokens = ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<|IMAGE|>", "<|VIDEO|>")
+    # the placeholders, and the starts of their runs: multimodal RoPE reads the token after a start as its stream
+    never_sample_tokens = ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<|IMAGE|>", "<|VIDEO|>", "<|vision_bos|>")
     hub_ids = ("Qwen/Qwen2.5-Omni-3B", "Qwen/Qwen2.5-Omni-7B")
     rotary_function = "apply_multimodal_rotary_pos_emb"  # cos/sin (3, B, L, D): sections split here
     rotary_takes_mrope_section = True
