@@ -77,6 +77,7 @@ def _run(row: str, seed: int, root: Path, model: Path, data: Path, args: argpars
         f"trainer.default_local_dir={work / 'ckpt'}",
         f"data.train_batch_size={args.batch}",
         f"data.seed={seed}",
+        f"++data.curriculum.seed={seed}",  # the plugin's sampler draws the batches (mixed or static order)
         f"actor_rollout_ref.rollout.seed={seed}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={args.batch}",
         f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={args.n}",

@@ -22,7 +22,11 @@ def _calls(node: ast.AST) -> list[tuple[int, str]]:
 
 
 def _starting_scripts() -> list[Path]:
-    return [p for p in sorted(BENCH.glob("bench_*.py")) if any(n in STARTS_VERL for _, n in _calls(ast.parse(p.read_text())))]
+    return [
+        p
+        for p in sorted(BENCH.glob("bench_*.py"))
+        if any(n in STARTS_VERL for _, n in _calls(ast.parse(p.read_text())))
+    ]
 
 
 def test_the_benchmarks_that_start_verl_are_found():

@@ -298,9 +298,23 @@ def test_qwen3_omni_trains_with_mapo_at_on_two_ranks(tmp_path, inputs, tiny_qwen
     """The Qwen3-Omni (MoE) thinker through the same loop at world size 2: two FSDP2 ranks sharding its experts, one
     hf rollout server per rank, MAPO with MAPO-AT's relevance pass and attention loss; the rollout's log-probs equal
     the actor's before each update, so the weights synced from the actor (experts split by verl, fused again by the
-    rollout) reach both servers."""
+    rollout) reach both servers. Zero-variance groups are dropped (rows of even index always score 1): the MAPO-AT
+    pass and the update run on the kept groups, split over the two ranks."""
     qwen3 = {**inputs, "model": Path(tiny_qwen3_model_dir)}
     ws2 = ["trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_gpus=2"]
-    steps = _run(tmp_path, qwen3, [*MAPO_AT_TWO_STEPS, *ws2]).steps()
+    drop = [
+        "+algorithm.zero_variance.drop=true",
+        f"reward.custom_reward_function.path={Path(__file__).with_name('parity_reward.py')}",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",  # any kept count splits into whole micro-batches
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=2",
+    ]
+    steps = _run(tmp_path, qwen3, [*MAPO_AT_TWO_STEPS, *ws2, *drop]).steps()
     assert_mapo_at_steps(steps)
     assert all(steps[s]["training/rollout_probs_diff_max"] < 1e-5 for s in (1, 2))
+    for s in (1, 2):
+        m = steps[s]
+        trained = sum(v for k, v in m.items() if k.startswith("mapo/") and k.endswith("/count"))
+        assert m["zero_variance/kept_groups"] + m["zero_variance/dropped_groups"] == 4
+        assert trained == m["zero_variance/samples_per_update"] == 4 * m["zero_variance/kept_groups"]
+    assert sum(steps[s]["zero_variance/dropped_groups"] for s in (1, 2)) >= 1  # the even rows' groups

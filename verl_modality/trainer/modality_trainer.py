@@ -181,8 +181,9 @@ class ModalityTrainerSync(PPOTrainerSync):
         return super()._update_actor(batch, metrics)
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
-        if self.zero_variance.skipped:
-            return metrics.update(skipped_metrics(timing_raw, global_steps, epoch))
+        if self.zero_variance.skipped:  # no advantages or log-probs to summarise
+            metrics.update(skipped_metrics(timing_raw, global_steps, epoch))
+            return None
         return super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
 
     def _log_rollout_data(self, batch, timing_raw: dict, rollout_data_dir: str):

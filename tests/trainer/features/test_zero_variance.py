@@ -144,6 +144,7 @@ def test_a_step_without_variance_is_skipped_and_logged():
         ({"actor_rollout_ref": {"actor": {"ppo_mini_batch_size": 4}}}, "multiple of"),
         ({"algorithm": {"zero_variance": {"metric": ""}}}, "metric=''"),
         ({"algorithm": {"zero_variance": {"dorp": True}}}, "unknown option"),
+        ({"trainer": {"v1": {"sync": {"parameter_sync_step": 2}}}}, "parameter_sync_step=2"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_option(more, match):

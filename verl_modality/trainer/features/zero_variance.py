@@ -93,6 +93,12 @@ class ZeroVariance:
             return
         if str(config.algorithm.adv_estimator) == "gae" or bool(OmegaConf.select(config, "critic.enable")):
             raise ValueError("algorithm.zero_variance.drop=true drops groups of a group estimator; not with a critic")
+        sync_steps = OmegaConf.select(config, "trainer.v1.sync.parameter_sync_step", default=1)
+        if int(sync_steps or 1) != 1:
+            raise ValueError(
+                f"algorithm.zero_variance.drop=true counts a step's mini-batches over the whole batch; "
+                f"trainer.v1.sync.parameter_sync_step={sync_steps} splits it into several updates: use 1"
+            )
         batch_size = int(config.data.train_batch_size)
         mini = int(config.actor_rollout_ref.actor.ppo_mini_batch_size)
         if mini < 1 or batch_size % mini:
