@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4, help="responses per prompt")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--timeout", type=float, default=3600)
-    parser.add_argument("--work-dir", default=None, help="keep the runs (logs, metrics) here; default: a temporary folder")
+    parser.add_argument("--work-dir", default=None, help="keep the runs (logs, metrics) here; default: a temp folder")
     args = parser.parse_args()
     from verl_modality.cli import select_platform
 

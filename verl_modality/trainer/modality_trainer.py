@@ -19,9 +19,9 @@ verl's hook                features
 ``_balance_batch``         zero variance: failed rewards, then the zero-variance groups dropped (MAPLE's early
                            filtering) and the first epoch's zero-variance prompts recorded (mid-training filtering)
 ``_compute_old_log_prob``  MAPO-AT: the audio-ablated pass, relevance weights
-``_compute_advantage``     failed rewards (unless zero variance or the group filter rewrote them), then tag flow (tags to the
-                           estimator, ``mapo/*``, ``pg_var/*``, ``streams/*``), MAPO-AT's attention-loss inputs, the
-                           curriculum's step end
+``_compute_advantage``     failed rewards (unless zero variance or the group filter rewrote them), then tag flow
+                           (tags to the estimator, ``mapo/*``, ``pg_var/*``, ``streams/*``), MAPO-AT's attention-loss
+                           inputs, the curriculum's step end
 ``_update_actor``          MAPO-AT: the relevance loss's flag and the attention loss's settings for the actor
 ``_compute_metrics``       zero variance: a skipped step logs its counts and timings only
 ``_log_rollout_data``      zero variance: a skipped step has no advantages to dump
