@@ -55,10 +55,10 @@ class StepGroups:
 
 
 class SkippedStep(Exception):
-    """Every group of the step had zero variance: there is nothing to train on (``batch``: the step's samples)."""
+    """No group of the step is left to train on (``batch``: the step's samples)."""
 
     def __init__(self, batch: Any, step: StepGroups):
-        super().__init__("every group of the step has zero reward variance")
+        super().__init__("no group of the step is left to train on")
         self.batch = batch
         self.step = step
 
@@ -172,7 +172,13 @@ class ZeroVariance:
         metrics.update(counts)
         if not kept:
             self.skipped = True
-            logger.warning("zero-variance filtering: every group of the step has zero variance; step skipped")
+            logger.warning(
+                "zero-variance filtering: no group left to train on (%d of %d without variance, %d rounded off); "
+                "step skipped",
+                len(step.zero),
+                len(order),
+                len(varied),
+            )
             raise SkippedStep(batch, step)
         keep_keys = [key for key, g in zip(step.keys, step.groups, strict=True) if g in kept]
         gone = [key for key, g in zip(step.keys, step.groups, strict=True) if g not in kept]
