@@ -40,13 +40,16 @@ def reward_module(config: Any) -> str:
     return path.removeprefix("pkg://").removesuffix(".py").replace("/", ".")
 
 
-def _info(extra: Any) -> dict:
+def extra_info_of(extra: Any) -> dict:
+    """A trajectory's ``extra_fields`` as a dict (TransferQueue may hand it back wrapped in ``NonTensorData``)."""
     return getattr(extra, "data", extra) or {}
 
 
 def failed_flags(extra_fields: Sequence[Any]) -> np.ndarray:
     """``(N,)`` bool: which trajectories' ``reward_extra_info`` carries ``judge_failed``."""
-    return np.array([bool(_info(e).get("reward_extra_info", {}).get("judge_failed", 0)) for e in extra_fields], bool)
+    return np.array(
+        [bool(extra_info_of(e).get("reward_extra_info", {}).get("judge_failed", 0)) for e in extra_fields], bool
+    )
 
 
 def group_ids(keys: Sequence[str]) -> list[str]:
@@ -124,7 +127,7 @@ class FailedRewards:
         from verl_modality.rewards.failed_scores import neutralize_failed
 
         data = store.kv_batch_get(keys=keys, partition_id=partition_id, select_fields=["rm_scores", "extra_fields"])
-        extra = [_info(e) for e in data["extra_fields"]]
+        extra = [extra_info_of(e) for e in data["extra_fields"]]
         failed = failed_flags(extra) if only is None else failed_flags(extra) & only
         if not failed.any():
             return failed

@@ -31,7 +31,7 @@ from omegaconf import OmegaConf, open_dict
 from verl_modality.algorithms.config import REWARD_METRIC, ZeroVarianceConfig
 from verl_modality.algorithms.zero_variance import trainable_groups, zero_variance_groups
 from verl_modality.data import schema
-from verl_modality.trainer.features.failed_rewards import group_ids, reward_module
+from verl_modality.trainer.features.failed_rewards import extra_info_of, group_ids, reward_module
 from verl_modality.trainer.features.group_filter import compares_qa_key, dataset_tasks, refuse_caption_rows
 
 logger = logging.getLogger(__name__)
@@ -61,10 +61,6 @@ class SkippedStep(Exception):
         super().__init__("no group of the step is left to train on")
         self.batch = batch
         self.step = step
-
-
-def _info(extra: Any) -> dict:
-    return getattr(extra, "data", extra) or {}
 
 
 class ZeroVariance:
@@ -134,7 +130,7 @@ class ZeroVariance:
         else:
             values = np.empty(len(keys), dtype=np.float64)
             for i, extra in enumerate(data["extra_fields"]):
-                info = _info(extra).get("reward_extra_info", {})
+                info = extra_info_of(extra).get("reward_extra_info", {})
                 if info.get(self.metric) is None:
                     raise KeyError(
                         f"algorithm.zero_variance.metric={self.metric}: the reward of trajectory {keys[i]} has no "
