@@ -8,7 +8,7 @@ start (cached per seed under ``<work-dir>/seed<N>``), then ``examples/mapo_full_
 per seed and as the mean over seeds:
 
 * greedy validation accuracy (pooled) of the warm start and after each run, and the change in points;
-* the modality gap (SPEC §8: mean of |bi-uni|/uni, |tri-uni|/uni, |tri-bi|/bi) after each run;
+* the modality gap (docs/method.md §8: mean of |bi-uni|/uni, |tri-uni|/uni, |tri-bi|/bi) after each run;
 * step time (verl's ``timing_s/step``, mean over steps 2..; step 1 also builds caches) and prompt tokens per response
   (verl's ``prompt_length/mean``; both recipes train 8 x 8 responses a step), with the MUPO / MAPO ratios (MAPLE reports 523.28 /
   164.72 s per step, 3.18x, on H100s).

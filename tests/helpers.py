@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+#: MMAU test-mini metadata vendored with its licence (tests/fixtures/mmau/README.md); tests that need it fail without it
+MMAU_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "mmau" / "mmau-test-mini.json"
+
 
 def run_python(code: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter (own verl import, own platform choice); raises with its stderr on failure."""

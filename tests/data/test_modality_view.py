@@ -1,4 +1,4 @@
-"""The per-sample modality view (SPEC section 1): policies, ablation forms, and the row transform."""
+"""The per-sample modality view (docs/method.md §1): policies, ablation forms, and the row transform."""
 
 from __future__ import annotations
 

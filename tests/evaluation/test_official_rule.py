@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
+from helpers import MMAU_FIXTURE
 
 from verl_modality.evaluation.runner import score_qa
 from verl_modality.evaluation.scorers import get_benchmark, score_record
 from verl_modality.rewards.choice import compute_score, extract_choice
 from verl_modality.vocabulary import LETTERS
-
-MMAU_FIXTURE = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "mmau" / "mmau-test-mini.json"
 
 
 def _words(text: str) -> set[str]:
@@ -49,8 +47,8 @@ def official_parsed(prediction: str, choices: list[str]) -> str | None:
 
 @pytest.fixture(scope="module")
 def items() -> dict[str, dict]:
-    if not MMAU_FIXTURE.exists():
-        pytest.skip(f"shared MMAU fixture not found at {MMAU_FIXTURE}")
+    if not MMAU_FIXTURE.is_file():
+        pytest.fail(f"the vendored MMAU fixture is missing: {MMAU_FIXTURE}")
     data = json.loads(MMAU_FIXTURE.read_text(encoding="utf-8"))
     return {x["id"]: x for x in data if len(x["choices"]) <= len(LETTERS)}  # one garbled item has 8 options
 

@@ -1,4 +1,4 @@
-"""``mapo_stratified``: MAPLE's modality-stratified GRPO advantage (SPEC §2, steps 1-4).
+"""``mapo_stratified``: MAPLE's modality-stratified GRPO advantage (docs/method.md §2, steps 1-4).
 
 For N responses with prompt group g(i) (verl's ``uid``), tag M(i) and score r_i (the row sum of
 ``token_level_rewards``, as in verl):
@@ -173,7 +173,7 @@ def compute_mapo_advantage(
     norm_adv_by_std_in_grpo: bool = True,
     step: int | None = None,
 ) -> MapoResult:
-    """SPEC §2 steps 1-4 on one batch.
+    """docs/method.md §2 steps 1-4 on one batch.
 
     Shapes: ``token_level_rewards``, ``response_mask`` (N, T); ``index`` (group labels), ``modality_tags`` and
     ``valid`` (bool, False = padding row) (N,). ``step`` is the training step for the history window.
@@ -271,7 +271,7 @@ def _tag_weights(
     state: AdaptiveWeightState | None,
     step: int | None,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """SPEC §2 steps 4 and 3: ``({tag: difficulty}, {tag: weight})`` for the tags present among the valid rows."""
+    """docs/method.md §2 steps 4 and 3: ``({tag: difficulty}, {tag: weight})`` for the tags present among the valid rows."""
     kind = detect_reward_kind(scores[valid]) if cfg.difficulty == "auto" else cfg.difficulty
     difficulties = {}
     for c in np.unique(codes[valid]):

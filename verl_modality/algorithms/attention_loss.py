@@ -1,4 +1,4 @@
-"""MAPO-AT attention loss (SPEC section 5): audio attention mass, token weights, sequence gate, loss.
+"""MAPO-AT attention loss (docs/method.md §5): audio attention mass, token weights, sequence gate, loss.
 
 Pure tensor math: no model, no verl. Notation: ``B`` sequences, ``H`` query heads, ``Hk`` key/value heads (GQA,
 ``Hk`` divides ``H``), ``Tq`` query positions, ``Tk`` key positions, ``D`` head size, ``T`` response length.
@@ -340,7 +340,7 @@ def temporal_weights(response_mask: torch.Tensor, kappa: float = 1.0) -> torch.T
 
 
 def sequence_tau(response_mask: torch.Tensor, tau_base: float = 1.0) -> torch.Tensor:
-    """``(B,)``: ``tau_i = tau_base * log(max(T_i, 2))`` (SPEC 5)."""
+    """``(B,)``: ``tau_i = tau_base * log(max(T_i, 2))`` (docs/method.md §5)."""
     n = response_mask.float().sum(dim=-1)
     return tau_base * torch.log(n.clamp(min=2.0))
 
@@ -370,7 +370,7 @@ def complementary_weights(
 
 
 def task_failed(task_reward: torch.Tensor) -> torch.Tensor:
-    """Bool ``(B,)``: the response failed its task, i.e. its task reward ``(B,)`` is ``<= 0`` or not finite (SPEC 5,
+    """Bool ``(B,)``: the response failed its task, i.e. its task reward ``(B,)`` is ``<= 0`` or not finite (docs/method.md §5,
     the release's rule)."""
     r = task_reward.detach().float()
     return ~torch.isfinite(r) | (r <= 0)

@@ -31,11 +31,13 @@ class MapoConfig:
     adaptive_weights: bool = False  # w_M of Eq. 3-4: the adp_w add-on to basic MAPO, not part of it (MAPLE §5.3)
     history: str = option("global", choices=HISTORY_MODES)  # one KL window over every tag of a cycle (MAPLE App. E)
     history_window: int | None = option(None, ge=1)  # steps kept in the history; None = one epoch (MAPLE App. E)
-    difficulty: str = option("auto", choices=DIFFICULTY_MODES)  # Bernoulli / histogram-Beta KL (MAPLE §4.2, SPEC §2.4)
+    difficulty: str = option(
+        "auto", choices=DIFFICULTY_MODES
+    )  # Bernoulli / histogram-Beta KL (MAPLE §4.2, docs/method.md §2.4)
     target_accuracy: float = option(100 / 101, gt=0, lt=1)  # Bernoulli target q: mean of Beta(100, 1) (MAPLE §4.2)
     beta_a: float = option(100.0, gt=0)  # target reward distribution Beta(100, 1), mode 0.99 (MAPLE §4.2)
     beta_b: float = option(1.0, gt=0)  # second Beta parameter of that target (MAPLE App. E.2.1)
-    bins: int = option(50, ge=1)  # histogram bins on [0, 1] for continuous rewards (SPEC §2.4)
+    bins: int = option(50, ge=1)  # histogram bins on [0, 1] for continuous rewards (docs/method.md §2.4)
     eps: float = option(1e-6, gt=0)  # epsilon of Eq. 4 and of the KL terms (MAPLE Eq. 6, 9)
     tags: tuple[str, ...] = option(TAGS, nonempty=True, distinct=True)  # required-modality tags (MAPLE §3)
     tag_metrics: bool = False  # per-tag validation metrics for runs with other estimators (baselines)
@@ -57,26 +59,32 @@ class MapoConfig:
 
 @dataclass(frozen=True)
 class MapoATConfig:
-    """``algorithm.mapo_at.*``: MAPO-AT's relevance mask and attention loss (SPEC §5; defaults of the public release).
+    """``algorithm.mapo_at.*``: MAPO-AT's relevance mask and attention loss (docs/method.md §5; defaults of the public release).
 
     Independent of the advantage estimator. The relevance mask also needs
-    ``actor_rollout_ref.actor.policy_loss.loss_mode=mapo_relevance``. Where SPEC §5 leaves a detail of L_attn open,
+    ``actor_rollout_ref.actor.policy_loss.loss_mode=mapo_relevance``. Where docs/method.md §5 leaves a detail of L_attn open,
     the default is the code release's and the other reading is an option: ``advantage_floor_eps=0`` turns the floor
     off, ``attn_loss_reduction=token_mean`` divides once by the batch's content tokens, ``content_fallback=skip``
     lets a sequence without content tokens add nothing.
     """
 
-    relevance_mask: bool = False  # entropy-difference mask on the policy loss (SPEC §5)
-    tau_base: float = option(1.0, gt=0)  # tau_i = tau_base log(max(T_i, 2)) (SPEC §5)
-    c_mask: float = option(5.0, gt=0)  # cap of the mask weights, C_mask (SPEC §5)
+    relevance_mask: bool = False  # entropy-difference mask on the policy loss (docs/method.md §5)
+    tau_base: float = option(1.0, gt=0)  # tau_i = tau_base log(max(T_i, 2)) (docs/method.md §5)
+    c_mask: float = option(5.0, gt=0)  # cap of the mask weights, C_mask (docs/method.md §5)
     ablation: str = option("remove", choices=ABLATIONS)  # how the reference pass drops the audio (our option)
-    attention_loss: bool = False  # temporally scaled audio-attention loss (SPEC §5)
-    eta: float = option(0.05, gt=0)  # coefficient of L_attn (SPEC §5)
-    kappa: float = option(1.0, gt=0)  # temporal exponent of (t / T_i)^kappa (SPEC §5)
-    layers: tuple[int, ...] = option((-3, -2, -1), nonempty=True)  # decoder layers that count: the last three (SPEC §5)
-    advantage_floor_eps: float = option(0.02, ge=0)  # failed: |A_i| >= this in the gate; 0 = off (SPEC §5)
-    attn_loss_reduction: str = option("seq_mean", choices=ATTN_REDUCTIONS)  # L_attn per sequence first (SPEC §5)
-    content_fallback: str = option("all_tokens", choices=CONTENT_FALLBACKS)  # no content token: all count (SPEC §5)
+    attention_loss: bool = False  # temporally scaled audio-attention loss (docs/method.md §5)
+    eta: float = option(0.05, gt=0)  # coefficient of L_attn (docs/method.md §5)
+    kappa: float = option(1.0, gt=0)  # temporal exponent of (t / T_i)^kappa (docs/method.md §5)
+    layers: tuple[int, ...] = option(
+        (-3, -2, -1), nonempty=True
+    )  # decoder layers that count: the last three (docs/method.md §5)
+    advantage_floor_eps: float = option(0.02, ge=0)  # failed: |A_i| >= this in the gate; 0 = off (docs/method.md §5)
+    attn_loss_reduction: str = option(
+        "seq_mean", choices=ATTN_REDUCTIONS
+    )  # L_attn per sequence first (docs/method.md §5)
+    content_fallback: str = option(
+        "all_tokens", choices=CONTENT_FALLBACKS
+    )  # no content token: all count (docs/method.md §5)
 
     def __post_init__(self) -> None:
         options.validate(self, "algorithm.mapo_at")

@@ -1,4 +1,4 @@
-"""Per-tag difficulty: KL of the tag's empirical reward distribution from a near-perfect target (SPEC §2.4)."""
+"""Per-tag difficulty: KL of the tag's empirical reward distribution from a near-perfect target (docs/method.md §2.4)."""
 
 from __future__ import annotations
 

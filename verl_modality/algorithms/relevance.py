@@ -1,5 +1,5 @@
 """MAPO-AT relevance mask: the policy gradient concentrated on the tokens whose entropy the audio changes most
-(SPEC §5).
+(docs/method.md §5).
 
 Per response i with T_i tokens and dh_t = H_t(audio removed) - H_t(full input):
 

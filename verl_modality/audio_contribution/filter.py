@@ -1,6 +1,6 @@
 """Audio-contribution filtering (ACF): split multiple-choice items by whether voters answer them without the audio.
 
-SPEC section 6. Every audio item of a row is replaced by one silent wav (30 s of zeros at 16 kHz, not a blank of the
+docs/method.md §6. Every audio item of a row is replaced by one silent wav (30 s of zeros at 16 kHz, not a blank of the
 original's length); video and subtitles stay as they are. Each voter answers every item under silence; an item that
 at least ``min_votes`` voters answer correctly is *weak* audio-contribution, otherwise *strong*. With ``with_audio``
 the voters also answer with the real audio, and the report gives the audio contribution per voter and item,

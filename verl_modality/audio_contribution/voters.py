@@ -1,4 +1,4 @@
-"""Voters for audio-contribution filtering: models that answer schema rows (SPEC section 6).
+"""Voters for audio-contribution filtering: models that answer schema rows (docs/method.md §6).
 
 A voter is anything with ``answer(rows) -> list[str]``: one response text per row, in order. Rows are schema rows
 with absolute media paths. Three backends:

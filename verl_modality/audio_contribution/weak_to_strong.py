@@ -1,4 +1,4 @@
-"""Weak-to-Strong and Mixed-to-Strong data: the SFT and RL parquet files of the two-stage paradigms (SPEC section 6).
+"""Weak-to-Strong and Mixed-to-Strong data: the SFT and RL parquet files of the two-stage paradigms (docs/method.md §6).
 
 From the weak / strong split of audio-contribution filtering (:mod:`verl_modality.audio_contribution.filter`):
 

@@ -1,4 +1,4 @@
-"""MAPLE-QA+ augmentation (SPEC section 3): exact, superset and deficit variants of exact QA items.
+"""MAPLE-QA+ augmentation (docs/method.md §3): exact, superset and deficit variants of exact QA items.
 
 From each exact QA record (``available == modality_tag``) the augmentation makes:
 

@@ -1,4 +1,4 @@
-"""Tag curriculum: training batches of one tag each, in a static or difficulty-adaptive order (SPEC §2 items 5-6).
+"""Tag curriculum: training batches of one tag each, in a static or difficulty-adaptive order (docs/method.md §2 items 5-6).
 
 The sampler hands out dataset indices step by step. A step begins with the first :meth:`TagCurriculum.take` after
 the previous :meth:`TagCurriculum.end_step`; it picks one tag, and every index taken until the step ends (the batch

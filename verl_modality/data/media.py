@@ -8,7 +8,7 @@ stream of the wanted kind; no reader returns an empty array.
 :func:`load_video` streams through the container: with ``max_frames`` it first reads the packet timestamps (no
 decoding) to learn which frames it will keep, then decodes and converts only those, so memory is bounded by the
 frames returned, not by the length of the clip. :func:`blank_audio_like` and :func:`black_frames_like` give the
-silence/blank form of dropping a stream (SPEC section 1): same shapes, so token positions stay identical.
+silence/blank form of dropping a stream (docs/method.md §1): same shapes, so token positions stay identical.
 
 :func:`probe_audio` and :func:`probe_video` probe the first second / frame by default, so that loading a large
 training or test set stays quick; ``full=True``, or :func:`probe_depth` around a block, checks whole files (every

@@ -1,11 +1,11 @@
-"""Which streams each sample shows the policy, and how an unshown stream is dropped (SPEC section 1).
+"""Which streams each sample shows the policy, and how an unshown stream is dropped (docs/method.md §1).
 
 A *view* is chosen per sample from its required tag, the streams its record has media for (``media_streams``) and a
 *policy*:
 
 * ``as_stored``: the row's own ``available`` column (the file decides; the default, so existing data is unchanged);
 * ``exact``: exactly the required tag (MAPO; MAPLE §4);
-* ``full``: every stream the record has (the MUPO baseline, SPEC §2.6);
+* ``full``: every stream the record has (the MUPO baseline, docs/method.md §2.6);
 * ``superset``: the tag plus at least one more stream the record has, chosen per sample (seeded by ``seed`` and the
   id); a record with no extra stream is shown exactly and counted (:func:`plan_views` reports it);
 * ``deficit``: a stream set missing at least one required stream, chosen per sample (possibly text only);
@@ -76,8 +76,10 @@ def _named_policy(name: str, policy: str) -> str:
 class ModalityView:
     """Options of ``data.modality`` (see the module docstring)."""
 
-    policy: str = "as_stored"  # SPEC §1: exact for MAPO, full for the MUPO baseline
-    ablation: str = option("remove", choices=ABLATIONS)  # SPEC §1: removal, or silence / black frames / empty subtitles
+    policy: str = "as_stored"  # docs/method.md §1: exact for MAPO, full for the MUPO baseline
+    ablation: str = option(
+        "remove", choices=ABLATIONS
+    )  # docs/method.md §1: removal, or silence / black frames / empty subtitles
     seed: int = 0  # seeds the per-sample choice of ``superset`` and ``deficit``
     by_source: dict[str, str] = field(default_factory=dict)  # data_source -> policy, overriding ``policy``
     prompt: Any = None  # PromptConfig fields or a YAML path: the wording of re-rendered QA prompts (None: the schema's)

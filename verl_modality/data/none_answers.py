@@ -1,4 +1,4 @@
-"""None-answer phrasings for MAPLE-QA+ (SPEC section 3): option texts saying that the streams shown do not settle
+"""None-answer phrasings for MAPLE-QA+ (docs/method.md §3): option texts saying that the streams shown do not settle
 the question. Written for this project; every entry is distinct, ends with a full stop, and holds no standalone
 capital letter A-F (so that copying one into a reply never reads as an option letter).
 """

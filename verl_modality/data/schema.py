@@ -3,7 +3,7 @@
 The field list, the meaning of each field and the validator's error format are documented in
 ``docs/data_schema.md``. In short: ``prompt`` is a chat message list whose text carries one ``<video>`` / ``<audio>``
 placeholder per entry of ``videos`` / ``audios`` (the streams shown to the policy), ``modality_tag`` is the required
-modality tag, ``available`` the streams shown, and ``stratum`` follows from the two (SPEC section 1).
+modality tag, ``available`` the streams shown, and ``stratum`` follows from the two (docs/method.md §1).
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ class Sample:
                 "split": self.split,
                 "modality_tag": self.modality_tag,
                 "id": self.id,
-                # the reward function sees only extra_info: it needs the task and option texts (SPEC section 4)
+                # the reward function sees only extra_info: it needs the task and option texts (docs/method.md §4)
                 "sample_task": self.task,
                 "choices": list(self.choices),
             },

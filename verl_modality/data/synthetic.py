@@ -54,7 +54,7 @@ ONSET_SECONDS = 0.1
 N_OPTIONS = 4
 
 _FACT_OF_STREAM = {"V": "colour", "A": "beeps", "S": "animal"}
-_ASPECT = {
+_FACET = {
     "V": "the colour of the video",
     "A": "the number of beeps in the audio",
     "A-pitch": "the pitch of the beeps in the audio",
@@ -195,7 +195,7 @@ def _question(tag: str, a_kind: str) -> str:
         return "How many beeps can be heard in the audio?"
     if tag == "S":
         return "Which animal is named in the subtitles?"
-    aspects = [_ASPECT["A-pitch" if s == "A" and a_kind == "pitch" else s] for s in tag]
+    aspects = [_FACET["A-pitch" if s == "A" and a_kind == "pitch" else s] for s in tag]
     joined = aspects[0] + " and " + aspects[1] if len(aspects) == 2 else ", ".join(aspects[:-1]) + " and " + aspects[-1]
     return f"Which option gives both {joined}?" if len(aspects) == 2 else f"Which option gives all of {joined}?"
 

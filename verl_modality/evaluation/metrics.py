@@ -1,4 +1,4 @@
-"""Evaluation metrics (SPEC sections 7 and 8) as pure functions of result records or per-tag numbers.
+"""Evaluation metrics (docs/method.md §7 and §8) as pure functions of result records or per-tag numbers.
 
 Everything is a fraction in [0, 1] (accuracies, gaps, fusion gain); a value that cannot be computed is ``None``
 together with a sentence saying why, never a made-up number. "Accuracy" of a caption record is its judge score.
@@ -164,7 +164,7 @@ def pooled(per_tag: Mapping[str, tuple[float, int]]) -> float | None:
 
 @dataclass(frozen=True)
 class ModalityGap:
-    """U-B = |Bi-Uni|/Uni, U-T = |Tri-Uni|/Uni, B-T = |Tri-Bi|/Bi and their mean (SPEC section 8).
+    """U-B = |Bi-Uni|/Uni, U-T = |Tri-Uni|/Uni, B-T = |Tri-Bi|/Bi and their mean (docs/method.md §8).
 
     A term whose levels are missing (or whose denominator is 0) is ``None`` and ``undefined`` says why; the mean
     is then ``None`` too.
@@ -355,7 +355,7 @@ class LengthBin:
 
 @dataclass(frozen=True)
 class Decay:
-    """Accuracy per response-length bin and the correlations of SPEC section 7.
+    """Accuracy per response-length bin and the correlations of docs/method.md §7.
 
     ``r_length``: Pearson r between each sample's response length and its correctness (score for captions);
     ``r_bins``: between bin centre and bin accuracy over non-empty bins. ``None`` with a ``*_note`` when undefined.

@@ -55,7 +55,7 @@ OFFICIAL_RULE = scoring_rule_name(True, "official")
 class ReportOptions:
     """Options of the report."""
 
-    # perception decay: equal-count quantile bins of response length (SPEC section 7, MPAR^2 bins by token length)
+    # perception decay: equal-count quantile bins of response length (docs/method.md §7, MPAR^2 bins by token length)
     n_bins: int = 5
     bin_edges: tuple[float, ...] | None = None  # fixed bin edges instead of quantiles
     # fusion gain: the field that says whether a caption condition is uni- or multi-modal (MAPLE App. C.3)

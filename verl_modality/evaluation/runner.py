@@ -77,15 +77,21 @@ class EvalConfig:
     model: str = option(REQUIRED, help="local checkpoint directory (a known Omni family)")
     data: str = option(REQUIRED, metavar="TEST.parquet", help="schema parquet to evaluate")
     out: str = option(REQUIRED, metavar="RESULTS.jsonl", help="one JSON record per response (resumable)")
-    k: int = option(4, ge=1, help="samples per query; pass@1 = mean over the k (SPEC section 8)")
-    # modality policy (SPEC section 1)
+    k: int = option(4, ge=1, help="samples per query; pass@1 = mean over the k (docs/method.md §8)")
+    # modality policy (docs/method.md §1)
     policy: str = option("as_stored", help="streams shown: exact, full, as_stored, superset, deficit, or a set")
-    ablation: str = option("remove", choices=("remove", "blank"), help="how unshown streams are dropped (SPEC §1)")
+    ablation: str = option(
+        "remove", choices=("remove", "blank"), help="how unshown streams are dropped (docs/method.md §1)"
+    )
     view_seed: int = option(0, help="seed of the superset / deficit choice per sample (data.modality.seed)")
-    temperature: float = option(1.0, ge=0, help="sampling temperature (MAPLE's training one, SPEC §2.6); 0: greedy")
+    temperature: float = option(
+        1.0, ge=0, help="sampling temperature (MAPLE's training one, docs/method.md §2.6); 0: greedy"
+    )
     top_p: float = option(1.0, gt=0, le=1)
     top_k: int = option(-1, ge=-1, help="-1: off")
-    max_prompt_length: int = option(8192, ge=1, help="longer prompts are an error (MAPLE's length, SPEC §2.6)")
+    max_prompt_length: int = option(
+        8192, ge=1, help="longer prompts are an error (MAPLE's length, docs/method.md §2.6)"
+    )
     max_response_length: int = option(512, ge=1)
     seed: int = option(0, help="sampling seed")
     benchmark: str | None = option(None, help="scorer of a registered benchmark (mmau, mmsu, mmar, ...)")

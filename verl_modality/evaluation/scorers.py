@@ -1,6 +1,6 @@
 """Benchmark scorers: a registry name -> how a response is scored, and which benchmark version it refers to.
 
-SPEC section 8: MMAU (test-mini), MMSU and MMAR score multiple choice with MMAU's string-match rule
+docs/method.md §8: MMAU (test-mini), MMSU and MMAR score multiple choice with MMAU's string-match rule
 (:func:`verl_modality.rewards.string_match.mmau_string_match`); Daily-Omni and MAPLE-QA with the option letter
 (:func:`verl_modality.rewards.choice.extract_choice`). Every benchmark carries a version string that the evaluation
 records and the report prints: MMAU test-mini was revised on 2025-05-15 (about a quarter of its items changed), so

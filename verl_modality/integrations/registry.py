@@ -363,7 +363,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
         attribute="POLICY_LOSS_REGISTRY['mapo_relevance']",
         apply=f"{_VERL}:register_policy_loss",
         when="always",
-        why="actor.policy_loss.loss_mode=mapo_relevance (MAPO-AT's relevance mask, SPEC §5)",
+        why="actor.policy_loss.loss_mode=mapo_relevance (MAPO-AT's relevance mask, docs/method.md §5)",
     ),
     Integration(
         name="sync -> verl_modality.trainer.modality_trainer.ModalityTrainerSync",

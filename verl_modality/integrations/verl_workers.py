@@ -9,7 +9,7 @@
   whose micro-batches hold different streams enter different FSDP collectives.
 * ``engine.base`` / ``engine_workers``: modules that imported ``maybe_fix_3d_position_ids`` or
   ``initialize_global_process_group_ray`` by name get the wrapped ones (:mod:`verl_modality.integrations.verl_utils`).
-* MAPO-AT's attention loss (SPEC §5), inert unless the update batch carries the ``mapo_at`` knob (set by the
+* MAPO-AT's attention loss (docs/method.md §5), inert unless the update batch carries the ``mapo_at`` knob (set by the
   trainer's MAPO-AT feature when ``algorithm.mapo_at.attention_loss`` is on):
   ``FSDPEngineWithLMHead.forward_step`` runs training micro-batches inside
   :class:`~verl_modality.models.attention_capture.AudioAttentionCapture`, so the post-RoPE q/k of the chosen layers

@@ -1,6 +1,6 @@
 """Audio attention mass of an Omni thinker, from query/key states captured during a normal forward.
 
-MAPO-AT (SPEC section 5) needs, per response token, the attention probability mass on the audio-placeholder keys on a
+MAPO-AT (docs/method.md §5) needs, per response token, the attention probability mass on the audio-placeholder keys on a
 few late decoder layers. Asking the model for attention probabilities (``output_attentions=True``) forces eager
 attention and a ``(B, H, L, L)`` matrix per layer. Instead, :class:`AudioAttentionCapture` puts a forward pre-hook on
 the chosen ``model.model.layers[i].self_attn`` modules: the hook receives the module's ``hidden_states`` and

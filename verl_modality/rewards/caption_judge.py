@@ -1,4 +1,4 @@
-"""Caption reward from an LLM judge (SPEC section 4, MAPLE App. C.2).
+"""Caption reward from an LLM judge (docs/method.md §4, MAPLE App. C.2).
 
 An OpenAI-compatible chat model grades a caption against the tag's ground-truth caption and the uni-modal
 reference captions of the tag's streams, on three axes with grades in {0, 0.2, ..., 1.0}: missing information,

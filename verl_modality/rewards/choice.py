@@ -1,4 +1,4 @@
-"""Multiple-choice answer reward for QA rows (``reward_model.ground_truth`` is the answer letter; SPEC sections 4, 6).
+"""Multiple-choice answer reward for QA rows (``reward_model.ground_truth`` is the answer letter; docs/method.md §4, §6).
 
 Plain functions on strings, usable as verl's ``reward.custom_reward_function`` (``compute_score``) and by the
 evaluation code.
@@ -18,7 +18,7 @@ is the third option (``C``), not the fourth. Then:
   text is a none-answer counts as one. Failing all that, the last standalone option letter counts, as many benchmark
   scorers accept.
 
-None-answers (MAPLE-QA+, SPEC section 3): a reply text that is one of the project's none-answer statements
+None-answers (MAPLE-QA+, docs/method.md §3): a reply text that is one of the project's none-answer statements
 (:mod:`verl_modality.data.none_answers`) or a generic form ("none of the above", "none of the options", "cannot be
 determined", "not enough information", ...) selects the row's none-answer option: ``extra_info["none_index"]``
 (-1: the row has none), or, for rows without that key, the one option whose text is itself a none-answer. Without a
@@ -65,7 +65,7 @@ from verl_modality.options import option
 from verl_modality.rewards.string_match import matched_option, mmau_string_match, word_tokens
 from verl_modality.vocabulary import LETTERS
 
-#: data_source prefixes scored with MMAU's string-match rule (SPEC section 8).
+#: data_source prefixes scored with MMAU's string-match rule (docs/method.md §8).
 STRING_MATCH_SOURCES = ("mmau", "mmsu", "mmar")
 ANSWER_FORMATS = ("any", "bracket", "answer_tag")
 MATCH_RULES = ("auto", "letter", "string")
@@ -276,12 +276,14 @@ def is_formatted(reply: str) -> bool:
 class AnswerRewardConfig:
     """``reward.custom_reward_function.reward_kwargs`` of :func:`compute_score`."""
 
-    answer_weight: float = 1.0  # SPEC section 4: 1/0 for the answer; the audio-contribution recipe (section 6) uses 2.0
-    format_weight: float = 0.0  # SPEC section 4: optional format bonus; the audio-contribution recipe uses 0.5
+    answer_weight: float = (
+        1.0  # docs/method.md §4: 1/0 for the answer; the audio-contribution recipe (section 6) uses 2.0
+    )
+    format_weight: float = 0.0  # docs/method.md §4: optional format bonus; the audio-contribution recipe uses 0.5
     # which structure earns the bonus: any | bracket | answer_tag
     answer_format: str = option("any", choices=ANSWER_FORMATS)
     require_think: bool = False  # the bonus also needs a leading <think>...</think> (R1-style format reward)
-    # auto (string rule for mmau/mmsu/mmar data sources) | letter | string (SPEC section 8)
+    # auto (string rule for mmau/mmsu/mmar data sources) | letter | string (docs/method.md §8)
     match: str = option("auto", choices=MATCH_RULES)
     # how the string-match rule reads a reply: lenient (answer span, letters read) | official (raw reply, as MMAU's
     # and MMAR's scripts do; letter-only replies score 0)

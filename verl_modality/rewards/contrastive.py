@@ -1,4 +1,4 @@
-"""Contrastive reward weighting (CRW) for caption rewards (SPEC section 4; MAPLE §5.4.2 and App. E.3).
+"""Contrastive reward weighting (CRW) for caption rewards (docs/method.md §4; MAPLE §5.4.2 and App. E.3).
 
 Each caption rollout ``y+`` of a prompt, generated with the sample's streams, is compared with a *negative* ``y-``:
 a response to the same prompt generated with one or more of the required streams removed (or blanked). Its reward

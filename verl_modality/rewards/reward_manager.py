@@ -13,7 +13,7 @@ worker process. Compared with ``naive`` it
 * puts the valid response length in tokens (the response's attention-mask sum, what the naive manager decodes)
   into ``extra_info["response_tokens"]`` before calling ``compute_score`` (on a copy: rows repeated for the n
   responses of one prompt share one ``extra_info`` dict), and into the returned ``reward_extra_info`` as
-  ``response_tokens``, so that it reaches verl's logged reward extras (SPEC section 7: accuracy by response length);
+  ``response_tokens``, so that it reaches verl's logged reward extras (docs/method.md §7: accuracy by response length);
 * raises ``FloatingPointError`` naming the sample (``extra_info["id"]``) and ``data_source`` when the score is NaN or
   infinite, except when the result dict carries ``judge_failed == 1.0`` (the caption judge's ``mark`` policy: the
   trainer handles those samples).

@@ -10,7 +10,7 @@ contrastive reward weighting) for caption rows.
           answer_weight: 1.0                     # QA rows: the fields of rewards.choice.AnswerRewardConfig
           format_weight: 0.0
           judge: {base_url: ..., model: ..., api_key_env: JUDGE_API_KEY}   # caption rows: rewards.caption_judge
-          contrastive: {enable: true, alpha: 0.2, tau: 0.8}                 # captions: rewards.contrastive (SPEC §4)
+          contrastive: {enable: true, alpha: 0.2, tau: 0.8}                 # captions: rewards.contrastive (docs/method.md §4)
 
 A row's task is ``extra_info["sample_task"]`` (written by the schema). verl stacks the per-sample result dicts of a
 batch by the first one's keys, so every row returns the same keys (:data:`RESULT_KEYS`); a field that does not apply

@@ -1,4 +1,4 @@
-"""Text similarity between pairs of responses, for contrastive reward weighting (SPEC section 4, MAPLE App. E.3).
+"""Text similarity between pairs of responses, for contrastive reward weighting (docs/method.md §4, MAPLE App. E.3).
 
 Two backends, both computed here from an encoder loaded with transformers:
 

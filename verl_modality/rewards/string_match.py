@@ -1,4 +1,4 @@
-"""MMAU's string-match rule for multiple choice (SPEC section 8: MMAU, MMSU and MMAR are scored with it).
+"""MMAU's string-match rule for multiple choice (docs/method.md §8: MMAU, MMSU and MMAR are scored with it).
 
 The rule, reimplemented from the benchmark's published evaluation:
 

@@ -1,6 +1,6 @@
 """``modality_agent``: verl's single-turn agent loop plus the deficit response of contrastive reward weighting.
 
-Contrastive reward weighting (SPEC section 4; MAPLE App. E.3) compares each caption rollout with a response the *same*
+Contrastive reward weighting (docs/method.md §4; MAPLE App. E.3) compares each caption rollout with a response the *same*
 policy writes for the same prompt with some required stream missing. This agent loop produces that response inside
 verl's rollout, from the same rollout server and weights and with the same sampling parameters, and hands it to the
 reward function:

@@ -2,7 +2,7 @@
 
 verl 0.9.1 rolls out only through vLLM, SGLang or TensorRT-LLM servers. This backend serves the same interface from a
 plain transformers model, so the real ``main_ppo`` loop runs on a CPU with small models (the tests and the demo use
-it); vLLM stays the backend for GPUs. Three pieces, as verl's rollout interface asks (``notes/cpu_full_loop.md`` §2):
+it); vLLM stays the backend for GPUs. Three pieces, as verl's rollout interface asks (``verl/workers/rollout/base.py`` in verl 0.9.1; docs/cpu.md):
 
 * :class:`~verl_modality.models.hf_generator.HFGenerator`: the generation core (plain class, tested in-process,
   also used by evaluation). It rebuilds the processor's multimodal

@@ -167,7 +167,7 @@ def reward_curves(steps: dict[int, dict[str, float]]) -> dict[str, list[tuple[in
 
 
 def levels_and_gap(acc: dict[str, float], counts: dict[str, int]) -> dict[str, Any]:
-    """Uni / bi / tri accuracy (sample-weighted) and the modality gap of SPEC §8 from per-tag accuracy."""
+    """Uni / bi / tri accuracy (sample-weighted) and the modality gap of docs/method.md §8 from per-tag accuracy."""
     from verl_modality.evaluation.metrics import gap_from_levels, pool_levels
 
     levels = pool_levels({t: (a, counts.get(t, 0)) for t, a in acc.items() if t in TAGS})

@@ -1,4 +1,4 @@
-"""The audio-ablated pass of MAPO-AT (SPEC §5): the step's responses scored once more with the audio dropped.
+"""The audio-ablated pass of MAPO-AT (docs/method.md §5): the step's responses scored once more with the audio dropped.
 
 Each trajectory that shows audio is rebuilt from its dataset columns without the audio
 (:func:`verl_modality.models.twin_inputs.twin_row`; removed, or silenced with ``ablation="blank"``), laid out exactly

@@ -1,4 +1,4 @@
-"""Helpers for the converter tests: tiny real media files, a corrupt one, and the shared MMAU fixture."""
+"""Helpers for the converter tests: tiny real media files, a corrupt one, and the vendored MMAU fixture."""
 
 from __future__ import annotations
 
@@ -8,9 +8,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
-SHARED = Path(__file__).resolve().parents[3] / ".." / "shared"
-MMAU_FIXTURE = SHARED / "fixtures" / "mmau" / "mmau-test-mini.json"
 
 
 def write_wav(path: Path) -> Path:
@@ -49,6 +46,8 @@ def media() -> SimpleNamespace:
 
 @pytest.fixture(scope="session")
 def mmau_fixture() -> Path:
+    from helpers import MMAU_FIXTURE
+
     if not MMAU_FIXTURE.is_file():
-        pytest.skip(f"shared MMAU fixture not found at {MMAU_FIXTURE}")
+        pytest.fail(f"the vendored MMAU fixture is missing: {MMAU_FIXTURE}")
     return MMAU_FIXTURE

@@ -30,7 +30,7 @@ def test_tag_accuracy_metrics_gap_strata_and_unscored():
     scores = [1.0, 1.0, 1.0, 0.0, 0.0, None, float("nan")]
     strata = ["exact", "exact", "superset", "exact", "deficit", "exact", "exact"]
     m = tv.tag_accuracy_metrics(tags, scores, strata)
-    # uni 1.0, bi 0.5, tri 0.0: U-B = 0.5, U-T = 1.0, B-T = 1.0, gap = 2.5 / 3 (SPEC section 8)
+    # uni 1.0, bi 0.5, tri 0.0: U-B = 0.5, U-T = 1.0, B-T = 1.0, gap = 2.5 / 3 (docs/method.md §8)
     gap = (m["val-aux/modality_gap/u_b"], m["val-aux/modality_gap/u_t"], m["val-aux/modality_gap/b_t"])
     assert gap == (0.5, 1.0, 1.0)
     assert m["val-aux/modality_gap/gap"] == pytest.approx(2.5 / 3)

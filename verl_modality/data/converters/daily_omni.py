@@ -16,7 +16,7 @@ Mapping:
   soundtrack is **not** extracted: the record has media for ``V`` only, ``available`` is ``V`` and, with tag
   ``VA``, the row is in the ``deficit`` stratum; the report counts these rows under the note
   ``no separate audio wav``. Extract the tracks first (``ffmpeg -i X_video.mp4 -ac 1 -ar 16000 X_audio.wav``)
-  to get ``exact`` rows. (SPEC section 1: the soundtrack is a separate audio item, never ``use_audio_in_video``.)
+  to get ``exact`` rows. (docs/method.md §1: the soundtrack is a separate audio item, never ``use_audio_in_video``.)
 * Tag: ``VA`` for every item. Daily-Omni's QA types (AV Event Alignment, Comparative, Context understanding,
   Event Sequence, Inference, Reasoning) were all generated and filtered to need both the picture and the sound;
   the benchmark's own ablation (``--input_mode visual`` / ``audio``) drops well below the A+V score for every type,

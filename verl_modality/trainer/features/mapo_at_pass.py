@@ -1,4 +1,4 @@
-"""MAPO-AT in the trainer (SPEC §5): the audio-ablated pass after verl's old log-probs, and the attention loss's
+"""MAPO-AT in the trainer (docs/method.md §5): the audio-ablated pass after verl's old log-probs, and the attention loss's
 per-response inputs after the advantages.
 
 * :meth:`MapoATPass.relevance_pass`: each response is scored once more with its audio dropped (one no-grad actor

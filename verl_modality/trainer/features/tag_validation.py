@@ -1,5 +1,5 @@
 """Per-tag validation metrics on top of verl's: accuracy per tag, pooled and tag-averaged, per uni/bi/tri level with
-the modality gap, and per stratum, as ``verl-modality report`` computes them (SPEC section 8).
+the modality gap, and per stratum, as ``verl-modality report`` computes them (docs/method.md §8).
 
 verl's validation loop knows a sample by its ``uid`` only; :class:`UidTagRecorder` wraps the validation dataloader
 and remembers each uid's tag and stratum, which :meth:`TagValidation.metrics` then looks up.
