@@ -14,7 +14,8 @@ L/2 positions are the response (queries), all of them content tokens, random dh,
 Memory: peak RSS during the step above the RSS just before it (VmHWM reset through /proc/self/clear_refs; glibc's
 mmap threshold is pinned to 64 KiB in that worker so freed tensors leave RSS at once). Time: a second worker with the
 default allocator (the pinned threshold makes every step pay page faults). In each worker (fresh per length) the
-three modes alternate, after one warm-up step each, so the ratios come from the same process. Prints the best time of the repeats (other load on a shared machine only ever adds time) and the median
+three modes alternate, after one warm-up step each, so the ratios come from the same process. Prints the best time of
+the repeats (other load on a shared machine only ever adds time) and the median
 peak memory per mode, the ratios to (a), and the growth of the extra
 memory of (b) and (c) over (a) from the shortest to the longest length (linear: ~4x for 1k -> 4k; quadratic ~16x).
 """
@@ -47,7 +48,8 @@ def worker(model_dir: str, length: int, audio_tokens: int, repeats: int, query_c
 
     import torch
 
-    from verl_modality.algorithms.attention_loss import attention_loss, reduce_heads_layers
+    from verl_modality.algorithms.attention_loss import attention_loss
+    from verl_modality.algorithms.audio_mass import reduce_heads_layers
     from verl_modality.models.attention_capture import AudioAttentionCapture
     from verl_modality.models.omni import load_thinker
 

@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from verl_modality.data import media, schema  # noqa: E402
+from verl_modality.data import media, prompts, schema  # noqa: E402
 
 _SPLIT = re.compile(r"(<video>|<audio>)")
 # Paragraph breaks of a rendered prompt: blank lines, and the start of the user turn (so its first paragraph is one).
@@ -95,7 +95,7 @@ def structured(messages: list[dict]) -> list[dict]:
 
 
 def bench_messages() -> list[dict]:
-    prompt = schema.build_prompt(
+    prompt = prompts.build_prompt(
         "What happens in the clip?", ["a dog barks", "a bell rings", "a car passes", "nothing"], 1, 1, "Listen."
     )
     return structured(prompt)
@@ -253,7 +253,7 @@ def main() -> None:
 
     import torch
 
-    from verl_modality.data.schema import TAGS
+    from verl_modality.vocabulary import TAGS
 
     print(
         f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; samples: {args.seconds:g} s 16 kHz wav + "

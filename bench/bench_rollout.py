@@ -72,7 +72,8 @@ def _rows(data: Path, count: int) -> list[dict]:
 
 
 def bench_throughput(model: Path, data: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    from verl_modality.evaluation.runner import EvalConfig, HFBackend, VLLMBackend
+    from verl_modality.evaluation.backends import HFBackend, VLLMBackend
+    from verl_modality.evaluation.config import EvalConfig
 
     cfg = EvalConfig(
         model=str(model), data="", out="", k=args.n, max_prompt_length=512, max_response_length=args.response_length

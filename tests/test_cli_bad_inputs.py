@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from verl_modality import cli
-from verl_modality.data import media, schema
+from verl_modality.data import media, schema, validate
 from verl_modality.data.synthetic import make_demo_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def _nothing_heavy_starts(monkeypatch):
     monkeypatch.setattr("verl_modality.trainer.demo.run_demo", started)
     monkeypatch.setattr("verl_modality.trainer.launch.run_main_ppo", started)
     monkeypatch.setattr("verl_modality.trainer.actor_check.run_actor_check", started)
-    monkeypatch.setattr("verl_modality.evaluation.runner.make_backend", started)
+    monkeypatch.setattr("verl_modality.evaluation.backends.make_backend", started)
     monkeypatch.setenv("VERL_PLATFORM", "cpu")  # the platform note is tested on its own below
 
 
@@ -140,6 +140,13 @@ def bad_row(work: Path, demo: Path) -> None:
     schema.write_rows(rows, work / "badrow.parquet")
 
 
+def bad_config_values(work: Path, demo: Path) -> None:
+    """A model folder, and a judge file and a prompt file each with a bad value."""
+    model_dir(work, demo)
+    (work / "judge.yaml").write_text("base_url: http://127.0.0.1:9/v1\nmodel: m\ntimeout_s: 30s\n")
+    (work / "prompt.yaml").write_text("style: bogus\n")
+
+
 def published_tables(work: Path, demo: Path) -> None:
     (work / "nocount.csv").write_text("row,V,A\nsamples,10,\nmodel-x,50,60\n")
     (work / "badtag.csv").write_text("tag,accuracy,samples\nQ,50,10\n")
@@ -147,8 +154,10 @@ def published_tables(work: Path, demo: Path) -> None:
 
 @dataclass(frozen=True)
 class Case:
-    """``argv`` with ``{demo}`` / ``{nan}`` for the shared sets; the message must hold every string of ``names``
-    (``stream``: the one-line error on stderr, or the report on stdout for validate-data)."""
+    """``argv`` with ``{demo}`` / ``{nan}`` for the shared sets; the message must hold every string of ``names`` and
+    none of ``absent`` (``stream``: the one-line error on stderr, or the report on stdout for validate-data). A bad
+    value given by a flag is named by the flag as typed (``--steps 0``), never by its dataclass path (``demo.steps``);
+    one read from a file keeps the file and the field."""
 
     id: str
     argv: tuple[str, ...]
@@ -158,6 +167,7 @@ class Case:
     stream: str = "err"
     creates: tuple[str, ...] = ()  # paths a failing run may leave behind (relative to the case folder)
     xfail: str | None = None
+    absent: tuple[str, ...] = ()
 
 
 CASES = [
@@ -228,7 +238,27 @@ CASES = [
     # augment-qa
     Case("augment-missing-input", ("augment-qa", "nope.parquet", "out.parquet"), 1, ("nope.parquet",)),
     Case("augment-not-parquet", ("augment-qa", "notes.txt", "out.parquet"), 1, ("notes.txt",), text_files),
-    Case("augment-rate", ("augment-qa", "{demo}/train.parquet", "out.parquet", "--rate", "2"), 1, ("augment.rate",)),
+    Case(
+        "augment-rate",
+        ("augment-qa", "{demo}/train.parquet", "out.parquet", "--rate", "2"),
+        1,
+        ("augment-qa: --rate 2.0: expected a finite number >= 0 and <= 1",),
+        absent=("augment.rate",),
+    ),
+    Case(
+        "augment-rate-negative",
+        ("augment-qa", "{demo}/train.parquet", "out.parquet", "--rate", "-0.5"),
+        1,
+        ("--rate -0.5: expected",),
+        absent=("augment.",),
+    ),
+    Case(
+        "augment-prompt-config-value",
+        ("augment-qa", "{demo}/train.parquet", "out.parquet", "--prompt-config", "prompt.yaml"),
+        1,
+        ("prompt.yaml", "prompt.style='bogus'"),  # from a file: the file and the field
+        bad_config_values,
+    ),
     Case("augment-combinations", ("augment-qa", "{demo}/train.parquet", "o", "--combinations", "x"), 2, ("--comb",)),
     Case(
         "augment-prompt-config",
@@ -238,14 +268,38 @@ CASES = [
     ),
     Case("augment-out-under-a-file", ("augment-qa", "{demo}/train.parquet", "f/o.parquet"), 1, ("f",), a_file),
     # demo: settings and overrides only (run_demo is never reached)
-    Case("demo-steps-0", ("demo", "--steps", "0"), 2, ("demo.steps=0",)),
-    Case("demo-val-rows", ("demo", "--val-rows", "500"), 2, ("demo.val_rows", "demo.n_test")),
-    Case("demo-timeout", ("demo", "--timeout-s", "0"), 2, ("demo.timeout_s",)),
-    Case("demo-rl-lr", ("demo", "--rl-lr", "-1"), 2, ("demo.rl_lr",)),
+    Case(
+        "demo-steps-0", ("demo", "--steps", "0"), 2, ("demo: --steps 0: expected an integer >= 1",), absent=("demo.",)
+    ),
+    Case("demo-steps-negative", ("demo", "--steps", "-1"), 2, ("--steps -1: expected",), absent=("demo.",)),
+    Case(
+        "demo-val-rows",
+        ("demo", "--val-rows", "500"),
+        2,
+        ("demo: --val-rows (500) must be <= --n-test (350)",),
+        absent=("demo.",),
+    ),
+    Case("demo-val-every", ("demo", "--val-every", "0"), 2, ("demo: --val-every 0: expected an integer >= 1",)),
+    Case("demo-rl-per-tag", ("demo", "--rl-per-tag", "0"), 2, ("--rl-per-tag 0",), absent=("demo.",)),
+    Case("demo-timeout", ("demo", "--timeout-s", "0"), 2, ("--timeout-s 0.0: expected a finite number > 0",)),
+    Case("demo-rl-lr", ("demo", "--rl-lr", "-1"), 2, ("--rl-lr -1.0",), absent=("demo.",)),
     Case("demo-rollout", ("demo", "--rollout", "nope"), 2, ("--rollout",)),
-    Case("demo-warm-start-no-equals", ("demo", "--warm-start", "max_steps"), 2, ("warm_start", "max_steps")),
-    Case("demo-warm-start-type", ("demo", "--warm-start", "max_steps=abc"), 2, ("warm_start.max_steps",)),
-    Case("demo-warm-start-unknown", ("demo", "--warm-start", "nope=1"), 2, ("warm_start.['nope']",)),
+    Case("demo-warm-start-no-equals", ("demo", "--warm-start", "max_steps"), 2, ("--warm-start 'max_steps'",)),
+    Case(
+        "demo-warm-start-type",
+        ("demo", "--warm-start", "max_steps=abc"),
+        2,
+        ("demo: --warm-start max_steps='abc': expected an integer >= 1",),
+        absent=("warm_start.",),
+    ),
+    Case("demo-warm-start-unknown", ("demo", "--warm-start", "nope=1"), 2, ("--warm-start ['nope']", "max_steps")),
+    Case(
+        "demo-warm-start-window",
+        ("demo", "--warm-start", "window_low=0.9", "--warm-start", "window_high=0.5"),
+        2,
+        ("--warm-start window_low=0.9", "--warm-start window_high=0.5"),
+        absent=("warm_start.",),
+    ),
     Case("demo-work-dir-file", ("demo", "--work-dir", "f"), 2, ("--work-dir", "f"), a_file),
     Case("demo-unknown-recipe", ("demo", "cpu_rollout=nope"), 2, ("cpu_rollout/nope", "hf, vllm")),
     Case("demo-unknown-key", ("demo", "actor_rollout_ref.rollout.nn=4"), 2, ("actor_rollout_ref.rollout.nn",)),
@@ -261,9 +315,25 @@ CASES = [
 
 EVAL = ("eval", "--model", "model", "--data", "{demo}/test.parquet", "--out", "res.jsonl")
 CASES += [
-    Case("eval-k-0", (*EVAL, "--k", "0"), 1, ("eval.k=0",), model_dir),
-    Case("eval-top-p", (*EVAL, "--top-p", "2"), 1, ("eval.top_p",), model_dir),
-    Case("eval-policy", (*EVAL, "--policy", "bogus"), 1, ("policy", "'bogus'"), model_dir),
+    Case("eval-k-0", (*EVAL, "--k", "0"), 1, ("eval: --k 0: expected an integer >= 1",), model_dir, absent=("eval.",)),
+    Case("eval-top-p", (*EVAL, "--top-p", "2"), 1, ("--top-p 2.0: expected",), model_dir, absent=("eval.",)),
+    Case("eval-limit", (*EVAL, "--limit", "0"), 1, ("eval: --limit 0: expected an integer >= 1",), model_dir),
+    Case("eval-temperature", (*EVAL, "--temperature", "-1"), 1, ("--temperature -1.0",), model_dir, absent=("eval.",)),
+    Case(
+        "eval-policy",
+        (*EVAL, "--policy", "bogus"),
+        1,
+        ("eval: --policy: unknown modality policy 'bogus'",),
+        model_dir,
+        absent=("data.modality", "eval.policy"),
+    ),
+    Case(
+        "eval-judge-config-value",
+        (*EVAL, "--judge-config", "judge.yaml"),
+        1,
+        ("--judge-config judge.yaml", "judge.timeout_s='30s'"),  # from a file: the file and the field
+        bad_config_values,
+    ),
     Case("eval-ablation", (*EVAL, "--ablation", "mute"), 2, ("--ablation",), model_dir),
     Case("eval-benchmark", (*EVAL, "--benchmark", "nope"), 1, ("--benchmark", "'nope'"), model_dir),
     Case("eval-benchmark-version", (*EVAL, "--benchmark-version", "1"), 1, ("--benchmark-version",), model_dir),
@@ -328,7 +398,7 @@ CASES += [
         "acf-voters-typo",
         ("acf", "--data", "{demo}/train.parquet", "--voters", "typo.yaml", "--out-dir", "o"),
         1,
-        ("typo.yaml", "batchsize"),
+        ("typo.yaml", "voters.v1.['batchsize']"),  # from a file: the file and the field
         voters,
     ),  # fmt: skip
     Case(
@@ -339,16 +409,32 @@ CASES += [
         voters,
     ),  # fmt: skip
     Case(
-        "acf-min-votes-0", (*ACF, "--data", "{demo}/train.parquet", "--min-votes", "0"), 1, ("acf.min_votes",), voters
+        "acf-min-votes-0",
+        (*ACF, "--data", "{demo}/train.parquet", "--min-votes", "0"),
+        1,
+        ("acf: --min-votes 0: expected an integer >= 1",),
+        voters,
+        absent=("acf.",),
     ),
-    Case("acf-min-votes-3", (*ACF, "--data", "{demo}/train.parquet", "--min-votes", "3"), 1, ("min_votes=3",), voters),
+    Case(
+        "acf-min-votes-3",
+        (*ACF, "--data", "{demo}/train.parquet", "--min-votes", "3"),
+        1,
+        ("acf: --min-votes 3 is more than the 2 voter(s)",),
+        voters,
+        absent=("min_votes",),
+    ),
+    Case(
+        "acf-limit", (*ACF, "--data", "{demo}/train.parquet", "--limit", "0"), 1, ("acf: --limit 0: expected",), voters
+    ),
     Case(
         "acf-silence",
         (*ACF, "--data", "{demo}/train.parquet", "--silence-seconds", "0"),
         1,
-        ("silence_seconds",),
+        ("--silence-seconds 0.0: expected a finite number > 0",),
         voters,
-    ),  # fmt: skip
+        absent=("acf.",),
+    ),
     Case("acf-no-voters-flag", ("acf", "--data", "x.parquet", "--out-dir", "o"), 2, ("--voters",)),
 ]
 
@@ -373,7 +459,15 @@ CASES += [
         "w2s-fraction",
         (*W2S, "--weak", "{demo}/train.parquet", "--strong", "{demo}/test.parquet", "--sft-strong-fraction", "1.5"),
         1,
-        ("w2s.sft_strong_fraction",),
+        ("w2s: --sft-strong-fraction 1.5: expected a finite number > 0 and < 1",),
+        absent=("w2s.",),
+    ),  # fmt: skip
+    Case(
+        "w2s-fraction-0",
+        (*W2S, "--weak", "{demo}/train.parquet", "--strong", "{demo}/test.parquet", "--sft-strong-fraction", "0"),
+        1,
+        ("--sft-strong-fraction 0.0: expected",),
+        absent=("w2s.",),
     ),  # fmt: skip
     Case("w2s-paradigm", (*W2S, "--weak", "a", "--strong", "b", "--paradigm", "nope"), 2, ("--paradigm",)),
     # the command itself
@@ -410,6 +504,10 @@ def test_cli_bad_input(case: Case, tmp_path, monkeypatch, capsys, demo_dir, nan_
         assert case.stream == "out" or message.startswith(f"{argv[0]}:" if argv[0] != "validate-data" else "INVALID")
     for name in case.names:
         assert name in message, (name, message)
+    for name in case.absent:
+        assert name not in message, (name, message)
+    if argv and message.startswith(f"{argv[0]}: --"):  # a flag named: never with a null that a command line cannot give
+        assert not message.endswith(" or null"), message
     after = _tree(tmp_path, demo_dir, nan_dir)
     allowed = {str(tmp_path / c) for c in case.creates}
     assert {k: v for k, v in after.items() if k not in allowed} == before  # nothing written, changed or lost
@@ -434,7 +532,7 @@ def test_overwrite_replaces_the_users_parquets_only_when_asked(tmp_path, capsys)
     assert code == 1 and (out / "test.parquet").read_bytes() == b"mine", err
     code, _, err = run_cli(["make-demo-data", str(out), "--n-train", "7", "--n-test", "0", "--overwrite"], capsys)
     assert code == 0 and not (out / "test.parquet").exists(), err
-    assert schema.validate_file(out / "train.parquet") == 7
+    assert validate.validate_file(out / "train.parquet") == 7
 
 
 def test_the_demo_rebuilds_its_own_data_folder_without_a_flag(tmp_path):
@@ -571,7 +669,7 @@ def _tiny_model(tmp):
 def _validate_rows_nan(tmp, nan):
     rows = schema.read_rows(nan / "train.parquet")
     with media.probe_depth(full=True):  # what validate-data does; loading for training probes the first second
-        return schema.validate_rows(rows, root=nan, check_media=True, source="train.parquet")
+        return validate.validate_rows(rows, root=nan, check_media=True, source="train.parquet")
 
 
 # (id, setup of the user's files, call, exception, what the message names)
@@ -628,7 +726,7 @@ API_CASES = [
         "validate-rows-nan",
         None,
         _validate_rows_nan,
-        schema.SchemaError,
+        validate.SchemaError,
         (f"row {NAN_ROW}", f"demo-train-{NAN_ROW:04d}"),
     ),
 ]

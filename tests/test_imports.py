@@ -17,8 +17,14 @@ LIGHT = (
     "verl_modality.rewards.choice",
     "verl_modality.rewards.string_match",
     "verl_modality.evaluation.report",
+    "verl_modality.evaluation.published",
     "verl_modality.evaluation.metrics",
+    "verl_modality.evaluation.config",
+    "verl_modality.evaluation.scoring",
+    "verl_modality.evaluation.resume",
     "verl_modality.data.schema",
+    "verl_modality.data.validate",
+    "verl_modality.data.converters",
 )
 
 
@@ -123,6 +129,7 @@ def test_a_module_imported_before_verl_leaves_the_plugin_loaded(module):
 #: Rank of each top-level part of the package: a module may import its own rank or lower ones only.
 LAYERS = {
     "vocabulary": 0,
+    "protocol": 0,
     "jsonl_log": 0,
     "options": 0,
     "data": 1,
@@ -138,11 +145,12 @@ LAYERS = {
     "doctor": 7,
     "cli": 7,
     "_register": 7,
-    "": 0,  # the package root: re-exports the vocabulary only
+    "": 0,  # the package root: its version only
 }
 #: Upward imports with a reason; each is a function-level import.
 ALLOWED_UPWARD = {
     ("verl_modality.data.omni_sft_dataset", "verl_modality.models.omni"): "Omni multimodal position ids",
+    ("verl_modality.evaluation.backends", "verl_modality.platform.vllm_cpu"): "whether vLLM is a CPU build (metadata)",
 }
 
 
@@ -252,3 +260,71 @@ def test_graph_and_cycles_on_a_small_package(tmp_path):
     assert graph == {"pkg": set(), "pkg.sub": set(), "pkg.a": {"pkg.sub.b", "pkg.sub"}, "pkg.sub.b": {"pkg", "pkg.a", "pkg.sub.c"},
                      "pkg.sub.c": {"pkg.sub"}}  # fmt: skip
     assert find_cycles(graph) == [["pkg.a", "pkg.sub.b"]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one import path per name
+
+
+def _module_names(path: Path, root: str) -> tuple[set[str], set[str]]:
+    """``(imported, defined)``: the names a module binds at its top level by importing them from the package ``root``,
+    and by def / class / assignment."""
+    imported, defined = set(), set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == root:
+            imported.update(a.asname or a.name for a in node.names)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            defined.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            defined.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    return imported, defined
+
+
+def reexported_uses(package: Path, sources: list[Path]) -> list[str]:
+    """Uses, in ``sources``, of a name through a module of ``package`` that only imports it from another module of the
+    package: ``from mod import name`` and ``mod.name`` where ``mod`` was bound by ``from pkg import mod`` /
+    ``import pkg.mod as mod``."""
+    modules = _modules(package)
+    borrowed = {}
+    for name, path in modules.items():
+        imported, defined = _module_names(path, package.name)
+        borrowed[name] = {n for n in imported - defined if f"{name}.{n}" not in modules}
+    found = []
+    for path in sources:
+        tree = ast.parse(path.read_text())
+        aliases: dict[str, str] = {}  # local name -> package module
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in modules:
+                for a in node.names:
+                    if f"{node.module}.{a.name}" in modules:
+                        aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+                    elif a.name in borrowed[node.module]:
+                        found.append(f"{path.name}:{node.lineno}: from {node.module} import {a.name}")
+            elif isinstance(node, ast.Import):
+                aliases.update({a.asname: a.name for a in node.names if a.asname and a.name in modules})
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+                if node.attr in borrowed[aliases[node.value.id]]:
+                    found.append(f"{path.name}:{node.lineno}: {aliases[node.value.id]}.{node.attr}")
+    return found
+
+
+def test_every_name_is_imported_from_its_home():
+    """No module re-exports another's names (``schema.TAGS`` for ``vocabulary.TAGS``): one import path per name."""
+    root = PACKAGE.parent
+    sources = [p for d in ("verl_modality", "tests", "bench", "scripts") for p in sorted((root / d).rglob("*.py"))]
+    assert reexported_uses(PACKAGE, sources) == []
+
+
+def test_reexported_uses_on_a_small_package(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "home.py").write_text("X = 1\n")
+    (pkg / "middle.py").write_text("import os\nfrom pkg.home import X\nY = X\n")
+    user = tmp_path / "user.py"
+    user.write_text(
+        "from pkg import middle\nfrom pkg.home import X\nfrom pkg.middle import X, Y\nmiddle.X\nmiddle.Y\nmiddle.os\n"
+    )
+    assert reexported_uses(pkg, [user]) == ["user.py:3: from pkg.middle import X", "user.py:4: pkg.middle.X"]

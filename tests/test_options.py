@@ -135,7 +135,7 @@ def test_command_line_from_the_dataclass():
     for argv in ([], ["--path", "f", "--mode", "c"], ["--path", "f", "--count", "x"]):  # required, choices, type
         with pytest.raises(SystemExit):
             parser.parse_args(argv)
-    with pytest.raises(ValueError, match="cmd.count=0: expected an integer >= 1"):  # rules: when the dataclass is built
+    with pytest.raises(ValueError, match="--count 0: expected an integer >= 1"):  # rules: when the dataclass is built
         options.from_arguments(Command, parser.parse_args(["--path", "f", "--count", "0"]))
     help_text = parser.format_help()
     assert "--path IN" in help_text and "turn off: show a progress bar" in help_text and "--names" not in help_text
@@ -152,4 +152,72 @@ def test_key_value_pairs_read_as_the_fields_types():
     ):
         with pytest.raises(ValueError) as err:
             options.parse_pairs(Command, items, "cmd")
+        assert str(err.value).startswith(message), str(err.value)
+
+
+@dataclass(frozen=True)
+class Pair:
+    low: float = option(0.2, gt=0, help="lower end")
+    high: float = option(0.8, gt=0)
+    limit: int | None = option(None, ge=1, flag="--max-rows")
+    note: str = "n"
+
+    def __post_init__(self) -> None:
+        options.validate(self, "pair")
+        if self.low >= self.high:
+            raise ValueError(f"pair.low={self.low} must be < pair.high={self.high} (pair.lowest is unrelated)")
+
+
+def _pair_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    options.add_arguments(parser, Pair, skip=("note",))
+    return parser
+
+
+@pytest.mark.parametrize(
+    ("argv", "overrides", "message"),
+    [
+        (["--low", "0"], {}, "--low 0.0: expected a finite number > 0"),
+        (["--max-rows", "0"], {}, "--max-rows 0: expected an integer >= 1"),  # its own flag; no "or null"
+        (["--high", "0.1"], {}, "--low 0.2 must be < --high 0.1"),  # a flag left at its default is still a flag
+        ([], {"note": 3}, "pair.note=3: expected a string"),  # an override (a file's value) keeps its full name
+    ],
+)
+def test_flag_values_are_named_by_the_flag(argv, overrides, message):
+    with pytest.raises(ValueError) as err:
+        options.from_arguments(Pair, _pair_parser().parse_args(argv), **overrides)
+    assert str(err.value).startswith(message), str(err.value)
+    assert "or null" not in str(err.value)
+
+
+def test_cross_field_message_names_both_flags_and_nothing_else():
+    with pytest.raises(ValueError) as err:
+        options.from_arguments(Pair, _pair_parser().parse_args(["--low", "0.9"]))
+    assert str(err.value) == "--low 0.9 must be < --high 0.8 (pair.lowest is unrelated)"
+
+
+def test_flags_named_keeps_the_error_type_and_other_names():
+    class PairError(ValueError):
+        pass
+
+    args = _pair_parser().parse_args([])
+    Pair()  # its section is known once an instance was checked
+    with pytest.raises(PairError, match=r"^--high 0.5 is too high for data.pair.high=1 and pair.note='n'$"):
+        with options.flags_named(Pair, args):
+            raise PairError("pair.high=0.5 is too high for data.pair.high=1 and pair.note='n'")
+    with pytest.raises(UnicodeDecodeError):  # not a one-message error: left alone
+        with options.flags_named(Pair, args):
+            b"\xff".decode()
+
+
+def test_key_value_pairs_named_after_their_flag():
+    for items, message in (
+        (["path=f", "count=seven"], "--opt count='seven': expected an integer >= 1"),
+        (["path=f", "cuont=1"], "unknown option(s) --opt ['cuont']: known options are"),
+        (["count"], "--opt 'count': expected key=value"),
+    ):
+        with pytest.raises(ValueError) as err:
+            options.parse_pairs(Command, items, "cmd", flag="--opt")
         assert str(err.value).startswith(message), str(err.value)

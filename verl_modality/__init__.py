@@ -4,7 +4,5 @@ Importing the package is cheap: it loads no verl, torch or Ray (reward and evalu
 verl loads the plugin itself through its ``verl.plugins`` entry point, ``verl_modality._register``.
 """
 
-from verl_modality.vocabulary import STREAMS, TAGS
-
 __version__ = "0.1.0"
-__all__ = ["STREAMS", "TAGS", "__version__"]
+__all__ = ["__version__"]

@@ -183,9 +183,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from verl_modality.trainer.demo import DemoConfig, parse_warm_start, run_demo
 
     try:
-        cfg = options.from_arguments(
-            DemoConfig, args, overrides=tuple(args.overrides), warm_start=parse_warm_start(args.warm_start)
-        )
+        warm_start = parse_warm_start(args.warm_start, flag="--warm-start")
+        cfg = options.from_arguments(DemoConfig, args, overrides=tuple(args.overrides), warm_start=warm_start)
         problem = _folder_option(cfg.work_dir, "--work-dir")
         if problem:
             raise ValueError(problem)
@@ -231,7 +230,8 @@ def check_demo_overrides(cfg: DemoConfig) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from verl_modality.data.converters import CONVERTERS, ConvertError, convert, layouts
+    from verl_modality.data.converters import CONVERTERS, convert, layouts
+    from verl_modality.data.converters.records import ConvertError
 
     if args.list:
         print(layouts())
@@ -270,8 +270,9 @@ def _cmd_acf(args: argparse.Namespace) -> int:
     from verl_modality.audio_contribution.voters import VoterError, load_voter_specs
 
     try:
-        config = options.from_arguments(ACFConfig, args)
-        report = run_acf(args.data, load_voter_specs(args.voters), args.out_dir, config)
+        with options.flags_named(ACFConfig, args):  # run_acf checks --min-votes against the voters
+            config = options.from_arguments(ACFConfig, args)
+            report = run_acf(args.data, load_voter_specs(args.voters), args.out_dir, config)
     except (OSError, ValueError, VoterError) as exc:
         print(f"acf: {exc}", file=sys.stderr)
         return 1

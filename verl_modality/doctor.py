@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata as md
 import os
 import platform
@@ -46,7 +47,7 @@ class Report:
             for item, state in self.integrations:
                 lines.append(f"    [{state}] {item.name}")
                 lines.append(
-                    f"        {item.kind} of {item.target}: {item.attribute}; when={item.when}; by {item.apply}"
+                    f"        {item.kind} of {item.target}: {item.attribute_text}; when={item.when}; by {item.apply}"
                 )
         lines.append("")
         if self.problems:
@@ -54,7 +55,8 @@ class Report:
             lines += [f"  - {p}" for p in self.problems]
         else:
             lines.append(
-                "OK: the plugin is loaded and every registration and patch is in place or waiting for its module"
+                "OK: the plugin is loaded and every registration and patch is verified in place, not applicable here or "
+                "waiting for its module"
             )
         return "\n".join(lines)
 
@@ -121,6 +123,12 @@ def _agent_loop_registered() -> bool:
     return AGENT_NAME in _agent_loop_registry
 
 
+def _group_enabled(group: str) -> bool:
+    from verl_modality.integrations import registry
+
+    return not any(registry.is_disabled(i) for i in registry.INTEGRATIONS if i.group == group)
+
+
 def registry_snapshot() -> dict[str, dict[str, bool]]:
     """What verl's registries hold of ours, in *this* process (imports verl, which loads the plugin)."""
     import verl  # noqa: F401  (runs verl's plugin discovery)
@@ -130,13 +138,19 @@ def registry_snapshot() -> dict[str, dict[str, bool]]:
 
     snap: dict[str, dict[str, bool]] = {}
     snap["plugin"] = {"verl_modality._register loaded by verl": "verl_modality._register" in sys.modules}
-    snap["platforms"] = {"cpu": PlatformRegistry.get(cpu.PLATFORM_NAME) is cpu.platform_class()}
-    snap["advantage estimators"] = {"mapo_stratified": _probe(_estimator_registered)}
-    snap["policy losses"] = {"mapo_relevance": _probe(_policy_loss_registered)}
-    snap["trainers"] = {"sync -> ModalityTrainerSync": _probe(_trainer_installed)}
-    snap["rollouts"] = {"hf (replica + async adapter)": _probe(_rollout_registered)}
-    snap["agent loops"] = {"modality_agent": _probe(_agent_loop_registered)}
-    snap["reward managers"] = {"modality": _probe(_reward_manager_registered)}
+    # a group switched off with VERL_MODALITY_DISABLE is left out (its probe would import the plugin's component)
+    probes = (
+        ("platforms", "platforms", "cpu", lambda: PlatformRegistry.get(cpu.PLATFORM_NAME) is cpu.platform_class()),
+        ("advantage estimators", "advantage_estimators", "mapo_stratified", _estimator_registered),
+        ("policy losses", "policy_losses", "mapo_relevance", _policy_loss_registered),
+        ("trainers", "trainers", "sync -> ModalityTrainerSync", _trainer_installed),
+        ("rollouts", "rollouts", "hf (replica + async adapter)", _rollout_registered),
+        ("agent loops", "rollouts", "modality_agent", _agent_loop_registered),
+        ("reward managers", "reward_managers", "modality", _reward_manager_registered),
+    )
+    for heading, group, name, check in probes:
+        if _group_enabled(group):
+            snap[heading] = {name: _probe(check)}
     if cpu.is_selected():
         from verl.workers.engine.base import EngineRegistry
 
@@ -155,10 +169,24 @@ def registry_snapshot() -> dict[str, dict[str, bool]]:
 
 
 def integration_states() -> list[tuple[Any, str]]:
-    """Every entry of the integration registry with its state here, importing each importable target first."""
+    """Every entry of the integration registry with its state here, importing each importable target first:
+    ``verified`` where it applied and every declared attribute holds the plugin's object, ``..., verl's own verified``
+    where it is disabled or not applicable and they hold verl's own, ``FAILED: ...`` where they do not."""
     from verl_modality.integrations import registry
 
-    return [(item, registry.status(item, import_target=True)) for item in registry.INTEGRATIONS]
+    states = [(item, registry.status(item, import_target=True)) for item in registry.INTEGRATIONS]
+    for item, _ in states:  # a disabled or not applicable entry is verified against verl's own, where it imports
+        for module_name in dict.fromkeys([item.target, *(m for m, _ in item.attributes)]):
+            _probe(lambda name=module_name: importlib.import_module(name))
+    out = []
+    for item, state in states:  # verified once every target is imported (one target can load another's module)
+        check = registry.verify(item)
+        if state == registry.APPLIED or check.startswith("FAILED"):
+            state = check
+        elif check == registry.VERIFIED:
+            state = f"{state}, verl's own verified"
+        out.append((item, state))
+    return out
 
 
 def family_states() -> list[tuple[Any, str]]:
@@ -175,7 +203,7 @@ def family_states() -> list[tuple[Any, str]]:
 
 
 def _state_ok(state: str) -> bool:
-    return state == "applied" or state.startswith(("waiting for", "not applicable", "disabled"))
+    return state == "verified" or state.startswith(("waiting for", "not applicable", "disabled"))
 
 
 def check() -> Report:

@@ -9,7 +9,9 @@ fail on it. Values come out as plain Python (numpy scalars become ``int`` / ``fl
 
 Command lines are built from the same dataclasses: :func:`add_arguments` adds one ``--flag`` per field (type,
 default, choices, help), :func:`from_arguments` builds the dataclass from the parsed flags, and :func:`parse_pairs`
-reads ``key=value`` items, so no default or choice is written twice.
+reads ``key=value`` items, so no default or choice is written twice. There a message names what the user typed
+(``--steps 0: expected ...``, ``--warm-start max_steps='abc': ...``, :func:`flags_named`), not the dataclass path;
+values read from a config file keep their full name.
 """
 
 from __future__ import annotations
@@ -18,14 +20,19 @@ import dataclasses
 import math
 import numbers
 import os
+import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 #: ``option(REQUIRED, ...)``: a field the caller must give (a required ``--flag`` on the command line).
 REQUIRED: Any = dataclasses.MISSING
+
+#: the section each dataclass last named its options under in :func:`validate` (``DemoConfig`` -> ``demo``)
+_SECTIONS: dict[type, str] = {}
 
 
 def option(
@@ -84,6 +91,7 @@ def refuse_unknown(cls: type, values: Mapping[str, Any], section: str) -> None:
 
 def validate(instance: Any, section: str) -> None:
     """Check every field of a (frozen) dataclass instance against its type and rules; store plain-Python values."""
+    _SECTIONS[type(instance)] = section
     hints = typing.get_type_hints(type(instance))
     for f in dataclasses.fields(instance):
         name = f"{section}.{f.name}"
@@ -189,6 +197,40 @@ def _cli_flag(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
+def _typed_flag(f: dataclasses.Field) -> str:
+    """The flag :func:`add_arguments` gives the field: ``--<name>``, or ``--no-<name>`` for a bool that is true."""
+    flag = _cli_flag(f)
+    return "--no-" + flag[2:] if f.default is True else flag
+
+
+def _renamed(message: str, names: Mapping[str, str]) -> str:
+    """``message`` with each full option name of ``names`` (``demo.steps``) replaced by its flag (``--steps``),
+    ``demo.steps=0`` read ``--steps 0``; no ``or null``, as a flag cannot be null (leaving it out is)."""
+    renamed = 0
+    for name, flag in names.items():
+        pattern = rf"(?<![\w.]){re.escape(name)}(?![\w\[]|\.\w)(=?)"
+        message, n = re.subn(pattern, lambda m, flag=flag: flag + (" " if m.group(1) else ""), message)
+        renamed += n
+    return message.removesuffix(" or null") if renamed else message
+
+
+@contextmanager
+def flags_named(cls: type, args: Any, skip: Iterable[str] = ()) -> Iterator[None]:
+    """Inside: a ``ValueError`` that names an option of the dataclass ``cls`` given by a flag of the argparse
+    namespace ``args`` (``demo.steps=0``) names the flag as typed instead (``--steps 0``), the rest of the message
+    and the error's type kept. Fields in ``skip`` (values not from a flag: a file, an override) keep their names."""
+    try:
+        yield
+    except ValueError as err:
+        section = _SECTIONS.get(cls)
+        if section is None or len(err.args) != 1 or not isinstance(err.args[0], str):
+            raise
+        skipped = set(skip)
+        fields = [f for f in dataclasses.fields(cls) if hasattr(args, f.name) and f.name not in skipped]
+        err.args = (_renamed(err.args[0], {f"{section}.{f.name}": _typed_flag(f) for f in fields}),)
+        raise
+
+
 def add_arguments(parser: Any, cls: type, skip: tuple[str, ...] = ()) -> None:
     """One ``--flag`` per field of the dataclass ``cls`` (``work_dir`` -> ``--work-dir``) on an argparse parser, its
     type, default, choices, help and metavar taken from the field, so a command line never restates them. A bool
@@ -203,11 +245,10 @@ def add_arguments(parser: Any, cls: type, skip: tuple[str, ...] = ()) -> None:
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         rules = f.metadata.get("rules", {})
         kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help")}
-        flag = _cli_flag(f)
+        flag = _typed_flag(f)
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if kind is bool:
             if f.default is True:
-                flag = "--no-" + flag[2:]
                 kwargs["help"] = f"turn off: {kwargs['help']}" if kwargs["help"] else None
             kwargs["action"] = "store_false" if f.default is True else "store_true"
         else:
@@ -227,9 +268,10 @@ def add_arguments(parser: Any, cls: type, skip: tuple[str, ...] = ()) -> None:
 
 def from_arguments(cls: type, args: Any, **overrides: Any) -> Any:
     """The dataclass ``cls`` from an argparse namespace filled by :func:`add_arguments` (fields it lacks keep their
-    defaults), ``overrides`` replacing values."""
+    defaults), ``overrides`` replacing values. A bad value from a flag is named by the flag (:func:`flags_named`)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-    return cls(**{**values, **overrides})
+    with flags_named(cls, args, skip=overrides):
+        return cls(**{**values, **overrides})
 
 
 def _from_text(raw: str, kind: Any) -> Any:
@@ -253,15 +295,23 @@ def _from_text(raw: str, kind: Any) -> Any:
     return raw
 
 
-def parse_pairs(cls: type, items: Any, section: str) -> Any:
-    """``["key=value", ...]`` into the dataclass ``cls``: each value read as its field's type (``600``, ``1e-3``,
-    ``true``, ``null``, a comma-separated list), then checked like any loaded option."""
+def parse_pairs(cls: type, items: Any, section: str, flag: str | None = None) -> Any:
+    """``["key=value", ...]`` into the dataclass ``cls`` (whose options are named ``section``): each value read as its
+    field's type (``600``, ``1e-3``, ``true``, ``null``, a comma-separated list), then checked like any loaded option.
+    With ``flag``, the command line's (``--warm-start``), messages name the items as typed: ``--warm-start
+    max_steps='abc': ...`` for ``warm_start.max_steps='abc': ...``."""
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = str(item).partition("=")
-        if not sep:
-            raise ValueError(f"{section} {item!r}: expected key=value")
-        refuse_unknown(cls, {key: None}, section)
-        values[key] = _from_text(raw, hints[key])
-    return load(cls, values, section)
+    try:
+        for item in items:
+            key, sep, raw = str(item).partition("=")
+            if not sep:
+                raise ValueError(f"{section} {item!r}: expected key=value")
+            refuse_unknown(cls, {key: None}, section)
+            values[key] = _from_text(raw, hints[key])
+        return load(cls, values, section)
+    except ValueError as err:
+        if flag is None or len(err.args) != 1 or not isinstance(err.args[0], str):
+            raise
+        err.args = (re.sub(rf"(?<![\w.]){re.escape(section)}(?:\.| )", f"{flag} ", err.args[0]),)
+        raise

@@ -1,6 +1,9 @@
-"""The project's vocabulary: streams, required-modality tags, levels, strata, option letters, ablations (docs/method.md §1).
+"""The project's vocabulary: streams, required-modality tags, levels, strata, option letters, ablations.
 
-The bottom of the import graph: plain Python, imported by every layer (``verl_modality.TAGS`` is this module's).
+The readings behind them are in docs/method.md §1.
+
+The bottom of the import graph: plain Python, imported by every layer, and the one home of these names (no other
+module re-exports them).
 """
 
 from __future__ import annotations

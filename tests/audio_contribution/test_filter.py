@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from verl_modality import vocabulary
 from verl_modality.audio_contribution.filter import ACFConfig, format_report, run_acf, score_response
 from verl_modality.audio_contribution.voters import VoterSpec, load_voter_specs, openai_messages
-from verl_modality.data import schema
+from verl_modality.data import schema, validate
 
 N = 7
 # voter -> row indices it answers correctly under silence. Votes per row: 3, 2, 2, 1, 2, 1, 0.
@@ -34,8 +35,8 @@ def demo(tmp_path_factory) -> Path:
 
 def _reply(row: dict, right: bool) -> str:
     n = len(row[schema.CHOICES])
-    idx = schema.LETTERS.index(row[schema.ANSWER])
-    return f"I think it is [{schema.LETTERS[idx if right else (idx + 1) % n]}]"
+    idx = vocabulary.LETTERS.index(row[schema.ANSWER])
+    return f"I think it is [{vocabulary.LETTERS[idx if right else (idx + 1) % n]}]"
 
 
 def _index(row: dict) -> int:
@@ -74,7 +75,7 @@ def test_vote_two_of_three_splits_and_report(demo, tmp_path):
     weak, strong = schema.read_rows(out / "weak.parquet"), schema.read_rows(out / "strong.parquet")
     assert sorted(_index(r) for r in weak) == [0, 1, 2, 4]
     assert sorted(_index(r) for r in strong) == [3, 5, 6]
-    assert schema.validate_file(out / "weak.parquet") == 4 and schema.validate_file(out / "strong.parquet") == 3
+    assert validate.validate_file(out / "weak.parquet") == 4 and validate.validate_file(out / "strong.parquet") == 3
     by_id = {r[schema.ID]: r for r in weak + strong}
     assert sorted(by_id) == sorted(r[schema.ID] for r in schema.read_rows(demo))  # every row exactly once
     info = by_id["demo-train-0003"][schema.EXTRA_INFO]
@@ -234,13 +235,13 @@ def test_voters_file_and_cli(demo, tmp_path, monkeypatch, capsys):
         )
         == 1
     )
-    assert "min_votes=3 is more than the 2 voter" in capsys.readouterr().err
+    assert "acf: --min-votes 3 is more than the 2 voter" in capsys.readouterr().err  # the flag as typed
 
 
 def test_scoring_follows_the_task_reward(demo):
     row = schema.read_rows(demo)[0]
     letter = row[schema.ANSWER]
-    text = row[schema.CHOICES][schema.LETTERS.index(letter)]
+    text = row[schema.CHOICES][vocabulary.LETTERS.index(letter)]
     assert score_response(row, f"<answer>{letter}</answer>") and score_response(row, f"so [{letter}]")
     assert not score_response(row, "no idea")
     mmau = {**row, schema.DATA_SOURCE: "mmau/test-mini"}

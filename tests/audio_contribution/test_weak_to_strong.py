@@ -11,8 +11,9 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from verl_modality import vocabulary
 from verl_modality.audio_contribution.weak_to_strong import W2SConfig, build_w2s
-from verl_modality.data import schema
+from verl_modality.data import schema, validate
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "recipes" / "audio_contribution"
@@ -70,7 +71,7 @@ def test_weak_to_strong_files(split, tmp_path):
     # reply the prompt asks for, 0.5 for a well-formed wrong one, 2.0 for a right one in brackets
     from verl_modality.rewards.choice import compute_score
 
-    assert schema.validate_file(tmp_path / "rl.parquet") == 3
+    assert validate.validate_file(tmp_path / "rl.parquet") == 3
     kwargs = yaml.safe_load((RECIPES / "grpo_strong_qwen2_5_omni_3b.yaml").read_text())["reward"][
         "custom_reward_function"
     ]["reward_kwargs"]
@@ -110,7 +111,7 @@ def test_sft_options_and_errors(split, tmp_path):
     by_id = {r[schema.ID]: r for r in rows}
     for rec in table.to_pylist():
         src = by_id[rec["id"]]
-        text = src[schema.CHOICES][schema.LETTERS.index(src[schema.ANSWER])]
+        text = src[schema.CHOICES][vocabulary.LETTERS.index(src[schema.ANSWER])]
         assert rec["messages"][0] == {"role": "system", "content": "Be brief."}
         assert "<audio>" not in rec["messages"][1]["content"]
         assert rec["messages"][2]["content"].endswith(f"<answer>{text}</answer>")

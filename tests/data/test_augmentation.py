@@ -9,13 +9,14 @@ from dataclasses import replace
 
 import pytest
 
+from verl_modality import vocabulary
 from verl_modality.data import augmentation as aug
-from verl_modality.data import schema
+from verl_modality.data import schema, validate
 from verl_modality.data.augmentation import AugmentationError, AugmentConfig, augment_rows, augment_sample
 from verl_modality.data.none_answers import NONE_ANSWERS
 from verl_modality.data.prompts import PromptConfig
-from verl_modality.data.schema import LETTERS, Sample
-from verl_modality.vocabulary import TAGS
+from verl_modality.data.schema import Sample
+from verl_modality.vocabulary import LETTERS, TAGS
 
 NONE = set(NONE_ANSWERS)
 
@@ -74,7 +75,7 @@ def test_stream_sets():
 
 def test_strata_answers_and_ids(sources, augmented):
     by_id = {s.id: s for s in sources}
-    assert schema.validate_rows(augmented, check_media=False) == len(augmented)
+    assert validate.validate_rows(augmented, check_media=False) == len(augmented)
     ids = [r["id"] for r in augmented]
     assert len(set(ids)) == len(ids)
     assert [r["extra_info"]["index"] for r in augmented] == list(range(len(augmented)))
@@ -83,7 +84,7 @@ def test_strata_answers_and_ids(sources, augmented):
         info = row["extra_info"]
         src = by_id[info["source_id"]]
         assert row["id"] == f"{src.id}/{row['available'] or 'none'}"
-        assert info["stratum"] == row["stratum"] == schema.stratum_of(src.modality_tag, row["available"])
+        assert info["stratum"] == row["stratum"] == vocabulary.stratum_of(src.modality_tag, row["available"])
         assert row["modality_tag"] == src.modality_tag and row["answer"] == src.answer
         assert row["origin"] == src.extra["origin"]  # extra columns pass through
         k = LETTERS.index(row["answer"])
@@ -143,7 +144,7 @@ def test_replace_correct(sources):
 
 def test_one_combination(sources):
     rows = augment_rows([s.to_row() for s in sources[:70]], AugmentConfig(seed=2, combinations="one"))
-    schema.validate_rows(rows, check_media=False)
+    validate.validate_rows(rows, check_media=False)
     per_source: dict[str, list[str]] = {}
     for row in rows:
         per_source.setdefault(row["extra_info"]["source_id"], []).append(row["stratum"])
@@ -184,7 +185,7 @@ def test_file_roundtrip_demo(demo_data, tmp_path, capsys):
     assert "superset" in printed and "none-answer substitutions" in printed and "VAS" in printed
     assert main(["augment-qa", str(directory / "test.parquet"), str(out2), "--seed", "5"]) == 0
     assert out1.read_bytes() == out2.read_bytes()
-    n = schema.validate_file(out1)  # media checked: the relative paths were rewritten for the new directory
+    n = validate.validate_file(out1)  # media checked: the relative paths were rewritten for the new directory
     summary = aug.summarize(schema.read_rows(out1))
     assert summary["rows"] == n and summary["sources"] == 28
     assert summary["substitutions"]["deficit"]["correct"] == summary["by_stratum"]["deficit"]
@@ -228,7 +229,7 @@ def test_errors(sources):
 def test_prompt_config(sources):
     cfg = AugmentConfig(prompt=PromptConfig(style="answer_tag", qa_template="described"))
     rows = augment_rows([s.to_row() for s in sources[:14]], cfg)
-    schema.validate_rows(rows, check_media=False)
+    validate.validate_rows(rows, check_media=False)
     for row in rows:
         text = row["prompt"][-1]["content"]
         assert "<answer>B</answer>" in text and "Sources available to you:" in text

@@ -1,4 +1,4 @@
-"""The one-tag-per-batch curriculum sampler (docs/method.md §2 item 5): batches, orders, padding, refills and exact resume."""
+"""The one-tag-per-batch curriculum sampler (docs/method.md §2.5): batches, orders, padding, refills, exact resume."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from verl_modality.data.curriculum import ALL, CurriculumConfig, TagCurriculum
-from verl_modality.data.schema import level
-from verl_modality.vocabulary import TAGS
+from verl_modality.vocabulary import TAGS, level
 
 # 10 samples per uni tag, 6 per bi tag, 3 VAS: uneven on purpose (batch 4 leaves partial batches)
 SIZES = {"V": 10, "A": 10, "S": 10, "VA": 6, "VS": 6, "AS": 6, "VAS": 3}

@@ -7,6 +7,7 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
+from verl_modality import vocabulary
 from verl_modality.data import schema
 from verl_modality.data.demo_sft import answer_text, sft_record, write_sft_file
 from verl_modality.data.modality_view import ModalityView
@@ -47,7 +48,7 @@ def test_sft_record_follows_the_view_and_answers_with_the_option_text(balanced):
     row = next(r for r in rows if r["modality_tag"] == "VA")
     exact = sft_record(row, ModalityView(policy="exact"))
     full = sft_record(row, ModalityView(policy="full"))
-    gold = row["choices"][schema.LETTERS.index(row["answer"])]
+    gold = row["choices"][vocabulary.LETTERS.index(row["answer"])]
     for rec in (exact, full):
         assert rec["messages"][-1] == {"role": "assistant", "content": f"[{gold}]"}
         assert rec["messages"][0]["role"] == "user" and rec["answer"] == row["answer"]

@@ -8,9 +8,9 @@ import itertools
 import pytest
 from omegaconf import OmegaConf
 
-from verl_modality.data import schema
+from verl_modality import protocol, vocabulary
+from verl_modality.data import prompts, schema
 from verl_modality.data.modality_view import (
-    BLANK_KEY,
     ModalityView,
     apply_view,
     choose_streams,
@@ -57,10 +57,10 @@ def test_superset_and_deficit_respect_the_stratum_definition(tag):
         if tag == "VAS":
             assert (shown, honoured) == ("VAS", False)  # nothing to add: shown exactly, reported as a fallback
         else:
-            assert honoured and schema.stratum_of(tag, shown) == "superset"
+            assert honoured and vocabulary.stratum_of(tag, shown) == "superset"
         seen_super.add(shown)
         shown, honoured = choose_streams(tag, "VAS", tag, "deficit", seed=1, sample_id=f"s{i}")
-        assert honoured and schema.stratum_of(tag, shown) == "deficit"
+        assert honoured and vocabulary.stratum_of(tag, shown) == "deficit"
         seen_deficit.add(shown)
     # every admissible set is reachable: supersets of the tag / sets missing a required stream
     subsets = {"".join(c) for k in range(4) for c in itertools.combinations("VAS", k)}
@@ -104,15 +104,15 @@ def test_blank_keeps_every_slot_and_marks_the_hidden_items(rows):
     full = apply_view(row, ModalityView(policy="full"))
     blank = apply_view(row, ModalityView(policy="exact", ablation="blank"))
     assert schema.count_placeholders(blank[schema.PROMPT]) == schema.count_placeholders(full[schema.PROMPT])
-    assert [bool(item.get(BLANK_KEY)) for item in blank[schema.VIDEOS]] == [False]
-    assert [bool(item.get(BLANK_KEY)) for item in blank[schema.AUDIOS]] == [True]
+    assert [bool(item.get(protocol.MEDIA_BLANK)) for item in blank[schema.VIDEOS]] == [False]
+    assert [bool(item.get(protocol.MEDIA_BLANK)) for item in blank[schema.AUDIOS]] == [True]
     assert blank[schema.SUBTITLE] in blank[schema.PROMPT][0]["content"]  # S is shown
     assert (blank[schema.AVAILABLE], blank[schema.STRATUM]) == ("VS", "exact")
 
     hidden_s = apply_view(row, ModalityView(policy="VA", ablation="blank"))
     text = hidden_s[schema.PROMPT][0]["content"]
     assert row[schema.SUBTITLE] not in text and 'Subtitles: ""' in text and "\x00" not in text
-    assert not any(item.get(BLANK_KEY) for item in hidden_s[schema.AUDIOS] + hidden_s[schema.VIDEOS])
+    assert not any(item.get(protocol.MEDIA_BLANK) for item in hidden_s[schema.AUDIOS] + hidden_s[schema.VIDEOS])
 
 
 def test_by_source_overrides_the_default(rows):
@@ -197,14 +197,14 @@ def test_a_prompt_re_rendered_under_exact_uses_the_configured_template(rows):
 def test_without_a_prompt_option_the_schemas_prompt_is_unchanged(rows):
     row = _prepared(rows, "A", "VA", None)
     out = apply_view(row, ModalityView(policy="exact"))
-    expected = schema.build_prompt(row[schema.QUESTION], list(row[schema.CHOICES]), 0, 1, None)
+    expected = prompts.build_prompt(row[schema.QUESTION], list(row[schema.CHOICES]), 0, 1, None)
     assert out[schema.PROMPT] == expected
     assert out[schema.PROMPT][0]["content"].startswith("Audio: <audio>\n\nQuestion: ")
     assert apply_view(row, ModalityView(policy="exact", prompt={})) == out  # every default: the same text
     caption = dict(row, **{schema.TASK: "caption"})  # captions keep their stored instruction, config or not
     assert apply_view(caption, ModalityView(policy="exact", prompt=PROMPT))[
         schema.PROMPT
-    ] == schema.build_caption_prompt(row[schema.QUESTION], 0, 1, None)
+    ] == prompts.build_caption_prompt(row[schema.QUESTION], 0, 1, None)
 
 
 def test_the_prompt_option_is_read_by_the_option_loader(tmp_path):

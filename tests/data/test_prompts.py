@@ -15,8 +15,8 @@ STREAM_SETS = ["", "V", "A", "S", "VA", "VS", "AS", "VAS"]
 STREAM_WORDS = {"V": "video", "A": "audio", "S": "subtitle"}
 
 
-def old_build_prompt(question, choices, n_videos=0, n_audios=0, subtitle=None, instruction=schema.ANSWER_INSTRUCTION):
-    """The formula schema.build_prompt used before it delegated to prompts (copied by hand)."""
+def old_build_prompt(question, choices, n_videos=0, n_audios=0, subtitle=None, instruction=prompts.ANSWER_INSTRUCTION):
+    """The formula prompts.build_prompt used before it delegated to prompts (copied by hand)."""
     parts = []
     if n_videos:
         parts.append("Video: " + " ".join(["<video>"] * n_videos))
@@ -40,8 +40,8 @@ def test_default_equals_old_build_prompt(streams, n):
     nv, na, sub = _args(streams, n)
     old = old_build_prompt("Which colour is shown?", CHOICES, nv, na, sub)
     assert render_messages("Which colour is shown?", CHOICES, nv, na, sub) == old
-    assert schema.build_prompt("Which colour is shown?", CHOICES, nv, na, sub) == old
-    assert schema.build_prompt("Q?", CHOICES, nv, na, sub, instruction="Say [A].") == old_build_prompt(
+    assert prompts.build_prompt("Which colour is shown?", CHOICES, nv, na, sub) == old
+    assert prompts.build_prompt("Q?", CHOICES, nv, na, sub, instruction="Say [A].") == old_build_prompt(
         "Q?", CHOICES, nv, na, sub, instruction="Say [A]."
     )
     assert render_messages("Q?", CHOICES, nv, na, "") == old_build_prompt("Q?", CHOICES, nv, na, "")
@@ -107,7 +107,7 @@ def test_custom_templates():
     cfg = PromptConfig(qa_template="{options}\n\n{media}\n\n{{literal}} {question}")
     text = render_user_text("Q?", CHOICES, 0, 1, None, config=cfg)
     assert text.startswith("A. red") and "Audio: <audio>\n\n{literal} Q?" in text
-    assert text.endswith(schema.ANSWER_INSTRUCTION)  # the style's instruction is appended
+    assert text.endswith(prompts.ANSWER_INSTRUCTION)  # the style's instruction is appended
     assert render_user_text("Q?", CHOICES, 0, 0, None, instruction="Just the letter.").endswith("Just the letter.")
 
 

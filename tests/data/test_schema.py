@@ -7,8 +7,10 @@ import copy
 import numpy as np
 import pytest
 
-from verl_modality.data import media, schema
-from verl_modality.data.schema import Sample, SchemaError
+from verl_modality import vocabulary
+from verl_modality.data import media, schema, validate
+from verl_modality.data.schema import Sample
+from verl_modality.data.validate import SchemaError
 from verl_modality.vocabulary import TAGS
 
 # --------------------------------------------------------------------------------------------------------- tags
@@ -19,25 +21,25 @@ from verl_modality.vocabulary import TAGS
     [("AV", "VA"), ("vas", "VAS"), ({"S", "V"}, "VS"), (["A"], "A"), ("SAV", "VAS"), ("VVA", "VA")],
 )
 def test_canonical_tag_normalises(value, expected):
-    assert schema.canonical_tag(value) == expected
+    assert vocabulary.canonical_tag(value) == expected
 
 
 @pytest.mark.parametrize("value", ["VX", "I", "V A", ["V", "T"]])
 def test_canonical_tag_rejects_unknown_streams_naming_the_value(value):
     with pytest.raises(ValueError) as info:
-        schema.canonical_tag(value)
+        vocabulary.canonical_tag(value)
     assert repr(value) in str(info.value)
 
 
 def test_canonical_tag_empty():
     with pytest.raises(ValueError, match="empty"):
-        schema.canonical_tag("")
-    assert schema.canonical_tag("", allow_empty=True) == ""
+        vocabulary.canonical_tag("")
+    assert vocabulary.canonical_tag("", allow_empty=True) == ""
 
 
 def test_every_tag_is_canonical_and_levels():
-    assert [schema.canonical_tag(t) for t in TAGS] == list(TAGS)
-    assert [schema.level(t) for t in TAGS] == ["uni"] * 3 + ["bi"] * 3 + ["tri"]
+    assert [vocabulary.canonical_tag(t) for t in TAGS] == list(TAGS)
+    assert [vocabulary.level(t) for t in TAGS] == ["uni"] * 3 + ["bi"] * 3 + ["tri"]
 
 
 @pytest.mark.parametrize(
@@ -46,7 +48,7 @@ def test_every_tag_is_canonical_and_levels():
      ("VA", "V", "deficit"), ("S", "", "deficit"), ("VS", "VA", "deficit"), ("VAS", "VA", "deficit")],
 )  # fmt: skip
 def test_stratum_of(tag, available, stratum):
-    assert schema.stratum_of(tag, available) == stratum
+    assert vocabulary.stratum_of(tag, available) == stratum
 
 
 # --------------------------------------------------------------------------------------------------------- Sample
@@ -138,9 +140,9 @@ def good_row():
 
 
 def test_good_row_passes(root, good_row):
-    schema.validate_row(good_row, 0, root=root)
-    schema.validate_row(_sample().with_available("VAS").to_row(), 0, root=root)
-    schema.validate_row(_sample().with_available("").to_row(), 0, root=root)
+    validate.validate_row(good_row, 0, root=root)
+    validate.validate_row(_sample().with_available("VAS").to_row(), 0, root=root)
+    validate.validate_row(_sample().with_available("").to_row(), 0, root=root)
 
 
 def test_row_from_pandas_passes(root, good_row, tmp_path):
@@ -149,7 +151,7 @@ def test_row_from_pandas_passes(root, good_row, tmp_path):
     path = schema.write_rows([good_row], tmp_path / "p.parquet")
     row = pd.read_parquet(path).iloc[0].to_dict()  # lists come back as numpy arrays
     assert isinstance(row["choices"], np.ndarray)
-    schema.validate_row(row, 0, root=root)
+    validate.validate_row(row, 0, root=root)
 
 
 def _set(path, value):
@@ -215,7 +217,7 @@ def test_bad_row_names_row_id_and_field(root, good_row, case):
     row = copy.deepcopy(good_row)
     mutate(row, root)
     with pytest.raises(SchemaError) as info:
-        schema.validate_row(row, 7, root=root, source="set/x.parquet")
+        validate.validate_row(row, 7, root=root, source="set/x.parquet")
     issues = [i for i in info.value.issues if i.field == field]
     assert issues, f"no issue on field {field!r}: {info.value}"
     assert any(text in str(i) for i in issues), str(info.value)
@@ -226,9 +228,9 @@ def test_bad_row_names_row_id_and_field(root, good_row, case):
 def test_media_checks_can_be_skipped(root, good_row):
     row = copy.deepcopy(good_row)
     _corrupt_audio(row, root)
-    schema.validate_row(row, 0, root=root, check_media=False)
+    validate.validate_row(row, 0, root=root, check_media=False)
     with pytest.raises(SchemaError, match="bad.wav"):
-        schema.validate_row(row, 0, root=root)
+        validate.validate_row(row, 0, root=root)
 
 
 def test_validate_file_message_format_and_count(root):
@@ -238,7 +240,7 @@ def test_validate_file_message_format_and_count(root):
     rows[4]["reward_model"]["ground_truth"] = "F"
     path = schema.write_rows(rows, root / "train.parquet")
     with pytest.raises(SchemaError) as info:
-        schema.validate_file(path)
+        validate.validate_file(path)
     message = str(info.value)
     first = f"{path} row 3 (id demo-train-0003): field 'modality_tag': 'VX' is not one of V, A, S, VA, VS, AS, VAS"
     assert message.splitlines()[0] == first
@@ -250,21 +252,21 @@ def test_validate_file_message_format_and_count(root):
 def test_validate_file_resolves_paths_against_its_directory_or_root(root, tmp_path_factory):
     rows = [_sample(id=f"r{i}").to_row() for i in range(2)]
     path = schema.write_rows(rows, root / "data.parquet")
-    assert schema.validate_file(path) == 2
+    assert validate.validate_file(path) == 2
     elsewhere = schema.write_rows(rows, tmp_path_factory.mktemp("other") / "data.parquet")
     with pytest.raises(SchemaError, match="not found"):
-        schema.validate_file(elsewhere)
-    assert schema.validate_file(elsewhere, root=root) == 2
+        validate.validate_file(elsewhere)
+    assert validate.validate_file(elsewhere, root=root) == 2
     absolute = [_sample(id="abs", videos=[str(root / "media/clip.mp4")], audios=[str(root / "media/clip.wav")])]
-    assert schema.validate_file(schema.write_rows([r.to_row() for r in absolute], elsewhere)) == 1
+    assert validate.validate_file(schema.write_rows([r.to_row() for r in absolute], elsewhere)) == 1
 
 
 def test_validate_file_duplicate_ids_and_unreadable_file(root, tmp_path):
     rows = [_sample().to_row(), _sample().to_row()]
     path = schema.write_rows(rows, root / "dup.parquet")
     with pytest.raises(SchemaError, match=r"row 1 \(id s-0\): field 'id': duplicate id, first used by row 0"):
-        schema.validate_file(path, check_media=False)
+        validate.validate_file(path, check_media=False)
     junk = tmp_path / "junk.parquet"
     junk.write_bytes(b"not parquet")
     with pytest.raises(SchemaError, match="junk.parquet: cannot read parquet"):
-        schema.validate_file(junk)
+        validate.validate_file(junk)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from verl_modality.data import media, schema, synthetic
+from verl_modality import vocabulary
+from verl_modality.data import media, schema, synthetic, validate
 from verl_modality.data.synthetic import ANIMALS, COLOURS, PITCHES, fact_text, make_demo_data
 from verl_modality.vocabulary import TAGS
 
@@ -47,8 +48,8 @@ def test_demo_rows_are_exact_with_all_media(demo_data):
 
 def test_validate_file_passes(demo_data):
     out, _ = demo_data
-    assert schema.validate_file(out / "train.parquet") == 56
-    assert schema.validate_file(out / "test.parquet") == 28
+    assert validate.validate_file(out / "train.parquet") == 56
+    assert validate.validate_file(out / "test.parquet") == 28
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
@@ -68,7 +69,7 @@ def test_rerun_with_fewer_records_removes_stale_media(tmp_path):
     summary = make_demo_data(tmp_path, seed=0, n_train=7, n_test=0, progress=False, overwrite=True)
     assert len(list((tmp_path / "media" / "train").iterdir())) == 14
     assert not list((tmp_path / "media" / "test").iterdir()) and not (tmp_path / "test.parquet").exists()
-    assert set(summary["splits"]) == {"train"} and schema.validate_file(tmp_path / "train.parquet") == 7
+    assert set(summary["splits"]) == {"train"} and validate.validate_file(tmp_path / "train.parquet") == 7
 
 
 def test_a_folder_holding_parquet_files_is_refused_before_anything_is_written(tmp_path):
@@ -126,7 +127,7 @@ def test_exactly_the_answer_matches_the_media(demo_data, decode, split):
         facts = _recover_facts(row, out, decode)
         tag = row["modality_tag"]
         matches = _consistent(row["choices"], facts, tag, tag)
-        assert [schema.letter(i) for i in matches] == [row["answer"]], (row["id"], row["choices"], facts)
+        assert [vocabulary.letter(i) for i in matches] == [row["answer"]], (row["id"], row["choices"], facts)
 
 
 def test_every_tagged_stream_is_needed(demo_data, decode):
@@ -156,7 +157,7 @@ def test_caption_rows_describe_their_media(tmp_path, decode):
     out = tmp_path / "cap"
     summary = make_demo_data(out, seed=3, n_train=9, n_test=0, caption_every=3, progress=False)
     assert summary["splits"]["train"]["captions"] == 3
-    assert schema.validate_file(out / "train.parquet") == 9
+    assert validate.validate_file(out / "train.parquet") == 9
     rows = schema.read_rows(out / "train.parquet")
     for i, row in enumerate(rows):
         assert row["task"] == ("caption" if i % 3 == 2 else "qa"), i

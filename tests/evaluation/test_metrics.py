@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from verl_modality.data.schema import stratum_of
 from verl_modality.evaluation import metrics as M
 from verl_modality.evaluation.results import ResultRecord, ResultsError, parse_record
+from verl_modality.vocabulary import stratum_of
 
 
 def rec(

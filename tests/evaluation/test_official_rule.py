@@ -14,8 +14,8 @@ import re
 import pytest
 from helpers import MMAU_FIXTURE
 
-from verl_modality.evaluation.runner import score_qa
 from verl_modality.evaluation.scorers import get_benchmark, score_record
+from verl_modality.evaluation.scoring import score_qa
 from verl_modality.rewards.choice import compute_score, extract_choice
 from verl_modality.vocabulary import LETTERS
 

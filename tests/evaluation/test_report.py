@@ -7,15 +7,15 @@ import re
 import pytest
 
 from verl_modality.cli import main
-from verl_modality.data.schema import stratum_of
+from verl_modality.evaluation.published import read_published_table
 from verl_modality.evaluation.report import (
     SCHEMA_VERSION,
     ReportOptions,
     build_report,
     format_report,
-    read_published_table,
 )
 from verl_modality.evaluation.results import ResultsError, read_results
+from verl_modality.vocabulary import stratum_of
 
 TOP_KEYS = {
     "schema_version", "results", "records", "options", "policies", "benchmarks", "tasks", "published", "plots",

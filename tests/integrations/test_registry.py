@@ -14,16 +14,21 @@ def test_every_entry_names_an_importable_function_and_a_unique_name():
     assert len({(i.target, i.apply) for i in INTEGRATIONS}) == len(INTEGRATIONS)
     for item in INTEGRATIONS:
         assert callable(registry.resolve(item)), item.apply
-        assert item.why and item.attribute
+        assert item.why and item.attributes
 
 
 def test_bad_entries_are_refused():
+    attrs = (("m", "a"),)
     with pytest.raises(ValueError, match="bad when"):
-        Integration("x", "patches", "patch", "m", "a", "mod:fn", "sometimes", "why")
+        Integration("x", "patches", "patch", "m", attrs, "mod:fn", "sometimes", "why")
     with pytest.raises(ValueError, match="bad when"):
-        Integration("x", "patches", "patch", "m", "a", "mod.fn", "always", "why")
+        Integration("x", "patches", "patch", "m", attrs, "mod.fn", "always", "why")
     with pytest.raises(ValueError, match="no comma"):  # VERL_MODALITY_DISABLE could not name it
-        Integration("x, y", "patches", "patch", "m", "a", "mod:fn", "always", "why")
+        Integration("x, y", "patches", "patch", "m", attrs, "mod:fn", "always", "why")
+    with pytest.raises(ValueError, match="attributes must be"):  # free text is not an attribute path
+        Integration("x", "patches", "patch", "m", (("m", "its logger (a filter)"),), "mod:fn", "always", "why")
+    with pytest.raises(ValueError, match="replaces"):
+        Integration("x", "patches", "patch", "m", attrs, "mod:fn", "always", "why", replaces="m:a")
 
 
 @pytest.fixture
@@ -33,13 +38,13 @@ def fake(tmp_path, monkeypatch):
     target, patches = f"vm_target_{key}", f"vm_patches_{key}"
     (tmp_path / f"{target}.py").write_text("def f():\n    return 'original'\n")
     (tmp_path / f"{patches}.py").write_text(
+        "from verl_modality.integrations.patching import wrap\n"
         "calls = []\n"
+        "def patched(original):\n"
+        "    return lambda: 'patched ' + original()\n"
         "def apply(module):\n"
         "    calls.append(module.__name__)\n"
-        "    if not getattr(module.f, 'patched', False):\n"
-        "        original = module.f\n"
-        "        module.f = lambda: 'patched ' + original()\n"
-        "        module.f.patched = True\n"
+        "    wrap(module, 'f', patched)\n"
         "def broken(module):\n"
         "    raise RuntimeError('no such attribute in this verl')\n"
     )
@@ -50,7 +55,9 @@ def fake(tmp_path, monkeypatch):
 
 
 def _entry(target, patches, fn="apply", when="always"):
-    return Integration(f"test {target} {fn} {when}", "patches", "patch", target, "f", f"{patches}:{fn}", when, "test")
+    return Integration(
+        f"test {target} {fn} {when}", "patches", "patch", target, ((target, "f"),), f"{patches}:{fn}", when, "test"
+    )
 
 
 def test_applied_once_when_its_target_is_imported(fake):
@@ -72,7 +79,7 @@ def test_target_already_imported_is_patched_at_once_and_the_doctor_imports_waiti
     first, second = (
         _entry(target, patches),
         _entry(target, patches, when="always").__class__(
-            f"second {target}", "patches", "patch", target, "f", f"{patches}:apply", "always", "test"
+            f"second {target}", "patches", "patch", target, ((target, "f"),), f"{patches}:apply", "always", "test"
         ),
     )
     registry.install((first,))

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from verl_modality.algorithms.attention_loss import attention_loss, reduce_heads_layers
+from verl_modality.algorithms.attention_loss import attention_loss
+from verl_modality.algorithms.audio_mass import reduce_heads_layers
 from verl_modality.models.attention_capture import AudioAttentionCapture, audio_key_mask_from_ids, response_audio_mass
 from verl_modality.models.omni import load_omni_processor, load_thinker, placeholder_token_ids
 from verl_modality.models.omni_inputs import build_actor_batch, encode_prompt

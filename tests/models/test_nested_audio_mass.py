@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import torch
 
-from verl_modality.algorithms.attention_loss import naive_audio_attention_mass
+from verl_modality.algorithms.audio_mass import naive_audio_attention_mass
 from verl_modality.models.attention_capture import nested_response_audio_mass, usable_layers
 
 AUDIO = 99

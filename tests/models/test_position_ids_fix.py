@@ -24,7 +24,7 @@ def _batch(lengths):
 def test_original_fix_breaks_equal_length_batches():
     td, _ = _batch([6, 6, 6, 6])
     assert td["position_ids"]._ragged_idx == 1  # torch picked the 4 as the ragged dimension
-    tu.maybe_fix_3d_position_ids.__wrapped_original__(td)
+    tu.maybe_fix_3d_position_ids.__wrapped__(td)
     with pytest.raises(RuntimeError):  # torch: split_with_sizes / "Expected cond to be True"
         tu.index_select_tensor_dict(td, torch.tensor([0, 2]))
 

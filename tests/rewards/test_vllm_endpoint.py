@@ -26,7 +26,7 @@ GRADES = '{"missing": 0.4, "errors": 0.2, "fusion": 1}'
 def server(tmp_path_factory, tiny_model_dir):
     from vllm_server import VLLMServer
 
-    from verl_modality.evaluation.runner import vllm_available
+    from verl_modality.evaluation.backends import vllm_available
 
     if not vllm_available():
         pytest.skip("vLLM is not installed (or cannot run here)")
@@ -224,7 +224,7 @@ def test_a_server_that_does_not_come_up_in_time_is_stopped(tmp_path, tiny_model_
 
     from vllm_server import VLLMServer
 
-    from verl_modality.evaluation.runner import vllm_available
+    from verl_modality.evaluation.backends import vllm_available
 
     if not vllm_available():
         pytest.skip("vLLM is not installed (or cannot run here)")

@@ -13,7 +13,7 @@ from uuid import uuid4
 import numpy as np
 import pytest
 
-from verl_modality.data import schema
+from verl_modality.data import prompts, schema
 from verl_modality.rewards.contrastive import ContrastiveConfig, deficit_streams
 from verl_modality.rollout import deficit_agent_loop as dal
 
@@ -62,7 +62,7 @@ def data(tmp_path_factory, processor):
         captions.append(
             schema.Sample.create(
                 id=f"{s.id}-cap",
-                question=schema.CAPTION_INSTRUCTION,
+                question=prompts.CAPTION_INSTRUCTION,
                 choices=[],
                 answer="A coloured clip with beeps and a line about an animal.",
                 modality_tag=s.modality_tag,

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from verl_modality import vocabulary
 from verl_modality.data import schema
 from verl_modality.data.synthetic import make_demo_data
 from verl_modality.trainer.demo import (
@@ -61,7 +62,7 @@ def test_command_line_is_built_from_the_options(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--rollout", "sglang"])
     assert main(["demo", "--steps", "-1", "--work-dir", str(tmp_path / "w")]) == 2
-    assert "demo.steps=-1: expected an integer >= 1" in capsys.readouterr().err
+    assert "demo: --steps -1: expected an integer >= 1" in capsys.readouterr().err  # the flag as typed
     assert not (tmp_path / "w").exists()  # refused before any work
 
 
@@ -69,10 +70,10 @@ def test_rl_rows_skip_the_heldout_and_balance_the_tags(tmp_path):
     make_demo_data(tmp_path / "data", seed=2, n_train=70, n_test=0, families="balanced", progress=False)
     cfg = DemoConfig(work_dir=tmp_path, rl_per_tag=4, warm_start=WarmStartConfig(heldout_per_tag=3))
     rows = schema.read_rows(write_rl_rows(cfg, tmp_path))
-    assert Counter(r["modality_tag"] for r in rows) == dict.fromkeys(schema.TAGS, 4)
+    assert Counter(r["modality_tag"] for r in rows) == dict.fromkeys(vocabulary.TAGS, 4)
     train = schema.read_rows(tmp_path / "data" / "train.parquet")
     heldout = set()
-    for tag in schema.TAGS:
+    for tag in vocabulary.TAGS:
         heldout |= {r["id"] for r in train if r["modality_tag"] == tag}.intersection(
             [r["id"] for r in train if r["modality_tag"] == tag][:3]
         )

@@ -1,11 +1,11 @@
 """End to end: verl's real ``python -m verl.trainer.main_ppo`` on the CPU with the tiny Omni model and demo data.
 
-Nine runs (about a minute each): MAPO (``exact`` streams, adaptive curriculum) for 4 steps with checkpoints at steps 2
+Eight runs (about a minute each): MAPO (``exact`` streams, adaptive curriculum) for 4 steps with checkpoints at steps 2
 and 4, the same run resumed from its step-2 checkpoint, MAPO with the static curriculum and verl's regenerating group
 filter, MAPO with the static curriculum and the dropping one (MAPLE's early and mid-training filtering), the MUPO
-baseline (``full`` streams, mixed batches) for 2 steps, plain GRPO for 2 steps, plain GRPO through the plugin's
-trainer and through verl's own ``PPOTrainerSync``, and MAPO-AT on the Qwen3-Omni thinker at world size 2. MAPO-AT on
-Qwen2.5-Omni runs in tests/trainer/test_data_parallel.py, at world size 1 and 2.
+baseline (``full`` streams, mixed batches) for 2 steps, plain GRPO for 2 steps through the plugin's trainer (shared
+by two tests) and through verl's own ``PPOTrainerSync``, and MAPO-AT on the Qwen3-Omni thinker at world size 2.
+MAPO-AT on Qwen2.5-Omni runs in tests/trainer/test_data_parallel.py, at world size 1 and 2.
 """
 
 import json
@@ -241,18 +241,24 @@ def test_mupo_baseline_shows_every_stream(tmp_path, inputs):
     assert all(steps[s]["training/rollout_probs_diff_max"] < 1e-5 for s in (1, 2))
 
 
-def test_plain_grpo_is_vanilla(tmp_path, inputs):
-    result = _run(
-        tmp_path,
-        inputs,
-        ["algorithm.adv_estimator=grpo", "trainer.total_training_steps=2", "trainer.test_freq=2"],
-    )
+PLAIN_GRPO = ["algorithm.adv_estimator=grpo", "trainer.total_training_steps=2", "trainer.test_freq=2"]
+
+
+@pytest.fixture(scope="module")
+def plain_grpo_run(tmp_path_factory, inputs):
+    """Plain GRPO (none of the plugin's options) through the plugin's trainer: one run for the two tests below."""
+    work = tmp_path_factory.mktemp("plain_grpo")
+    return work, _run(work, inputs, PLAIN_GRPO)
+
+
+def test_plain_grpo_is_vanilla(plain_grpo_run, inputs):
+    work, result = plain_grpo_run
     steps = result.steps()
     assert not [k for m in steps.values() for k in m if k.startswith(("mapo/", "val-core/tag/", "streams/"))]
     assert "actor/pg_loss" in steps[2]
-    assert not (tmp_path / "ckpt" / "global_step_2" / "verl_modality_state.json").exists()
+    assert not (work / "ckpt" / "global_step_2" / "verl_modality_state.json").exists()
     before = initial_weights(inputs["model"])
-    after = actor_weights(tmp_path / "ckpt" / "global_step_2")
+    after = actor_weights(work / "ckpt" / "global_step_2")
     assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("model.layers."))
 
 
@@ -266,14 +272,13 @@ def _comparable(steps: dict) -> dict:
     return {s: {k: v for k, v in m.items() if kept(k)} for s, m in steps.items()}
 
 
-def test_plugin_trainer_gives_verls_own_metrics(tmp_path, inputs):
+def test_plugin_trainer_gives_verls_own_metrics(plain_grpo_run, tmp_path, inputs):
     """Plain GRPO through the plugin's trainer and through verl's own PPOTrainerSync (the trainer entry switched off
     with VERL_MODALITY_DISABLE; the CPU platform and the hf rollout stay): the same per-step metrics."""
     from verl_modality.trainer.modality_trainer import TRAINER_BANNER
 
-    extra = ["algorithm.adv_estimator=grpo", "trainer.total_training_steps=2", "trainer.test_freq=2"]
-    ours = _run(tmp_path / "plugin", inputs, extra)
-    verls = _run(tmp_path / "verl", inputs, extra, env={"VERL_MODALITY_DISABLE": "trainers"})
+    plugin_work, ours = plain_grpo_run
+    verls = _run(tmp_path / "verl", inputs, PLAIN_GRPO, env={"VERL_MODALITY_DISABLE": "trainers"})
     assert f"{TRAINER_BANNER}; nothing selected" in ours.log_path.read_text()
     assert TRAINER_BANNER not in verls.log_path.read_text()
     a, b = _comparable(ours.steps()), _comparable(verls.steps())
@@ -286,7 +291,7 @@ def test_plugin_trainer_gives_verls_own_metrics(tmp_path, inputs):
         assert a[step] == pytest.approx(b[step], rel=1e-5, abs=1e-5), step  # abs: fp32 noise around 0
     # the same weights after two updates, up to float summation order (measured: at most 4.5e-6 apart, while the two
     # updates moved them by up to 1.7e-3)
-    mine = actor_weights(tmp_path / "plugin" / "ckpt" / "global_step_2")
+    mine = actor_weights(plugin_work / "ckpt" / "global_step_2")
     theirs = actor_weights(tmp_path / "verl" / "ckpt" / "global_step_2")
     before = initial_weights(inputs["model"])
     moved = max(float((mine[k] - before[k]).abs().max()) for k in mine)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers import actor_weights
 
+from verl_modality import vocabulary
 from verl_modality.data import schema
 from verl_modality.trainer.warm_start import WarmStartConfig, heldout_reward, split_heldout
 
@@ -123,7 +124,7 @@ def test_heldout_reward_is_the_probability_of_the_taught_reply(tiny_model_dir, t
     make_demo_data(tmp_path / "d", seed=0, n_train=7, n_test=0, families="balanced", progress=False)
     rows = [resolve_media_paths(r, tmp_path / "d") for r in schema.read_rows(tmp_path / "d" / "train.parquet")]
     pooled, per_tag = heldout_reward(tiny_model_dir, rows)
-    assert set(per_tag) == set(schema.TAGS) and math.isclose(pooled, sum(per_tag.values()) / 7)
+    assert set(per_tag) == set(vocabulary.TAGS) and math.isclose(pooled, sum(per_tag.values()) / 7)
     letter, _ = heldout_reward(tiny_model_dir, rows, replies=lambda r: [f"[{r['answer']}]"])
     both, _ = heldout_reward(tiny_model_dir, rows, replies=lambda r: [answer_text(r), f"[{r['answer']}]"])
     assert letter > 0 and math.isclose(both, pooled + letter, rel_tol=1e-6)  # distinct replies: probabilities add

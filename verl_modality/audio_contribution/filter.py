@@ -32,7 +32,7 @@ import numpy as np
 
 from verl_modality import options
 from verl_modality.audio_contribution.voters import VoterSpec, build_voter, check_unique_names
-from verl_modality.data import media, schema
+from verl_modality.data import media, schema, validate
 from verl_modality.options import option
 
 CONDITIONS = ("silent", "audio")
@@ -78,10 +78,10 @@ def silence_row(row: Mapping[str, Any], silent_path: str | os.PathLike) -> dict[
     """A copy of ``row`` with every audio item (shown ones and the ``media`` record) pointing to ``silent_path``."""
     silent = os.fspath(silent_path)
     out = dict(row)
-    out[schema.AUDIOS] = [{**dict(item), "audio": silent} for item in schema._as_list(row.get(schema.AUDIOS))]
+    out[schema.AUDIOS] = [{**dict(item), "audio": silent} for item in schema.as_list(row.get(schema.AUDIOS))]
     if row.get(schema.MEDIA):
         record = dict(row[schema.MEDIA])
-        record["audios"] = [silent for _ in schema._as_list(record.get("audios"))]
+        record["audios"] = [silent for _ in schema.as_list(record.get("audios"))]
         out[schema.MEDIA] = record
     return out
 
@@ -113,9 +113,9 @@ def _row_key(row: Mapping[str, Any]) -> str:
     """Digest of the row's prompt and media counts, to catch changed input data (media paths are left out, so the
     input folder and the output folder may move)."""
     shown = {
-        "prompt": [[m["role"], m["content"]] for m in schema._as_list(row[schema.PROMPT])],
-        "audios": len(schema._as_list(row.get(schema.AUDIOS))),
-        "videos": len(schema._as_list(row.get(schema.VIDEOS))),
+        "prompt": [[m["role"], m["content"]] for m in schema.as_list(row[schema.PROMPT])],
+        "audios": len(schema.as_list(row.get(schema.AUDIOS))),
+        "videos": len(schema.as_list(row.get(schema.VIDEOS))),
     }
     return hashlib.sha1(json.dumps(shown, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -199,7 +199,7 @@ def _load_rows(data: str | os.PathLike, limit: int | None) -> tuple[list[dict[st
     if limit is not None:
         rows = rows[:limit]
     root = path.resolve().parent
-    schema.validate_rows(rows, root=root, check_media=False, source=os.fspath(path))
+    validate.validate_rows(rows, root=root, check_media=False, source=os.fspath(path))
     bad = [r[schema.ID] for r in rows if r[schema.TASK] not in schema.CHOICE_TASKS]
     if bad:
         raise ValueError(
@@ -226,7 +226,9 @@ def run_acf(
         raise ValueError("no voters given")
     check_unique_names(voters)
     if config.min_votes > len(voters):
-        raise ValueError(f"min_votes={config.min_votes} is more than the {len(voters)} voter(s): no item could be weak")
+        raise ValueError(
+            f"acf.min_votes={config.min_votes} is more than the {len(voters)} voter(s): no item could be weak"
+        )
     rows, _ = _load_rows(data, config.limit)  # a bad data file fails before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -355,7 +357,7 @@ def _report(
         "vote_counts": {str(k): int(votes.get(k, 0)) for k in range(len(names) + 1)},
         "per_source": dict(sorted(per_source.items())),
         "scoring": {src: scoring_rule(src) for src in sorted(per_source)},
-        "rows_without_audio": sum(1 for r in rows if not schema._as_list(r.get(schema.AUDIOS))),
+        "rows_without_audio": sum(1 for r in rows if not schema.as_list(r.get(schema.AUDIOS))),
         "per_voter": per_voter,
         "with_audio": config.with_audio,
     }

@@ -233,11 +233,11 @@ def _encode_file(path: str, kind: str) -> str:
 def openai_messages(row: Mapping[str, Any], encode: Callable[[str, str], str] = _encode_file) -> list[dict]:
     """The row's prompt in OpenAI chat format: each ``<audio>`` becomes an ``input_audio`` part (base64 wav) and
     each ``<video>`` a ``video_url`` part (base64 data URL), in the order of the row's ``audios`` / ``videos``."""
-    audios = [item["audio"] for item in schema._as_list(row.get(schema.AUDIOS))]
-    videos = [item["video"] for item in schema._as_list(row.get(schema.VIDEOS))]
+    audios = [item["audio"] for item in schema.as_list(row.get(schema.AUDIOS))]
+    videos = [item["video"] for item in schema.as_list(row.get(schema.VIDEOS))]
     n_audio = n_video = 0
     out = []
-    for message in schema._as_list(row[schema.PROMPT]):
+    for message in schema.as_list(row[schema.PROMPT]):
         content = message["content"]
         if not _PLACEHOLDER.search(content):
             out.append({"role": message["role"], "content": content})

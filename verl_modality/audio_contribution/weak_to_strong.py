@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from verl_modality import options
-from verl_modality.data import schema
+from verl_modality import options, vocabulary
+from verl_modality.data import schema, validate
 from verl_modality.data.prompts import PromptConfig, render_messages
 from verl_modality.data.sft_records import write_sft
 from verl_modality.options import option
@@ -77,8 +77,8 @@ class W2SConfig:
 
 
 def _shown(row: Mapping[str, Any]) -> tuple[list[str], list[str], str | None]:
-    videos = [item["video"] for item in schema._as_list(row.get(schema.VIDEOS))]
-    audios = [item["audio"] for item in schema._as_list(row.get(schema.AUDIOS))]
+    videos = [item["video"] for item in schema.as_list(row.get(schema.VIDEOS))]
+    audios = [item["audio"] for item in schema.as_list(row.get(schema.AUDIOS))]
     subtitle = row.get(schema.SUBTITLE) if "S" in str(row[schema.AVAILABLE]) else None
     return videos, audios, subtitle or None
 
@@ -86,7 +86,7 @@ def _shown(row: Mapping[str, Any]) -> tuple[list[str], list[str], str | None]:
 def answer_prompt(row: Mapping[str, Any], config: W2SConfig, n_audios: int | None = None) -> list[dict[str, str]]:
     """The row's prompt asking for ``<answer>X</answer>``, with the placeholders of the shown streams."""
     videos, audios, subtitle = _shown(row)
-    choices = [str(c) for c in schema._as_list(row[schema.CHOICES])]
+    choices = [str(c) for c in schema.as_list(row[schema.CHOICES])]
     n_a = len(audios) if n_audios is None else n_audios
     return render_messages(row[schema.QUESTION], choices, len(videos), n_a, subtitle, "qa", config.prompt)
 
@@ -103,7 +103,7 @@ def assistant_turn(row: Mapping[str, Any], config: W2SConfig) -> str:
     """``[<think>reasoning</think>]<answer>X</answer>``, X the letter or the option text."""
     answer = str(row[schema.ANSWER])
     if config.answer_content == "text":
-        answer = str(schema._as_list(row[schema.CHOICES])[schema.LETTERS.index(answer)])
+        answer = str(schema.as_list(row[schema.CHOICES])[vocabulary.LETTERS.index(answer)])
     reasoning = reasoning_text(row, config)
     think = f"<think>{reasoning}</think>" if reasoning else ""
     return f"{think}<answer>{answer}</answer>"
@@ -141,7 +141,7 @@ def _read(path: str | os.PathLike, what: str) -> list[dict[str, Any]]:
         raise ValueError(f"{what} file {os.fspath(path)!r} does not exist")
     rows = schema.read_rows(path)
     if rows:
-        schema.validate_rows(rows, root=path.resolve().parent, check_media=False, source=os.fspath(path))
+        validate.validate_rows(rows, root=path.resolve().parent, check_media=False, source=os.fspath(path))
     bad = [r[schema.ID] for r in rows if r[schema.TASK] not in schema.CHOICE_TASKS]
     if bad:
         raise ValueError(f"{path}: {len(bad)} row(s) are not multiple choice (first ids: {', '.join(bad[:5])})")
@@ -183,7 +183,7 @@ def build_w2s(
     out = Path(out_dir)
     sft_path = write_sft([sft_row(r, config) for r in sft_items], out / "sft.parquet")
     rl_rows = [rl_row(r, config) for r in rl_items]
-    schema.validate_rows(rl_rows, check_media=False, source="rl.parquet")
+    validate.validate_rows(rl_rows, check_media=False, source="rl.parquet")
     rl_path = schema.write_rows(rl_rows, out / "rl.parquet")
 
     def counts(rows: list[dict[str, Any]]) -> dict[str, int]:

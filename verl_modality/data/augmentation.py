@@ -33,13 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from verl_modality import options
-from verl_modality.data import schema
+from verl_modality import options, protocol, vocabulary
+from verl_modality.data import schema, validate
 from verl_modality.data.none_answers import NONE_ANSWERS
 from verl_modality.data.prompts import PromptConfig, render_messages
-from verl_modality.data.schema import LETTERS, Sample, canonical_tag, stratum_of
+from verl_modality.data.schema import Sample
 from verl_modality.options import option
-from verl_modality.vocabulary import STREAMS, TAGS
+from verl_modality.vocabulary import LETTERS, STREAMS, TAGS, canonical_tag, stratum_of
 
 COMBINATIONS = ("all", "one")
 REPLACE_MODES = ("incorrect", "correct")
@@ -169,7 +169,7 @@ def _variant(sample: Sample, available: str, config: AugmentConfig) -> Sample:
         **sample.extra_info,
         "source_id": sample.id,
         "stratum": stratum,
-        "none_index": none_index,
+        protocol.INFO_NONE_INDEX: none_index,
         "none_replaced": kind,
     }
     out = replace(sample, id=variant_id(sample.id, available), choices=choices, extra_info=info).with_available(
@@ -260,7 +260,7 @@ def augment_file(
     if src != dst:
         samples = [_rebase(s, src, dst) for s in samples]
     out = [s.to_row() for s in augment_samples(samples, config)]
-    schema.validate_rows(out, check_media=False, source=os.fspath(out_path))
+    validate.validate_rows(out, check_media=False, source=os.fspath(out_path))
     schema.write_rows(out, out_path)
     return summarize(out)
 
@@ -270,7 +270,7 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     ``substitutions`` (stratum -> {"correct": n, "incorrect": n})."""
     by_stratum: Counter[str] = Counter()
     by_tag: dict[str, Counter[str]] = {}
-    subs: dict[str, Counter[str]] = {s: Counter() for s in schema.STRATA}
+    subs: dict[str, Counter[str]] = {s: Counter() for s in vocabulary.STRATA}
     sources = set()
     for row in rows:
         info = row.get(schema.EXTRA_INFO) or {}
@@ -284,15 +284,15 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {
         "rows": len(rows),
         "sources": len(sources),
-        "by_stratum": {s: by_stratum[s] for s in schema.STRATA},
-        "by_tag": {t: {s: by_tag[t][s] for s in schema.STRATA} for t in order},
-        "substitutions": {s: dict(subs[s]) for s in schema.STRATA},
+        "by_stratum": {s: by_stratum[s] for s in vocabulary.STRATA},
+        "by_tag": {t: {s: by_tag[t][s] for s in vocabulary.STRATA} for t in order},
+        "substitutions": {s: dict(subs[s]) for s in vocabulary.STRATA},
     }
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
     """A plain-text table of :func:`summarize`: rows per tag and stratum, then the none-answer substitutions."""
-    strata = schema.STRATA
+    strata = vocabulary.STRATA
     head = ["tag", *strata, "total"]
     body = [[tag, *(str(c[s]) for s in strata), str(sum(c.values()))] for tag, c in summary["by_tag"].items()]
     body.append(["all", *(str(summary["by_stratum"][s]) for s in strata), str(summary["rows"])])

@@ -1,4 +1,5 @@
-"""Tag curriculum: training batches of one tag each, in a static or difficulty-adaptive order (docs/method.md §2 items 5-6).
+"""Tag curriculum: training batches of one tag each, in a static or difficulty-adaptive order (docs/method.md
+§2.5, §2.6).
 
 The sampler hands out dataset indices step by step. A step begins with the first :meth:`TagCurriculum.take` after
 the previous :meth:`TagCurriculum.end_step`; it picks one tag, and every index taken until the step ends (the batch
@@ -34,9 +35,8 @@ from typing import Any
 import numpy as np
 
 from verl_modality import options
-from verl_modality.data.schema import LEVELS, canonical_tag, level
 from verl_modality.options import option
-from verl_modality.vocabulary import TAGS
+from verl_modality.vocabulary import LEVELS, TAGS, canonical_tag, level
 
 ORDERS = ("none", "mixed", "static", "adaptive")
 ALL = "*"  # the one pseudo-tag of the mixed order

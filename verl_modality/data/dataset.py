@@ -25,12 +25,11 @@ from typing import Any
 import numpy as np
 from verl.utils.dataset.rl_dataset import RLHFDataset
 
-from verl_modality.data import media, schema
-from verl_modality.data.modality_view import BLANK_KEY, ModalityView, apply_view, plan_views, prompt_mismatches
+from verl_modality import protocol
+from verl_modality.data import media, schema, validate
+from verl_modality.data.modality_view import ModalityView, apply_view, plan_views, prompt_mismatches
 
 logger = logging.getLogger(__name__)
-
-SAMPLE_KEY = "sample_id"  # set on every video/audio item of a prompt: the row's id, for error messages
 
 
 def _resolve(path: str, root: Path) -> str:
@@ -51,11 +50,15 @@ def resolve_media_paths(row: dict, root: str | os.PathLike) -> dict:
 
 
 def _context(item: Any) -> str | None:
-    return f"sample {item[SAMPLE_KEY]}" if isinstance(item, dict) and item.get(SAMPLE_KEY) else None
+    return (
+        f"sample {item[protocol.MEDIA_SAMPLE_ID]}"
+        if isinstance(item, dict) and item.get(protocol.MEDIA_SAMPLE_ID)
+        else None
+    )
 
 
 def _decode_audio(item: Any, sampling_rate: int) -> np.ndarray:
-    blank = isinstance(item, dict) and bool(item.get(BLANK_KEY))
+    blank = isinstance(item, dict) and bool(item.get(protocol.MEDIA_BLANK))
     context = _context(item)
     if isinstance(item, dict):
         item = item.get("audio", item.get("audio_url"))
@@ -79,7 +82,7 @@ def _decode_video(item: dict, config: Any) -> np.ndarray:
             size=get("video_size", None),
             context=_context(item),
         )
-    return np.zeros_like(frames) if item.get(BLANK_KEY) else frames  # black frames of the same shape
+    return np.zeros_like(frames) if item.get(protocol.MEDIA_BLANK) else frames  # black frames of the same shape
 
 
 class OmniRLDataset(RLHFDataset):
@@ -135,7 +138,9 @@ class OmniRLDataset(RLHFDataset):
         for media_key in (self.video_key, self.audio_key):
             items = example.get(media_key) or []
             example[media_key] = [
-                {**item, SAMPLE_KEY: sample_id} if isinstance(item, dict) and sample_id is not None else item
+                {**item, protocol.MEDIA_SAMPLE_ID: sample_id}
+                if isinstance(item, dict) and sample_id is not None
+                else item
                 for item in items
             ]
         return super()._build_messages(example, key)
@@ -150,7 +155,7 @@ class OmniRLDataset(RLHFDataset):
             path = os.fspath(path)
             if not path.endswith(".parquet"):
                 raise ValueError(f"{path}: OmniRLDataset reads parquet files")
-            schema.validate_file(path, check_media=check_media, root=media_root)
+            validate.validate_file(path, check_media=check_media, root=media_root)
             root = Path(media_root) if media_root else Path(path).resolve().parent
             frame = datasets.load_dataset("parquet", data_files=path)["train"]
             self._check_modality_view(frame, path)

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from verl_modality import vocabulary
 from verl_modality.data import schema
 from verl_modality.data.modality_view import ModalityView, apply_view
 from verl_modality.data.sft_records import write_sft
@@ -24,13 +25,13 @@ from verl_modality.data.sft_records import write_sft
 
 def answer_text(row: Mapping[str, Any]) -> str:
     """The reply the warm start teaches: the correct option's text in square brackets."""
-    choices = [str(c) for c in schema._as_list(row[schema.CHOICES])]
+    choices = [str(c) for c in schema.as_list(row[schema.CHOICES])]
     answer = str(row[schema.ANSWER])
-    if answer not in schema.LETTERS[: len(choices)]:
+    if answer not in vocabulary.LETTERS[: len(choices)]:
         raise ValueError(
             f"row {row.get(schema.ID)!r}: answer {answer!r} is not one of its {len(choices)} option letters"
         )
-    return f"[{choices[schema.LETTERS.index(answer)]}]"
+    return f"[{choices[vocabulary.LETTERS.index(answer)]}]"
 
 
 def sft_record(row: Mapping[str, Any], view: ModalityView) -> dict[str, Any]:
@@ -38,11 +39,11 @@ def sft_record(row: Mapping[str, Any], view: ModalityView) -> dict[str, Any]:
     if row.get(schema.TASK, "qa") != "qa":
         raise ValueError(f"row {row.get(schema.ID)!r}: the warm start takes QA rows, not {row.get(schema.TASK)!r}")
     shown = apply_view(row, view)
-    prompt = [dict(m) for m in schema._as_list(shown[schema.PROMPT])]
+    prompt = [dict(m) for m in schema.as_list(shown[schema.PROMPT])]
     return {
         "messages": [*prompt, {"role": "assistant", "content": answer_text(row)}],
-        "videos": [{"video": item["video"]} for item in schema._as_list(shown.get(schema.VIDEOS))],
-        "audios": [{"audio": item["audio"]} for item in schema._as_list(shown.get(schema.AUDIOS))],
+        "videos": [{"video": item["video"]} for item in schema.as_list(shown.get(schema.VIDEOS))],
+        "audios": [{"audio": item["audio"]} for item in schema.as_list(shown.get(schema.AUDIOS))],
         "id": str(row[schema.ID]),
         "data_source": str(row[schema.DATA_SOURCE]),
         "modality_tag": str(row[schema.MODALITY_TAG]),

@@ -137,7 +137,8 @@ def write_audio(path: str | os.PathLike, wave: np.ndarray, sr: int = SAMPLE_RATE
 @contextmanager
 def probe_depth(full: bool) -> Iterator[None]:
     """Within the block, probes that are not given ``full`` check whole files (True) or only their start (False);
-    this is how ``validate-data`` (full unless ``--quick``) reaches the probes that :func:`schema.validate_rows`
+    this is how ``validate-data`` (full unless ``--quick``) reaches the probes that
+    :func:`~verl_modality.data.validate.validate_rows`
     runs."""
     global FULL_PROBE
     before, FULL_PROBE = FULL_PROBE, bool(full)

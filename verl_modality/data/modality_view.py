@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from verl_modality import options
+from verl_modality import options, protocol, vocabulary
 from verl_modality.data import schema
 from verl_modality.data.prompts import PromptConfig, render_messages
 from verl_modality.options import option
@@ -45,7 +45,6 @@ SECTION = "data.modality"
 
 POLICIES = ("as_stored", "exact", "full", "superset", "deficit")
 NO_STREAMS = ("none", "text", "")
-BLANK_KEY = "blank"  # set to True on a video/audio item whose content is replaced by silence / black frames
 _SUBTITLE_SLOT = "\x00subtitle\x00"  # rendered in place of a blanked subtitle, then emptied
 
 
@@ -57,7 +56,7 @@ def parse_policy(policy: str) -> str:
     if text.lower() in NO_STREAMS:
         return ""
     try:
-        return schema.canonical_tag(text)
+        return vocabulary.canonical_tag(text)
     except ValueError:
         raise ValueError(
             f"unknown modality policy {policy!r}: use one of {', '.join(POLICIES)}, "
@@ -158,10 +157,10 @@ def choose_streams(
     All arguments are stream strings in canonical order; ``policy`` as returned by :func:`parse_policy`.
     Raises ``ValueError`` naming the sample when the record lacks media for a required stream under ``exact``.
     """
-    tag, media_streams = schema.canonical_tag(tag), schema.canonical_tag(media_streams, allow_empty=True)
+    tag, media_streams = vocabulary.canonical_tag(tag), vocabulary.canonical_tag(media_streams, allow_empty=True)
     have = set(media_streams)
     if policy == "as_stored":
-        return schema.canonical_tag(stored, allow_empty=True), True
+        return vocabulary.canonical_tag(stored, allow_empty=True), True
     if policy == "full":
         return media_streams, True
     if policy in ("exact", "superset") and not set(tag) <= have:
@@ -182,7 +181,7 @@ def choose_streams(
 
 
 def _blank_items(items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return [{**dict(item), BLANK_KEY: True} for item in items]
+    return [{**dict(item), protocol.MEDIA_BLANK: True} for item in items]
 
 
 def apply_view(row: Mapping[str, Any], view: ModalityView) -> dict[str, Any]:
@@ -197,7 +196,7 @@ def apply_view(row: Mapping[str, Any], view: ModalityView) -> dict[str, Any]:
         row[schema.MODALITY_TAG], row[schema.MEDIA_STREAMS], stored, policy, view.seed, str(row.get(schema.ID, ""))
     )
     hidden = "".join(s for s in row[schema.MEDIA_STREAMS] if s not in shown)
-    if shown == schema.canonical_tag(stored, allow_empty=True) and not (view.ablation == "blank" and hidden):
+    if shown == vocabulary.canonical_tag(stored, allow_empty=True) and not (view.ablation == "blank" and hidden):
         return dict(row)
     sample = schema.Sample.from_row(row)
     out = dict(row)
@@ -218,7 +217,7 @@ def apply_view(row: Mapping[str, Any], view: ModalityView) -> dict[str, Any]:
         out[schema.AUDIOS] = _blank_items(audios) if "A" in hidden else audios
         out[schema.PROMPT] = rendered.prompt
     out[schema.AVAILABLE] = shown
-    out[schema.STRATUM] = schema.stratum_of(row[schema.MODALITY_TAG], shown)
+    out[schema.STRATUM] = vocabulary.stratum_of(row[schema.MODALITY_TAG], shown)
     return out
 
 
@@ -255,7 +254,7 @@ def plan_views(rows: Iterable[Mapping[str, Any]], view: ModalityView, source: st
         except (KeyError, ValueError) as err:
             plan.errors.append(f"{source}row {i} (id {sample_id}): {err}")
             continue
-        plan.shown[(schema.canonical_tag(row[schema.MODALITY_TAG]), shown)] += 1
+        plan.shown[(vocabulary.canonical_tag(row[schema.MODALITY_TAG]), shown)] += 1
         if not honoured:
             plan.fallbacks.append(sample_id)
     return plan

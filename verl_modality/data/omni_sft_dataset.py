@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
 from verl.utils.py_functional import convert_nested_value_to_list_recursive
 
-from verl_modality.data.dataset import SAMPLE_KEY, OmniRLDataset
+from verl_modality import protocol
+from verl_modality.data.dataset import OmniRLDataset
 from verl_modality.data.media_cache import cached_processor
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ class OmniSFTDataset(MultiTurnSFTDataset):
                         f"sample {sample}: relative {field} path {path!r} and several data files; set data.media_root"
                     )
                 path = str(self.media_root / path)
-            out.append({**item, "type": field, field: path, SAMPLE_KEY: sample_id})
+            out.append({**item, "type": field, field: path, protocol.MEDIA_SAMPLE_ID: sample_id})
         return out
 
     def build_messages(self, row: dict, index: int) -> list[dict]:

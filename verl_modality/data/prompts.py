@@ -11,7 +11,7 @@ A template is a ``str.format`` string whose blank-line separated paragraphs are 
   ``<answer>B</answer>``). A template without it gets it appended as the last paragraph.
 
 A paragraph that renders to nothing (e.g. ``{media}`` of a text-only prompt) is dropped, so the default QA template
-gives exactly the prompt :func:`build_prompt` (also ``schema.build_prompt``) has always built.
+gives exactly the prompt :func:`build_prompt` has always built.
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ class PromptConfig:
             return cls()
         if isinstance(config, cls):
             return config
-        section = SECTION
+        section, file = SECTION, None
         if isinstance(config, str | os.PathLike):
             import yaml
 
@@ -202,13 +202,19 @@ class PromptConfig:
                 raise ValueError(
                     f"prompt config file {os.fspath(path)!r} is not valid YAML: {' '.join(str(err).split())}"
                 ) from None
-            section = f"{SECTION} (file {os.fspath(path)!r})"
+            file = os.fspath(path)
+            section = f"{SECTION} (file {file!r})"
             if not isinstance(config, Mapping):
                 raise ValueError(f"{section} must be a mapping, got {type(config).__name__}")
         config = options.plain(config)
         if isinstance(config, Mapping) and set(config) == {"prompt"} and isinstance(config["prompt"], Mapping):
             config = config["prompt"]
-        return options.load(cls, config, section)
+        try:
+            return options.load(cls, config, section)
+        except ValueError as err:
+            if file is None or file in str(err):
+                raise
+            raise ValueError(f"prompt config file {file!r}: {err}") from None  # a bad value: the field and its file
 
 
 def render_user_text(

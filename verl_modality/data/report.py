@@ -1,7 +1,8 @@
 """``verl-modality validate-data FILE...``: counts per tag, stratum and level, and every problem of a dataset.
 
-Unlike :func:`schema.validate_file`, which stops at a :class:`~verl_modality.data.schema.SchemaError`, the report
-lists all schema issues (:func:`schema.validate_rows`) and all media problems: each media file a row references
+Unlike :func:`~verl_modality.data.validate.validate_file`, which stops at a
+:class:`~verl_modality.data.validate.SchemaError`, the report lists all schema issues
+(:func:`~verl_modality.data.validate.validate_rows`) and all media problems: each media file a row references
 (shown in ``videos``/``audios`` or listed in ``media``) is probed once with :func:`media.probe_video` /
 :func:`media.probe_audio`, and a missing, empty, unreadable or corrupt file becomes one issue per row that uses it.
 """
@@ -18,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from verl_modality.data import media, schema
-from verl_modality.data.schema import SchemaIssue
+from verl_modality import vocabulary
+from verl_modality.data import media, schema, validate
+from verl_modality.data.validate import SchemaIssue
 from verl_modality.vocabulary import TAGS
 
 _KINDS = {"video": (schema.VIDEOS, "video", media.probe_video), "audio": (schema.AUDIOS, "audio", media.probe_audio)}
@@ -74,7 +76,7 @@ class DataReport:
         lines = [f"{self.path}: {self.rows} rows, {media_note}, {len(self.issues)} problem(s)"]
         if self.rows:
             tags = _ordered(self.by_tag, TAGS)
-            strata = _ordered(self.by_stratum, schema.STRATA)
+            strata = _ordered(self.by_stratum, vocabulary.STRATA)
             width = max([len("total"), len("tag"), *(len(t) for t in tags)])
             cols = [max(len(s), 6) for s in strata]
             head = f"  {'tag':<{width}} " + " ".join(f"{s:>{w}}" for s, w in zip(strata, cols, strict=True))
@@ -84,7 +86,7 @@ class DataReport:
                 lines.append(f"  {tag:<{width}} {cells} {self.by_tag[tag]:>6}  {_level(tag)}")
             cells = " ".join(f"{self.by_stratum[s]:>{w}}" for s, w in zip(strata, cols, strict=True))
             lines.append(f"  {'total':<{width}} {cells} {self.rows:>6}")
-            levels = _ordered(self.by_level, schema.LEVELS)
+            levels = _ordered(self.by_level, vocabulary.LEVELS)
             lines.append("  by level: " + ", ".join(f"{lv} {self.by_level[lv]}" for lv in levels))
             lines.append("  by task: " + ", ".join(f"{t} {n}" for t, n in sorted(self.by_task.items(), key=str)))
         if self.issues:
@@ -101,7 +103,7 @@ def _ordered(counter: Mapping, canonical: Sequence[str]) -> list:
 
 def _level(tag: Any) -> str:
     try:
-        return schema.level(tag) if isinstance(tag, str) and tag == schema.canonical_tag(tag) else "?"
+        return vocabulary.level(tag) if isinstance(tag, str) and tag == vocabulary.canonical_tag(tag) else "?"
     except ValueError:
         return "?"
 
@@ -172,8 +174,8 @@ def build_report(
         report.by_tag_stratum[(tag, stratum)] += 1
 
     try:
-        schema.validate_rows(rows, check_media=False, source=source)
-    except schema.SchemaError as exc:
+        validate.validate_rows(rows, check_media=False, source=source)
+    except validate.SchemaError as exc:
         report.issues += exc.issues
 
     if check_media:

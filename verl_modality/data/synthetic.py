@@ -14,7 +14,6 @@ enough rows for a tiny model to learn it; the default ``"classic"`` asks pitch o
 from __future__ import annotations
 
 import numbers
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from verl_modality.data import media, schema
+from verl_modality import protocol, vocabulary
+from verl_modality.data import media, prompts, schema, validate
 from verl_modality.vocabulary import TAGS
 
 DATA_SOURCE = "verl_modality/demo"
@@ -120,12 +120,6 @@ def beep_wave(
 
 def subtitle_for(animal: str, template: int = 0) -> str:
     return SUBTITLE_TEMPLATES[template % len(SUBTITLE_TEMPLATES)].format(w=animal)
-
-
-def animal_in(subtitle: str) -> str | None:
-    """The animal word a subtitle names (None when it names none or several)."""
-    found = [a for a in ANIMALS if re.search(rf"\b{a}\b", subtitle)]
-    return found[0] if len(found) == 1 else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -253,7 +247,7 @@ def _make_record(
     truth = {"V": colour, "A": pitch if a_kind == "pitch" else beeps, "S": animal}
     truth = {s: truth[s] for s in tag}
     options = _options(rng, tag, truth, a_kind)
-    answer = schema.letter(options.index(truth))
+    answer = vocabulary.letter(options.index(truth))
 
     rid = f"demo-{split}-{index:04d}"
     video_rel, audio_rel = _write_clip(root, split, rid, colour, beeps, pitch, size)
@@ -292,7 +286,7 @@ def _make_caption_record(
     video_rel, audio_rel = _write_clip(root, split, rid, colour, beeps, pitch, size)
     return schema.Sample.create(
         id=rid,
-        question=schema.CAPTION_INSTRUCTION,
+        question=prompts.CAPTION_INSTRUCTION,
         choices=[],
         answer=" ".join(references.values()),
         modality_tag=tag,
@@ -303,7 +297,7 @@ def _make_caption_record(
         task="caption",
         index=index,
         split=split,
-        extra_info={"reference_captions": references},
+        extra_info={protocol.INFO_REFERENCE_CAPTIONS: references},
     )
 
 
@@ -390,7 +384,7 @@ def make_demo_data(
             written = {Path(f).name for r in rows for files in r[schema.MEDIA].values() for f in files}
             _remove_stale_media(media_dir, split, written)
             path = schema.write_rows(rows, out / f"{split}.parquet")
-            schema.validate_file(path)
+            validate.validate_file(path)
             summary["splits"][split] = {
                 "path": str(path),
                 "rows": len(rows),

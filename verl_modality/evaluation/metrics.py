@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from verl_modality.data.schema import LEVELS, STRATA, level
 from verl_modality.evaluation.results import ResultRecord
-from verl_modality.vocabulary import TAGS
+from verl_modality.vocabulary import LEVELS, STRATA, TAGS, level
 
 #: How fusion gain decides whether a caption condition is uni- or multi-modal (see :func:`fusion_gain`).
 FUSION_CONDITIONS = ("available", "tag")

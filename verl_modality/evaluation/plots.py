@@ -11,8 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from verl_modality.data.schema import STRATA
-from verl_modality.vocabulary import TAGS
+from verl_modality.vocabulary import STRATA, TAGS
 
 
 class PlotsUnavailable(RuntimeError):

@@ -2,7 +2,8 @@
 
 Each line holds the fields of :data:`FIELDS` (shared record format, written by the evaluation run). Reading is
 strict: a missing field, a wrong type, an unknown tag, a stratum that contradicts tag and available streams, a
-non-finite score (``null`` is allowed only for a caption the judge did not score), two lines for the same ``(id, sample)`` or samples of one query that disagree on their condition
+non-finite score (``null`` is allowed only for a caption the judge did not score), two lines for the same ``(id,
+sample)`` or samples of one query that disagree on their condition
 raise :class:`ResultsError` naming ``file:line`` and the field. Unknown extra fields are kept in ``extra``. The
 optional ``rule`` field names the rule that decided ``correct`` (files written before it existed read as null).
 """
@@ -16,8 +17,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from verl_modality.data.schema import STRATA, TASKS, canonical_tag, stratum_of
+from verl_modality.data.schema import TASKS
 from verl_modality.evaluation.scorers import RULE_NAMES
+from verl_modality.vocabulary import STRATA, canonical_tag, stratum_of
 
 #: field -> accepted JSON types (``None`` means null is allowed).
 FIELDS: dict[str, tuple[type | None, ...]] = {

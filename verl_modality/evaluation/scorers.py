@@ -25,7 +25,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from verl_modality.rewards.choice import LETTERS, STRING_RULES, AnswerRewardConfig, score_reply, string_prediction
+from verl_modality.rewards.choice import STRING_RULES, AnswerRewardConfig, score_reply, string_prediction
+from verl_modality.vocabulary import LETTERS
 
 #: What a benchmark scores by: MMAU's string match on option texts, or the option letter.
 RULES = ("string_match", "letter")

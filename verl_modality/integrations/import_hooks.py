@@ -9,11 +9,10 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from types import ModuleType
 
 _PENDING: dict[str, list[Callable[[ModuleType], None]]] = {}
-_APPLIED: dict[str, list[str]] = {}
 
 
 class _PostImportFinder(importlib.abc.MetaPathFinder):
@@ -52,33 +51,13 @@ _FINDER = _PostImportFinder()
 def _run_hooks(module: ModuleType) -> None:
     for fn in _PENDING.pop(module.__name__, []):
         fn(module)
-        _APPLIED.setdefault(module.__name__, []).append(f"{fn.__module__}.{fn.__qualname__}")
 
 
 def when_imported(module_name: str, fn: Callable[[ModuleType], None]) -> None:
     """Call ``fn(module)`` once ``module_name`` is imported (at once if it already is)."""
     if module_name in sys.modules:
         fn(sys.modules[module_name])
-        _APPLIED.setdefault(module_name, []).append(f"{fn.__module__}.{fn.__qualname__}")
         return
     _PENDING.setdefault(module_name, []).append(fn)
     if _FINDER not in sys.meta_path:
         sys.meta_path.insert(0, _FINDER)
-
-
-def install(patches: Iterable[tuple[str, Callable[[ModuleType], None], str]]) -> list[str]:
-    """Hook every ``(module name, patch, what it does)`` of a patch table; one ``"module: what"`` line each."""
-    lines = []
-    for module_name, patch, what in patches:
-        when_imported(module_name, patch)
-        lines.append(f"{module_name}: {what}")
-    return lines
-
-
-def pending() -> dict[str, list[str]]:
-    """Hooks still waiting for their module, by module name (for ``verl-modality doctor``)."""
-    return {name: [f"{f.__module__}.{f.__qualname__}" for f in fns] for name, fns in _PENDING.items()}
-
-
-def applied() -> dict[str, list[str]]:
-    return {name: list(v) for name, v in _APPLIED.items()}

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import re
 
+from verl_modality.integrations.patching import MARK
+
 _TALKER_TOKEN_WARNING = re.compile(
     r"^Model config: (tts_text_(start|end|pad)|audio_(start|end)|vision_(start|end))_token_id must be `None` or an "
     r"integer within the vocabulary"
@@ -23,8 +25,12 @@ class TalkerTokenIdFilter(logging.Filter):
         return not _TALKER_TOKEN_WARNING.match(record.getMessage())
 
 
+setattr(TalkerTokenIdFilter, MARK, True)  # the plugin's object in the logger's filters (`verl-modality doctor`)
+
+
 def quiet_talker_token_ids(module) -> None:
-    """Add :class:`TalkerTokenIdFilter` to the logger of ``transformers.configuration_utils`` (once)."""
-    log = logging.getLogger(module.__name__)
+    """Add :class:`TalkerTokenIdFilter` to the logger of ``transformers.configuration_utils`` (``module.logger``),
+    once."""
+    log = module.logger
     if not any(isinstance(f, TalkerTokenIdFilter) for f in log.filters):
         log.addFilter(TalkerTokenIdFilter())

@@ -12,7 +12,7 @@ verl's functions unchanged):
 
 from __future__ import annotations
 
-import functools
+from verl_modality.integrations.patching import add, wrap
 
 #: the engine call the trainer's watchdog makes to see whether an engine is alive (vLLM workers' ``check_health``)
 PROBE = "check_health"
@@ -20,14 +20,14 @@ PROBE = "check_health"
 
 def patch_vllm_server(module) -> None:
     """verl's vLLM server: collapse Omni placeholder runs, and never sample Omni placeholders."""
-    from verl_modality.models.omni import collapse_placeholders, never_sample_token_ids
+    wrap(module, "qwen2_5_vl_dedup_image_tokens", omni_dedup)
+    wrap(module, "get_vision_placeholder_token_ids", omni_never_sampled)
 
-    if getattr(module.qwen2_5_vl_dedup_image_tokens, "__verl_modality__", False):
-        return
-    dedup = module.qwen2_5_vl_dedup_image_tokens
-    banned = module.get_vision_placeholder_token_ids
 
-    @functools.wraps(dedup)
+def omni_dedup(dedup):
+    """verl's placeholder dedup; an Omni processor's placeholder runs collapse to one per item."""
+    from verl_modality.models.omni import collapse_placeholders
+
     def qwen2_5_vl_dedup_image_tokens(prompt_ids, processor):
         if getattr(processor, "verl_modality_omni", False):
             # Ids were resolved once by configure_processor; this runs on every rollout request.
@@ -35,28 +35,31 @@ def patch_vllm_server(module) -> None:
             return collapse_placeholders(prompt_ids, ids)
         return dedup(prompt_ids, processor)
 
-    @functools.wraps(banned)
+    return qwen2_5_vl_dedup_image_tokens
+
+
+def omni_never_sampled(banned):
+    """verl's never-sampled token ids; an Omni processor's are all its placeholders."""
+    from verl_modality.models.omni import never_sample_token_ids
+
     def get_vision_placeholder_token_ids(processor):
         if getattr(processor, "verl_modality_omni", False):
             return never_sample_token_ids(processor)
         return banned(processor)
 
-    qwen2_5_vl_dedup_image_tokens.__verl_modality__ = get_vision_placeholder_token_ids.__verl_modality__ = True
-    module.qwen2_5_vl_dedup_image_tokens = qwen2_5_vl_dedup_image_tokens
-    module.get_vision_placeholder_token_ids = get_vision_placeholder_token_ids
+    return get_vision_placeholder_token_ids
 
 
 def patch_vllm_adapter(module) -> None:
     """verl's vLLM rollout adapter: send thinker weights under the full-checkpoint names vLLM loads."""
+    wrap(module.ServerAdapter, "update_weights", thinker_weight_names)
+
+
+def thinker_weight_names(original):
+    """``ServerAdapter.update_weights`` that renames a full Omni checkpoint's thinker weights for vLLM."""
     from verl_modality.models.family import family_of
     from verl_modality.models.omni import vllm_weights
 
-    cls = module.ServerAdapter
-    original = cls.update_weights
-    if getattr(original, "__verl_modality__", False):
-        return
-
-    @functools.wraps(original)
     async def update_weights(self, weights, *args, **kwargs):
         hf_config = getattr(self.model_config, "hf_config", None)
         family = family_of(hf_config)
@@ -65,8 +68,7 @@ def patch_vllm_adapter(module) -> None:
                 weights = vllm_weights(weights, hf_config)
         return await original(self, weights, *args, **kwargs)
 
-    update_weights.__verl_modality__ = True
-    cls.update_weights = update_weights
+    return update_weights
 
 
 def record_engine_call_failures(module) -> None:
@@ -77,12 +79,18 @@ def record_engine_call_failures(module) -> None:
     received: when the call fails in vLLM's worker, verl's sender waits forever, and neither the server nor the
     engine dies. The failure is re-raised unchanged.
     """
-    cls = module.vLLMHttpServer
-    original = cls.collective_rpc
-    if getattr(original, "__verl_modality__", False):
-        return
+    wrap(module.vLLMHttpServer, "collective_rpc", recorded_failures)
+    add(module.vLLMHttpServer, "engine_call_failure", engine_call_failure)
 
-    @functools.wraps(original)
+
+async def engine_call_failure(self) -> str | None:
+    """The last failed engine call of this server (the watchdog's probe aside), None while none has failed."""
+    return getattr(self, "_verl_modality_failure", None)
+
+
+def recorded_failures(original):
+    """``vLLMHttpServer.collective_rpc`` that remembers a failed call for :func:`engine_call_failure`."""
+
     async def collective_rpc(self, method, *args, **kwargs):
         try:
             return await original(self, method, *args, **kwargs)
@@ -92,9 +100,4 @@ def record_engine_call_failures(module) -> None:
                 self._verl_modality_failure = f"{name} failed: {type(err).__name__}: {err}"
             raise
 
-    async def engine_call_failure(self) -> str | None:
-        return getattr(self, "_verl_modality_failure", None)
-
-    collective_rpc.__verl_modality__ = True
-    cls.collective_rpc = collective_rpc
-    cls.engine_call_failure = engine_call_failure
+    return collective_rpc

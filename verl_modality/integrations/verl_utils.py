@@ -1,12 +1,14 @@
 """Changes to ``verl.utils``: ``tokenizer.hf_processor`` builds the Omni processor of a known family,
 ``tensordict_utils.maybe_fix_3d_position_ids`` repacks equal-length multimodal position ids, and (``cpu`` platform)
-``distributed``'s process-group functions use plain gloo. Each wrapper hands other calls to verl's function."""
+``distributed``'s process-group functions use plain gloo. Each wrapper hands other calls to verl's function; each is
+installed with :func:`verl_modality.integrations.patching.wrap`."""
 
 from __future__ import annotations
 
-import functools
 import os
 from datetime import timedelta
+
+from verl_modality.integrations.patching import wrap
 
 
 # -------------------------------------------------------------------------------------- verl.utils.tokenizer
@@ -14,7 +16,6 @@ def omni_hf_processor(original):
     """Wrap verl's ``hf_processor`` so Omni checkpoints get a configured processor; others are untouched."""
     from verl_modality.models.omni import is_omni_config, load_omni_processor
 
-    @functools.wraps(original)
     def hf_processor(name_or_path, **kwargs):
         try:
             from transformers import AutoConfig
@@ -26,20 +27,16 @@ def omni_hf_processor(original):
             return original(name_or_path, **kwargs)
         return load_omni_processor(name_or_path, config=config, **kwargs)
 
-    hf_processor.__verl_modality__ = True
     return hf_processor
 
 
 def patch_tokenizer(module) -> None:
-    """``verl.utils.tokenizer.hf_processor`` (and its re-export ``verl.utils.hf_processor``)."""
-    if getattr(module.hf_processor, "__verl_modality__", False):
-        return
-    wrapped = omni_hf_processor(module.hf_processor)
-    module.hf_processor = wrapped
+    """``verl.utils.tokenizer.hf_processor`` and its re-export ``verl.utils.hf_processor`` (the same wrapper)."""
     import verl.utils as verl_utils
 
-    if hasattr(verl_utils, "hf_processor"):
-        verl_utils.hf_processor = wrapped
+    wrap(module, "hf_processor", omni_hf_processor)
+    if hasattr(verl_utils, "hf_processor"):  # else verl.utils is importing: its `from .tokenizer import` takes ours
+        wrap(verl_utils, "hf_processor", omni_hf_processor)
 
 
 # ------------------------------------------------------------------------------- verl.utils.tensordict_utils
@@ -48,7 +45,6 @@ def fixed_3d_position_ids(original):
     (:func:`verl_modality.models.omni.repack_equal_length_position_ids`)."""
     from verl_modality.models.omni import repack_equal_length_position_ids
 
-    @functools.wraps(original)
     def maybe_fix_3d_position_ids(data):
         if "position_ids" in data.keys():
             repacked = repack_equal_length_position_ids(data["position_ids"])
@@ -57,14 +53,11 @@ def fixed_3d_position_ids(original):
                 return None
         return original(data)
 
-    maybe_fix_3d_position_ids.__verl_modality__ = True
-    maybe_fix_3d_position_ids.__wrapped_original__ = original
     return maybe_fix_3d_position_ids
 
 
 def patch_tensordict_utils(module) -> None:
-    if not getattr(module.maybe_fix_3d_position_ids, "__verl_modality__", False):
-        module.maybe_fix_3d_position_ids = fixed_3d_position_ids(module.maybe_fix_3d_position_ids)
+    wrap(module, "maybe_fix_3d_position_ids", fixed_3d_position_ids)
 
 
 # ------------------------------------------------------------------------------------ verl.utils.distributed
@@ -74,8 +67,6 @@ def gloo_process_group(original):
     def initialize_global_process_group_ray(timeout_second=None, backend=None):
         return original(timeout_second=timeout_second, backend=backend or "gloo")
 
-    initialize_global_process_group_ray.__wrapped__ = original
-    initialize_global_process_group_ray.__verl_modality__ = True
     return initialize_global_process_group_ray
 
 
@@ -92,13 +83,9 @@ def gloo_global_process_group(original):
         )
         return int(os.environ["LOCAL_RANK"]), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 
-    initialize_global_process_group.__wrapped__ = original
-    initialize_global_process_group.__verl_modality__ = True
     return initialize_global_process_group
 
 
 def patch_distributed(module) -> None:
-    if not getattr(module.initialize_global_process_group_ray, "__verl_modality__", False):
-        module.initialize_global_process_group_ray = gloo_process_group(module.initialize_global_process_group_ray)
-    if not getattr(module.initialize_global_process_group, "__verl_modality__", False):
-        module.initialize_global_process_group = gloo_global_process_group(module.initialize_global_process_group)
+    wrap(module, "initialize_global_process_group_ray", gloo_process_group)
+    wrap(module, "initialize_global_process_group", gloo_global_process_group)

@@ -9,8 +9,10 @@
   whose micro-batches hold different streams enter different FSDP collectives.
 * ``engine.base`` / ``engine_workers``: modules that imported ``maybe_fix_3d_position_ids`` or
   ``initialize_global_process_group_ray`` by name get the wrapped ones (:mod:`verl_modality.integrations.verl_utils`).
-* MAPO-AT's attention loss (docs/method.md §5), inert unless the update batch carries the ``mapo_at`` knob (set by the
-  trainer's MAPO-AT feature when ``algorithm.mapo_at.attention_loss`` is on):
+* MAPO-AT's attention loss (docs/method.md §5), inert unless the update batch carries the ``mapo_at`` knob
+  (:data:`verl_modality.protocol.MAPO_AT`, set by the trainer's MAPO-AT feature when
+  ``algorithm.mapo_at.attention_loss``
+  is on):
   ``FSDPEngineWithLMHead.forward_step`` runs training micro-batches inside
   :class:`~verl_modality.models.attention_capture.AudioAttentionCapture`, so the post-RoPE q/k of the chosen layers
   are recorded while the model's own attention runs as usual; ``engine_workers.ppo_loss`` adds eta * L_attn to
@@ -28,20 +30,20 @@ Every wrapper hands calls that are not for an Omni model, or not for MAPO-AT, to
 from __future__ import annotations
 
 import contextvars
-import functools
 import logging
 from typing import Any
 
+from verl_modality import protocol
+from verl_modality.integrations.patching import wrap
+
 logger = logging.getLogger(__name__)
 
-#: the actor update's knob (``batch.extra_info``) and the per-token fields of MAPO-AT's attention loss
-KNOB = "mapo_at"
-#: the actor update's flag (``batch.extra_info``): the update's ``rollout_is_weights`` are MAPO-AT relevance weights
-RELEVANCE_KNOB = "mapo_relevance"
-#: what the actor adds to each mini-batch: the weight sum W of its relevance weights over all data-parallel ranks
-WEIGHT_SUM = "mapo_relevance_weight_sum"
-FIELDS = ("mapo_dh", "mapo_attn_content", "mapo_attn_reward", "mapo_attn_adv")
+#: The training micro-batch's AudioAttentionCapture, from forward_step to the ppo_loss called inside it (set and reset
+#: by patch_forward_step's wrapper, read by with_mapo_at; None outside a captured forward step): see
+# verl_modality.protocol
 _ACTIVE: contextvars.ContextVar[Any] = contextvars.ContextVar("mapo_at_capture", default=None)
+#: _ACTIVE's value inside a forward-only step of a batch that carries the knob: no capture, and no attention loss
+NO_CAPTURE = object()
 
 
 # ----------------------------------------------------------------------------------- verl.workers.config.model
@@ -50,7 +52,6 @@ def thinker_post_init(original):
     from verl_modality.models.family import family_of
     from verl_modality.models.omni import to_thinker_config
 
-    @functools.wraps(original)
     def __post_init__(self):
         original(self)
         family = family_of(self.hf_config)
@@ -75,21 +76,16 @@ def thinker_post_init(original):
         object.__setattr__(self, "architectures", thinker.architectures)
         logger.info("verl-modality: %s is a full %s checkpoint; the actor loads its thinker", self.path, family.title)
 
-    __post_init__.__verl_modality__ = True
     return __post_init__
 
 
 def patch_model_config(module) -> None:
-    """``HFModelConfig.__post_init__``, and the module's by-name ``hf_processor`` (the Omni processor)."""
-    import verl.utils.tokenizer as tokenizer_mod
+    """``HFModelConfig.__post_init__``, and the module's by-name ``hf_processor`` (the Omni processor's wrapper,
+    the same object as ``verl.utils.tokenizer``'s)."""
+    from verl_modality.integrations.verl_utils import omni_hf_processor
 
-    from verl_modality.integrations.verl_utils import patch_tokenizer
-
-    patch_tokenizer(tokenizer_mod)
-    module.hf_processor = tokenizer_mod.hf_processor
-    cls = module.HFModelConfig
-    if not getattr(cls.__post_init__, "__verl_modality__", False):
-        cls.__post_init__ = thinker_post_init(cls.__post_init__)
+    wrap(module, "hf_processor", omni_hf_processor)
+    wrap(module.HFModelConfig, "__post_init__", thinker_post_init)
 
 
 # ---------------------------------------------------------------------- verl.workers.engine.fsdp.transformer_impl
@@ -99,7 +95,6 @@ def leaf_layer_build_module(original):
     from verl_modality.models import encoder_lockstep
     from verl_modality.models.family import family_of
 
-    @functools.wraps(original)
     def _build_module(self):
         module = original(self)
         config = getattr(module, "config", None)
@@ -111,55 +106,53 @@ def leaf_layer_build_module(original):
             encoder_lockstep.install(module)
         return module
 
-    _build_module.__verl_modality__ = True
     return _build_module
 
 
 def patch_fsdp_engine(module) -> None:
-    engine = module.FSDPEngine
-    if not getattr(engine._build_module, "__verl_modality__", False):
-        engine._build_module = leaf_layer_build_module(engine._build_module)
+    wrap(module.FSDPEngine, "_build_module", leaf_layer_build_module)
 
 
 def unpinned_offload_policy(original):
     """``CPUOffloadPolicy`` as verl's FSDP2 engine builds it, without pinned memory (cpu platform only)."""
 
-    @functools.wraps(original, updated=())
     def CPUOffloadPolicy(*args: Any, pin_memory: bool = True, **kwargs: Any):  # noqa: N802 (verl's name)
         return original(*args, pin_memory=False, **kwargs)
 
-    CPUOffloadPolicy.__verl_modality__ = True
     return CPUOffloadPolicy
 
 
 def patch_offload_policy(module) -> None:
     """verl shards forward-only engines (the reference policy) with ``CPUOffloadPolicy(pin_memory=True)``; pinning
     needs a CUDA driver, and on the CPU the parameters are in host memory already."""
-    if not getattr(module.CPUOffloadPolicy, "__verl_modality__", False):
-        module.CPUOffloadPolicy = unpinned_offload_policy(module.CPUOffloadPolicy)
+    wrap(module, "CPUOffloadPolicy", unpinned_offload_policy)
 
 
 def _knob(data: Any) -> dict | None:
     from verl.utils import tensordict_utils as tu
 
-    value = tu.get_non_tensor_data(data=data, key=KNOB, default=None)
+    value = tu.get_non_tensor_data(data=data, key=protocol.MAPO_AT, default=None)
     return dict(value) if value else None
 
 
 def patch_forward_step(module) -> None:
     """``FSDPEngineWithLMHead.forward_step`` captures q/k for MAPO-AT's attention loss on training micro-batches."""
+    wrap(module.FSDPEngineWithLMHead, "forward_step", capturing_forward_step)
+
+
+def capturing_forward_step(original):
     from verl_modality.models.attention_capture import AudioAttentionCapture, usable_layers
 
-    cls = module.FSDPEngineWithLMHead
-    if getattr(cls.forward_step, "__verl_modality__", False):
-        return
-    original = cls.forward_step
-
-    @functools.wraps(original)
     def forward_step(self, micro_batch, loss_function, forward_only):
-        knob = None if forward_only else _knob(micro_batch)
+        knob = _knob(micro_batch)
         if knob is None:
             return original(self, micro_batch, loss_function, forward_only)
+        if forward_only:  # no gradient: a loss verl computes here (compute_loss) leaves L_attn out
+            token = _ACTIVE.set(NO_CAPTURE)
+            try:
+                return original(self, micro_batch, loss_function, forward_only)
+            finally:
+                _ACTIVE.reset(token)
         with AudioAttentionCapture(self.module, usable_layers(self.module, knob["layers"])) as capture:
             token = _ACTIVE.set(capture)
             try:
@@ -168,63 +161,53 @@ def patch_forward_step(module) -> None:
                 _ACTIVE.reset(token)
                 capture.clear()
 
-    forward_step.__verl_modality__ = True
-    cls.forward_step = forward_step
+    return forward_step
 
 
 def patch_forward_backward_batch(module) -> None:
     """``FSDPEngine.forward_backward_batch`` adds the mini-batch's relevance-weight sum over all ranks (the
     ``token-mean`` denominator of the ``mapo_relevance`` loss, :func:`~verl_modality.algorithms.relevance.
     global_token_weights`) when the update carries MAPO-AT relevance weights."""
-    cls = module.FSDPEngine
-    if getattr(cls.forward_backward_batch, "__verl_modality__", False):
-        return
-    original = cls.forward_backward_batch
+    wrap(module.FSDPEngine, "forward_backward_batch", weight_sum_forward_backward_batch)
 
-    @functools.wraps(original)
+
+def weight_sum_forward_backward_batch(original):
     def forward_backward_batch(self, data, loss_function, forward_only=False):
         from verl.utils import tensordict_utils as tu
 
-        if forward_only or not tu.get_non_tensor_data(data=data, key=RELEVANCE_KNOB, default=False):
+        if forward_only or not tu.get_non_tensor_data(data=data, key=protocol.MAPO_RELEVANCE, default=False):
             return original(self, data, loss_function, forward_only)
         import torch
 
         from verl_modality.algorithms.relevance import weight_sum
 
-        total = torch.tensor([weight_sum(data["rollout_is_weights"])], dtype=torch.float64)
+        total = torch.tensor([weight_sum(data[protocol.RELEVANCE_WEIGHTS])], dtype=torch.float64)
         group = self.get_data_parallel_group()
         if torch.distributed.is_initialized() and torch.distributed.get_world_size(group) > 1:
             from verl.utils.device import get_device_id
 
             total = total.to(get_device_id())
             torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM, group=group)
-        tu.assign_non_tensor(data, **{WEIGHT_SUM: float(total.item())})
+        tu.assign_non_tensor(data, **{protocol.MAPO_RELEVANCE_WEIGHT_SUM: float(total.item())})
         return original(self, data, loss_function, forward_only)
 
-    forward_backward_batch.__verl_modality__ = True
-    cls.forward_backward_batch = forward_backward_batch
+    return forward_backward_batch
 
 
 # ------------------------------------------------------------------------ verl.workers.engine.base, engine_workers
 def rebind_position_id_fix(module) -> None:
-    """Modules that imported ``maybe_fix_3d_position_ids`` by name get the fixed one."""
-    from verl.utils import tensordict_utils
+    """Modules that imported ``maybe_fix_3d_position_ids`` by name get the fixed one (the same wrapper as
+    ``verl.utils.tensordict_utils``'s)."""
+    from verl_modality.integrations.verl_utils import fixed_3d_position_ids
 
-    from verl_modality.integrations.verl_utils import patch_tensordict_utils
-
-    patch_tensordict_utils(tensordict_utils)
-    if not getattr(getattr(module, "maybe_fix_3d_position_ids", None), "__verl_modality__", True):
-        module.maybe_fix_3d_position_ids = tensordict_utils.maybe_fix_3d_position_ids
+    wrap(module, "maybe_fix_3d_position_ids", fixed_3d_position_ids)
 
 
 def rebind_gloo_process_group(module) -> None:
     """``engine_workers`` imported ``initialize_global_process_group_ray`` by name before it could be wrapped."""
-    import verl.utils.distributed as dist_utils
+    from verl_modality.integrations.verl_utils import gloo_process_group
 
-    from verl_modality.integrations.verl_utils import patch_distributed
-
-    patch_distributed(dist_utils)
-    module.initialize_global_process_group_ray = dist_utils.initialize_global_process_group_ray
+    wrap(module, "initialize_global_process_group_ray", gloo_process_group)
 
 
 def _padded(nested: Any, fill: float = 0.0) -> Any:
@@ -253,34 +236,45 @@ def relevance_token_weights(config: Any, data: Any) -> Any:
 
     policy_loss = getattr(config, "policy_loss", None)
     mode = policy_loss.get("loss_mode", "vanilla") if policy_loss is not None else "vanilla"
-    if mode != LOSS_MODE or getattr(config, "loss_agg_mode", None) != "token-mean" or "rollout_is_weights" not in data:
+    if (
+        mode != LOSS_MODE
+        or getattr(config, "loss_agg_mode", None) != "token-mean"
+        or protocol.RELEVANCE_WEIGHTS not in data
+    ):
         return data
-    total = tu.get_non_tensor_data(data=data, key=WEIGHT_SUM, default=None)
+    total = tu.get_non_tensor_data(data=data, key=protocol.MAPO_RELEVANCE_WEIGHT_SUM, default=None)
     if total is None:
         raise RuntimeError(
             f"policy loss {LOSS_MODE!r} with loss_agg_mode=token-mean needs the mini-batch's relevance-weight sum, "
-            f"which the actor's engine adds ({WEIGHT_SUM}); is the plugin's FSDPEngine.forward_backward_batch patch "
+            f"which the actor's engine adds ({protocol.MAPO_RELEVANCE_WEIGHT_SUM}); is the plugin's FSDPEngine.forward_backward_batch patch "
             "installed (see `verl-modality doctor`)?"
         )
     scaled = data.copy()
-    scaled["rollout_is_weights"] = global_token_weights(data["rollout_is_weights"], data["batch_num_tokens"], total)
+    scaled[protocol.RELEVANCE_WEIGHTS] = global_token_weights(
+        data[protocol.RELEVANCE_WEIGHTS], data["batch_num_tokens"], total
+    )
     return scaled
 
 
 def with_mapo_at(ppo_loss):
     """verl's ``ppo_loss`` with MAPO-AT's relevance weights as one global weighted mean under ``token-mean``
     (:func:`relevance_token_weights`), plus eta * L_attn when the batch asks for it (see the module docstring)."""
-    if getattr(ppo_loss, "__verl_modality__", False):
-        return ppo_loss
 
-    @functools.wraps(ppo_loss)
     def loss_fn(config, model_output, data, dp_group=None):
         data = relevance_token_weights(config, data)
         loss, metrics = ppo_loss(config, model_output, data, dp_group)
-        capture = _ACTIVE.get()
         knob = _knob(data)
-        if capture is None or knob is None:
+        if knob is None:
             return loss, metrics
+        capture = _ACTIVE.get()
+        if capture is NO_CAPTURE:
+            return loss, metrics
+        if capture is None:  # without it the attention loss would silently be left out
+            raise RuntimeError(
+                f"the actor update carries {protocol.MAPO_AT!r} (MAPO-AT's attention loss) but verl's ppo_loss ran "
+                "outside a captured forward step: is the plugin's FSDPEngineWithLMHead.forward_step patch installed "
+                "(see `verl-modality doctor`)?"
+            )
         from verl.utils import tensordict_utils as tu
 
         from verl_modality.algorithms.attention_loss import attention_loss
@@ -293,10 +287,10 @@ def with_mapo_at(ppo_loss):
         l_attn, attn_metrics = attention_loss(
             a,
             response_mask.to(a.device),
-            _padded(data["mapo_attn_content"]).bool().to(a.device),
-            _padded(data["mapo_dh"]).float().to(a.device),
-            _padded(data["mapo_attn_reward"])[:, 0].float().to(a.device),
-            _padded(data["mapo_attn_adv"])[:, 0].float().to(a.device),
+            _padded(data[protocol.MAPO_ATTN_CONTENT]).bool().to(a.device),
+            _padded(data[protocol.MAPO_DH]).float().to(a.device),
+            _padded(data[protocol.MAPO_ATTN_REWARD])[:, 0].float().to(a.device),
+            _padded(data[protocol.MAPO_ATTN_ADV])[:, 0].float().to(a.device),
             kappa=float(knob["kappa"]),
             tau_base=float(knob["tau_base"]),
             c_mask=float(knob["c_mask"]),
@@ -307,9 +301,8 @@ def with_mapo_at(ppo_loss):
         metrics.update({f"mapo_at/{k.split('/', 1)[1]}": v for k, v in attn_metrics.items()})
         return loss, metrics
 
-    loss_fn.__verl_modality__ = True
     return loss_fn
 
 
 def patch_ppo_loss(module) -> None:
-    module.ppo_loss = with_mapo_at(module.ppo_loss)
+    wrap(module, "ppo_loss", with_mapo_at)

@@ -5,20 +5,19 @@
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata as md
 from typing import Any
 
+from verl_modality.integrations.patching import register, wrap
 from verl_modality.platform.vllm_cpu import DISTRIBUTION, RESOURCE, VLLM_DISTRIBUTION
 
 
 def alias_vllm_distribution(module) -> None:
     """``version("vllm")`` answers with vllm-cpu's version plus ``+cpu`` when no ``vllm`` distribution exists."""
-    original = module.version
-    if getattr(original, "__verl_modality__", False):
-        return
+    wrap(module, "version", vllm_cpu_version)
 
-    @functools.wraps(original)
+
+def vllm_cpu_version(original):
     def version(distribution_name: str) -> str:
         try:
             return original(distribution_name)
@@ -27,41 +26,34 @@ def alias_vllm_distribution(module) -> None:
                 raise
             return original(DISTRIBUTION) + "+cpu"
 
-    version.__verl_modality__ = True
-    version.__wrapped_original__ = original
-    module.version = version
+    return version
 
 
 def cpu_accelerator_ids(module) -> None:
     """``RuntimeContext.get_accelerator_ids`` lists device ``0`` for the cpu platform's resource when Ray lists none."""
-    cls = module.RuntimeContext
-    original = cls.get_accelerator_ids
-    if getattr(original, "__verl_modality__", False):
-        return
+    wrap(module.RuntimeContext, "get_accelerator_ids", with_rank_slot_id)
 
-    @functools.wraps(original)
+
+def with_rank_slot_id(original):
     def get_accelerator_ids(self) -> dict[str, list[str]]:
         ids = dict(original(self))
         if not ids.get(RESOURCE):  # the worker holds none of the rank-slot resource itself
             ids[RESOURCE] = ["0"]
         return ids
 
-    get_accelerator_ids.__verl_modality__ = True
-    cls.get_accelerator_ids = get_accelerator_ids
+    return get_accelerator_ids
 
 
 def keep_linear_weights(module) -> None:
     """``dispatch_cpu_unquantized_gemm`` never removes ``layer.weight``, so verl's weight sync can load into it."""
-    original = module.dispatch_cpu_unquantized_gemm
-    if getattr(original, "__verl_modality__", False):
-        return
+    wrap(module, "dispatch_cpu_unquantized_gemm", weights_kept)
 
-    @functools.wraps(original)
+
+def weights_kept(original):
     def dispatch_cpu_unquantized_gemm(layer: Any, remove_weight: bool, *args: Any, **kwargs: Any) -> Any:
         return original(layer, False, *args, **kwargs)
 
-    dispatch_cpu_unquantized_gemm.__verl_modality__ = True
-    module.dispatch_cpu_unquantized_gemm = dispatch_cpu_unquantized_gemm
+    return dispatch_cpu_unquantized_gemm
 
 
 def static_moe_activation(module) -> None:
@@ -76,5 +68,5 @@ def static_moe_activation(module) -> None:
     from vllm.model_executor.layers.fused_moe.activation import MoEActivation
 
     table = module._CPU_MOE_ACT_FN
-    if table.get(MoEActivation.SILU) is not SiluAndMul.forward_native:
-        table[MoEActivation.SILU] = SiluAndMul.forward_native
+    # vLLM's own static function, in place of vLLM's lambda (a deliberate replacement: this is a patch)
+    register(table, MoEActivation.SILU, SiluAndMul.forward_native, replaces=table.get(MoEActivation.SILU))

@@ -8,7 +8,7 @@ the chosen ``model.model.layers[i].self_attn`` modules: the hook receives the mo
 ``q_proj`` / ``k_proj`` (and q/k norms) and the rotary function of the module's own source file, as the model
 family's adapter describes (:meth:`verl_modality.models.family.OmniFamily.query_key_states`). The module itself
 then runs unchanged, with whatever attention implementation the model was loaded with (sdpa, flash, eager). The
-mass is computed afterwards by :func:`verl_modality.algorithms.attention_loss.audio_attention_mass` (chunked, no
+mass is computed afterwards by :func:`verl_modality.algorithms.audio_mass.audio_attention_mass` (chunked, no
 attention matrix), and its gradient flows back through the recomputed projections into the model.
 
 Usage::
@@ -21,8 +21,8 @@ Usage::
 
 Scope: training-style forwards over the whole sequence (no KV cache; a forward with ``past_key_values`` is recorded
 with its new positions only and is not supported by :meth:`AudioAttentionCapture.audio_mass`). Sliding-window
-attention (off in both Omni families) is not modelled. Under gradient checkpointing the recomputation during backward is not
-recorded again (the forward record is kept).
+attention (off in both Omni families) is not modelled. Under gradient checkpointing the recomputation during backward
+is not recorded again (the forward record is kept).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from verl_modality.algorithms.attention_loss import (
+from verl_modality.algorithms.audio_mass import (
     audio_attention_mass,
     naive_audio_attention_mass,
     reduce_heads_layers,

@@ -15,6 +15,7 @@ from typing import Any
 
 from tensordict import TensorDict
 
+from verl_modality import vocabulary
 from verl_modality.data import schema
 from verl_modality.data.modality_view import ModalityView, apply_view
 from verl_modality.models.omni_inputs import EncodedPrompt, build_actor_batch, encode_prompt
@@ -25,8 +26,8 @@ def twin_row(row: Mapping[str, Any], drop: str, ablation: str = "remove") -> dic
 
     ``drop`` is a stream set (``"A"``, ``"VA"``); dropping a stream the row does not show is an error.
     """
-    drop = schema.canonical_tag(drop)
-    shown = schema.canonical_tag(row[schema.AVAILABLE], allow_empty=True)
+    drop = vocabulary.canonical_tag(drop)
+    shown = vocabulary.canonical_tag(row[schema.AVAILABLE], allow_empty=True)
     absent = set(drop) - set(shown)
     if absent:
         raise ValueError(

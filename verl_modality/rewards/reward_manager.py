@@ -32,8 +32,10 @@ from verl import DataProto
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager
 
+from verl_modality import protocol
+from verl_modality.data import schema
+
 NAME = "modality"
-RESPONSE_TOKENS = "response_tokens"
 
 
 def valid_response_length(data: DataProto) -> int:
@@ -50,14 +52,14 @@ class ModalityRewardManager(NaiveRewardManager):
     async def run_single(self, data: DataProto) -> dict:
         item = data[-1:]  # the naive manager scores the last sequence only
         n_tokens = valid_response_length(item)
-        info = item.non_tensor_batch.get("extra_info")
+        info = item.non_tensor_batch.get(schema.EXTRA_INFO)
         extra_info = dict(info[0]) if info is not None and info[0] is not None else {}
-        extra_info[RESPONSE_TOKENS] = n_tokens
-        item.non_tensor_batch["extra_info"] = np.array([extra_info], dtype=object)
+        extra_info[protocol.INFO_RESPONSE_TOKENS] = n_tokens
+        item.non_tensor_batch[schema.EXTRA_INFO] = np.array([extra_info], dtype=object)
 
         out = await super().run_single(item)
-        out["reward_extra_info"][RESPONSE_TOKENS] = n_tokens
-        _check_finite(out, extra_info, item.non_tensor_batch["data_source"][0])
+        out[protocol.REWARD_EXTRA_INFO][protocol.INFO_RESPONSE_TOKENS] = n_tokens
+        _check_finite(out, extra_info, item.non_tensor_batch[schema.DATA_SOURCE][0])
         return out
 
 
@@ -67,15 +69,15 @@ def _check_finite(out: dict[str, Any], extra_info: dict[str, Any], data_source: 
         finite = math.isfinite(float(score))
     except (TypeError, ValueError) as exc:
         raise TypeError(
-            f"reward of sample {extra_info.get('id')!r} (data_source {data_source!r}) is not a number: {score!r}"
+            f"reward of sample {extra_info.get(protocol.INFO_ID)!r} (data_source {data_source!r}) is not a number: {score!r}"
         ) from exc
     if finite:
         return
-    judge_failed = out["reward_extra_info"].get("judge_failed")
+    judge_failed = out[protocol.REWARD_EXTRA_INFO].get(protocol.REWARD_JUDGE_FAILED)
     if judge_failed is not None and float(judge_failed) == 1.0:
         return
     raise FloatingPointError(
-        f"reward of sample {extra_info.get('id')!r} (data_source {data_source!r}) is {score}: the reward function "
+        f"reward of sample {extra_info.get(protocol.INFO_ID)!r} (data_source {data_source!r}) is {score}: the reward function "
         f"returned a non-finite score without judge_failed=1.0"
     )
 

@@ -10,14 +10,15 @@ contrastive reward weighting) for caption rows.
           answer_weight: 1.0                     # QA rows: the fields of rewards.choice.AnswerRewardConfig
           format_weight: 0.0
           judge: {base_url: ..., model: ..., api_key_env: JUDGE_API_KEY}   # caption rows: rewards.caption_judge
-          contrastive: {enable: true, alpha: 0.2, tau: 0.8}                 # captions: rewards.contrastive (docs/method.md §4)
+          contrastive: {enable: true, alpha: 0.2, tau: 0.8}   # captions: rewards.contrastive (docs/method.md §4)
 
 A row's task is ``extra_info["sample_task"]`` (written by the schema). verl stacks the per-sample result dicts of a
 batch by the first one's keys, so every row returns the same keys (:data:`RESULT_KEYS`); a field that does not apply
 to a row is None, which verl's validation metrics skip. ``acc`` is the QA correctness or the caption's judge score
 (None when the judge failed: the failure shows in ``judge_failed``; the score itself is then NaN, see
 :mod:`verl_modality.rewards.failed_scores`). Contrastive weighting needs the deficit response that the
-``modality_agent`` agent loop generates (``extra_info["deficit_response"]``, :mod:`verl_modality.rollout.deficit_agent_loop`).
+``modality_agent`` agent loop generates (``extra_info["deficit_response"]``,
+:mod:`verl_modality.rollout.deficit_agent_loop`).
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from verl_modality import protocol
 from verl_modality.rewards import choice
 
-QA_KEYS = ("acc", "formatted", "parsed", "pred_none", "gold_none", "string_match")
-CAPTION_KEYS = ("judge_failed", "judge_missing", "judge_errors", "judge_fusion", "judge_error")
+QA_KEYS = (protocol.REWARD_ACC, "formatted", "parsed", "pred_none", "gold_none", "string_match")
+CAPTION_KEYS = (protocol.REWARD_JUDGE_FAILED, "judge_missing", "judge_errors", "judge_fusion", "judge_error")
 CRW_KEYS = ("judge_score", "crw_similarity", "crw_boosted")
 RESULT_KEYS = ("score", *QA_KEYS, *CAPTION_KEYS, *CRW_KEYS)
 _VERL_KWARGS = ("reward_router_address", "reward_model_tokenizer")
@@ -61,23 +63,27 @@ async def _caption_score(
 
     if judge is None:
         raise ValueError(
-            f"row {extra_info.get('id')!r} ({data_source}) is a caption row, but reward_kwargs.judge is not set "
+            f"row {extra_info.get(protocol.INFO_ID)!r} ({data_source}) is a caption row, but reward_kwargs.judge is not set "
             "(base_url, model, api_key_env, ...: see docs/caption_judge.md)"
         )
     result = dict(await caption_judge.compute_score(data_source, solution_str, ground_truth, extra_info, judge=judge))
     result["judge_score"] = result["score"]
-    if result.get("judge_failed"):
-        return {"score": result["score"], "judge_failed": 1.0, "judge_error": result.get("judge_error", "")}
-    result["acc"] = result["score"]
+    if result.get(protocol.REWARD_JUDGE_FAILED):
+        return {
+            "score": result["score"],
+            protocol.REWARD_JUDGE_FAILED: 1.0,
+            "judge_error": result.get("judge_error", ""),
+        }
+    result[protocol.REWARD_ACC] = result["score"]
     config = ContrastiveConfig.from_config(contrastive) if contrastive is not None else None
     if config is None or not config.enable:
         return result
-    if "deficit_response" not in extra_info:
+    if protocol.DEFICIT_RESPONSE not in extra_info:
         raise ValueError(
-            f"row {extra_info.get('id')!r}: reward_kwargs.contrastive.enable needs the deficit response of the "
+            f"row {extra_info.get(protocol.INFO_ID)!r}: reward_kwargs.contrastive.enable needs the deficit response of the "
             "modality_agent agent loop (actor_rollout_ref.rollout.agent.default_agent_loop=modality_agent)"
         )
-    negative = extra_info.get("deficit_response")
+    negative = extra_info.get(protocol.DEFICIT_RESPONSE)
     if negative is None:  # no deficit condition exists for this row (e.g. a single shown stream): unweighted
         return result
     loop = asyncio.get_running_loop()
@@ -96,9 +102,9 @@ async def compute_score(
     """verl's custom reward function for mixed data (see the module docstring); returns :data:`RESULT_KEYS`."""
     qa_kwargs, judge, contrastive = _split_kwargs(kwargs)
     info = dict(extra_info or {})
-    if info.get("sample_task") == "caption":
+    if info.get(protocol.INFO_TASK) == "caption":
         result = await _caption_score(data_source, solution_str, ground_truth, info, judge, contrastive)
     else:
         result = choice.compute_score(data_source, solution_str, ground_truth, info, **qa_kwargs)
-        result = {**result, "judge_failed": 0.0}
+        result = {**result, protocol.REWARD_JUDGE_FAILED: 0.0}
     return _complete(result)

@@ -1,7 +1,7 @@
 """``modality_agent``: verl's single-turn agent loop plus the deficit response of contrastive reward weighting.
 
-Contrastive reward weighting (docs/method.md §4; MAPLE App. E.3) compares each caption rollout with a response the *same*
-policy writes for the same prompt with some required stream missing. This agent loop produces that response inside
+Contrastive reward weighting (docs/method.md §4; MAPLE App. E.3) compares each caption rollout with a response
+the *same* policy writes for the same prompt with some required stream missing. This agent loop produces that response inside
 verl's rollout, from the same rollout server and weights and with the same sampling parameters, and hands it to the
 reward function:
 
@@ -12,7 +12,8 @@ reward function:
    subsets of the shown streams that miss a tagged stream), the others removed or blanked
    (:func:`verl_modality.models.twin_inputs.twin_row`, the dataset's own view transform; ``remove``: the row's text
    without the dropped streams' paragraphs, ``blank``: the row's very tokens with silence / black frames / an empty
-   subtitle). The twin goes through the same multimodal path (``process_multi_modal_info``, ``ct_build_initial_tokens``) and ``server_manager.generate``.
+   subtitle). The twin goes through the same multimodal path (``process_multi_modal_info``,
+   ``ct_build_initial_tokens``) and ``server_manager.generate``.
 3. The decoded text (special tokens skipped) goes in ``extra_fields``, which verl merges into the reward function's
    ``extra_info`` (the reward loop's ``tool_extra_fields``):
 
@@ -55,17 +56,16 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-# Only the standard library at import time: the plugin imports this module while ``verl_modality`` itself is still
-# initialising (``import verl`` runs the plugin discovery), so package modules are imported inside the functions.
+from verl_modality import protocol
+
+# Only the standard library and the plain-Python protocol at import time: the plugin imports this module while
+# ``verl_modality`` itself is still initialising (``import verl`` runs the plugin discovery), so other package modules
+# are imported inside the functions.
 
 logger = logging.getLogger(__name__)
 
 AGENT_NAME = "modality_agent"
 CLASS_NAME = "ModalityAgentLoop"
-#: extra_fields keys written by the agent loop (read by the reward function from ``extra_info``)
-RESPONSE_KEY = "deficit_response"
-STREAMS_KEY = "deficit_streams"
-REASON_KEY = "deficit_skip_reason"
 #: where the options live; the first is the reward function's ``contrastive`` keyword
 CONFIG_PATH = "reward.custom_reward_function.reward_kwargs.contrastive"
 _CACHE_SIZE = 4096  # prompt groups whose shared deficit response is kept (per_prompt)
@@ -87,7 +87,7 @@ def row_task(row: Mapping[str, Any]) -> str | None:
     from verl_modality.data import schema
 
     info = row.get(schema.EXTRA_INFO) or {}
-    task = info.get("sample_task") if isinstance(info, Mapping) else None
+    task = info.get(protocol.INFO_TASK) if isinstance(info, Mapping) else None
     if task is None:
         task = row.get(schema.TASK)
     return None if task is None else str(task)
@@ -106,12 +106,13 @@ def _prompt_media(messages: Any, kind: str) -> list[dict[str, Any]]:
 def prompt_streams(row: Mapping[str, Any], data_config: Any = None) -> str:
     """The streams the row's prompt has a slot for: its shown streams, or, when ``data.modality`` renders hidden
     streams blanked (``ablation: blank``), every stream of the record."""
+    from verl_modality import vocabulary
     from verl_modality.data import schema
     from verl_modality.data.modality_view import ModalityView
 
     view = ModalityView.from_config(data_config)
     key = schema.MEDIA_STREAMS if not view.is_identity and view.ablation == "blank" else schema.AVAILABLE
-    return schema.canonical_tag(str(row[key]), allow_empty=True)
+    return vocabulary.canonical_tag(str(row[key]), allow_empty=True)
 
 
 def deficit_row(row: Mapping[str, Any], shown: str, ablation: str, slots: str | None = None) -> dict[str, Any]:
@@ -123,8 +124,8 @@ def deficit_row(row: Mapping[str, Any], shown: str, ablation: str, slots: str | 
     ``videos``/``audios`` columns before the rollout; they are restored from the rendered messages (``raw_prompt``)
     so that records without a ``media`` column keep their files.
     """
+    from verl_modality import vocabulary
     from verl_modality.data import schema
-    from verl_modality.data.dataset import SAMPLE_KEY
     from verl_modality.models.twin_inputs import twin_row
 
     missing = [k for k in (schema.ID, schema.MODALITY_TAG, schema.MEDIA_STREAMS, schema.AVAILABLE) if k not in row]
@@ -134,14 +135,14 @@ def deficit_row(row: Mapping[str, Any], shown: str, ablation: str, slots: str | 
     for key, kind in ((schema.VIDEOS, "video"), (schema.AUDIOS, "audio")):
         if full.get(key) is None:
             full[key] = _prompt_media(row.get("raw_prompt"), kind)
-    available = schema.canonical_tag(str(full[schema.AVAILABLE]), allow_empty=True)
-    full[schema.MEDIA_STREAMS] = schema.canonical_tag(available if slots is None else slots, allow_empty=True)
+    available = vocabulary.canonical_tag(str(full[schema.AVAILABLE]), allow_empty=True)
+    full[schema.MEDIA_STREAMS] = vocabulary.canonical_tag(available if slots is None else slots, allow_empty=True)
     drop = "".join(s for s in available if s not in shown)
     twin = twin_row(full, drop, ablation)
     twin[schema.MEDIA_STREAMS] = row[schema.MEDIA_STREAMS]
     sample_id = str(full[schema.ID])
     for key in (schema.VIDEOS, schema.AUDIOS):  # as the dataset does: a decoding error names the sample
-        twin[key] = [{**dict(item), SAMPLE_KEY: sample_id} for item in twin.get(key) or []]
+        twin[key] = [{**dict(item), protocol.MEDIA_SAMPLE_ID: sample_id} for item in twin.get(key) or []]
     return twin
 
 
@@ -151,6 +152,7 @@ def _build_class():
     from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
     from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 
+    from verl_modality import vocabulary
     from verl_modality.data import schema
     from verl_modality.models.twin_inputs import structured_messages
     from verl_modality.rewards.contrastive import NoDeficitError, deficit_streams
@@ -175,26 +177,38 @@ def _build_class():
             """The three ``extra_fields`` entries for ``row`` (see the module docstring)."""
             task = row_task(row)
             if task != "caption":
-                return {RESPONSE_KEY: None, STREAMS_KEY: None, REASON_KEY: f"not a caption row (task {task!r})"}
+                return {
+                    protocol.DEFICIT_RESPONSE: None,
+                    protocol.DEFICIT_STREAMS: None,
+                    protocol.DEFICIT_SKIP_REASON: f"not a caption row (task {task!r})",
+                }
             cfg = self.contrastive
             sample_id = str(row.get(schema.ID, ""))
             try:
                 tag, available = str(row[schema.MODALITY_TAG]), str(row[schema.AVAILABLE])
             except KeyError as err:
                 raise ValueError(f"caption sample {sample_id!r} lacks the schema column {err}") from None
-            if not schema.canonical_tag(available, allow_empty=True):
+            if not vocabulary.canonical_tag(available, allow_empty=True):
                 reason = f"sample {sample_id!r} shows no stream (text only): there is nothing to remove"
-                return {RESPONSE_KEY: None, STREAMS_KEY: None, REASON_KEY: reason}
+                return {
+                    protocol.DEFICIT_RESPONSE: None,
+                    protocol.DEFICIT_STREAMS: None,
+                    protocol.DEFICIT_SKIP_REASON: reason,
+                }
             try:
                 shown = deficit_streams(tag, available, cfg.deficit, cfg.seed, sample_id)
             except NoDeficitError as err:
-                return {RESPONSE_KEY: None, STREAMS_KEY: None, REASON_KEY: str(err)}
+                return {
+                    protocol.DEFICIT_RESPONSE: None,
+                    protocol.DEFICIT_STREAMS: None,
+                    protocol.DEFICIT_SKIP_REASON: str(err),
+                }
 
             def generate() -> asyncio.Future:
                 twin = deficit_row(row, shown, cfg.ablation, prompt_streams(row, self.data_config))
                 return asyncio.ensure_future(self.generate_text(twin, sampling_params, priority))
 
-            uid = row.get("uid")
+            uid = row.get(protocol.UID)
             if cfg.negatives == "per_prompt" and uid is not None:
                 # the group's rollouts share the first one's request; a failure reaches every one of them
                 key = (str(uid), shown, cfg.ablation)
@@ -206,7 +220,11 @@ def _build_class():
                 text = await asyncio.shield(job)
             else:
                 text = await generate()
-            return {RESPONSE_KEY: text, STREAMS_KEY: shown, REASON_KEY: None}
+            return {
+                protocol.DEFICIT_RESPONSE: text,
+                protocol.DEFICIT_STREAMS: shown,
+                protocol.DEFICIT_SKIP_REASON: None,
+            }
 
         async def generate_text(self, row: Mapping[str, Any], sampling_params: dict[str, Any], priority: int) -> str:
             """One response to ``row`` (a schema row) from the rollout server, as ``SingleTurnAgentLoop`` builds its

@@ -369,6 +369,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
     return summary
 
 
-def parse_warm_start(values: Sequence[str]) -> WarmStartConfig:
-    """``key=value`` pairs (``max_steps=600``) into a :class:`WarmStartConfig`, each value read as its field's type."""
-    return options.parse_pairs(WarmStartConfig, values, WARM_START_SECTION)
+def parse_warm_start(values: Sequence[str], flag: str | None = None) -> WarmStartConfig:
+    """``key=value`` pairs (``max_steps=600``) into a :class:`WarmStartConfig`, each value read as its field's type;
+    messages name the pairs after ``flag`` (``--warm-start``) when given."""
+    return options.parse_pairs(WarmStartConfig, values, WARM_START_SECTION, flag=flag)

@@ -223,16 +223,18 @@ class ModalityTrainerSync(PPOTrainerSync):
 
 
 def install(module: Any = None) -> str:
-    """Make :class:`ModalityTrainerSync` verl's ``sync`` trainer (verl's ``register_trainer`` refuses re-registration)."""
+    """Make :class:`ModalityTrainerSync` verl's ``sync`` trainer in place of verl's ``PPOTrainerSync`` (a replacement
+    the registry entry declares; any other ``sync`` trainer is refused)."""
     from verl.trainer.ppo.v1 import trainer_base
 
-    registry = trainer_base.TRAINER_REGISTRY
-    if registry.get("sync") not in (PPOTrainerSync, ModalityTrainerSync):
-        raise RuntimeError(
-            f"verl's 'sync' trainer is {registry.get('sync')!r}, not PPOTrainerSync; refusing to replace"
-        )
-    registry["sync"] = ModalityTrainerSync
+    from verl_modality.integrations.patching import register
+
+    register(trainer_base.TRAINER_REGISTRY, "sync", ModalityTrainerSync, replaces=PPOTrainerSync)
     return "trainer/sync"
 
 
-install()  # also done by the plugin's import hook; here for when this module is imported before verl's trainer
+# Imported before verl's trainer, this module fires the registry's hook on it while half loaded: the registry applies
+# the entry now, where it applies (VERL_MODALITY_DISABLE=trainers leaves verl's trainer alone).
+from verl_modality.integrations.registry import finish_loading  # noqa: E402
+
+finish_loading(__name__)

@@ -292,7 +292,7 @@ def _score_checkpoints(
     """Score each checkpoint of the running SFT trainer on the held-out rows (the trainer paused meanwhile) until
     one reaches the window. Returns the evaluations and the status (``in_window``, ``jumped_window``,
     ``budget_spent``); the last evaluation's model is left in ``out/.model_step_<step>``."""
-    from verl_modality.data import schema
+    from verl_modality import vocabulary
     from verl_modality.models.checkpoint import export_thinker, load_sharded_state
 
     ckpt_dir = out / "checkpoints"
@@ -314,7 +314,7 @@ def _score_checkpoints(
         finally:
             _signal_group(proc, signal.SIGCONT)
         entry = {"step": step, "reward": reward, "per_tag": per_tag, "seconds": time.monotonic() - start}
-        tags = " ".join(f"{t} {v:.2f}" for t, v in sorted(per_tag.items(), key=lambda kv: schema.TAGS.index(kv[0])))
+        tags = " ".join(f"{t} {v:.2f}" for t, v in sorted(per_tag.items(), key=lambda kv: vocabulary.TAGS.index(kv[0])))
         say(f"[warm start] {entry['seconds']:6.1f}s step {step}  held-out reward {reward:.3f}  ({tags})")
         if history:
             shutil.rmtree(out / f".model_step_{history[-1]['step']}", ignore_errors=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from verl_modality.data import schema
-from verl_modality.data.converters import ConvertError, convert
+from verl_modality.data import schema, validate
+from verl_modality.data.converters import convert
+from verl_modality.data.converters.records import ConvertError
 
 
 def _mmsu(i, **kw):
@@ -32,7 +33,7 @@ def test_mmsu_jsonl(tmp_path, media):
         media.wav(tmp_path / f"audio/mmsu-{i}.wav")
     out = tmp_path / "o" / "mmsu.parquet"
     report = convert("mmsu", source, out, progress=False)
-    assert report.rows_written == 2 and schema.validate_file(out) == 2
+    assert report.rows_written == 2 and validate.validate_file(out) == 2
     a, b = schema.read_rows(out)
     assert a["choices"] == ["anger", "joy", "sadness", "fear"] and a["answer"] == "C" and b["answer"] == "B"
     assert a["modality_tag"] == "A" and a["extra_info"]["sub_sub_category"] == "emotion"

@@ -6,8 +6,10 @@ import json
 
 import pytest
 
-from verl_modality.data import schema
-from verl_modality.data.converters import ConvertError, convert
+from verl_modality import vocabulary
+from verl_modality.data import schema, validate
+from verl_modality.data.converters import convert
+from verl_modality.data.converters.records import ConvertError
 
 
 @pytest.fixture()
@@ -26,12 +28,12 @@ def test_first_items_convert_and_map_fields(tmp_path, mmau_copy):
     report = convert("mmau", source, out, limit=5, progress=False)
     assert (report.rows_read, report.rows_written, report.rows_skipped) == (5, 5, 0)
     assert report.per_tag == {"A": 5} and report.per_stratum == {"exact": 5}
-    assert schema.validate_file(out) == 5  # paths are relative to the output file's directory
+    assert validate.validate_file(out) == 5  # paths are relative to the output file's directory
     rows = schema.read_rows(out)
     for row, item in zip(rows, items[:5], strict=True):
         assert row["id"] == item["id"] and row["question"] == item["question"]
         assert row["choices"] == item["choices"]
-        assert row["choices"][schema.LETTERS.index(row["answer"])] == item["answer"]
+        assert row["choices"][vocabulary.LETTERS.index(row["answer"])] == item["answer"]
         assert row["extra_info"]["answer_text"] == item["answer"]
         assert row["extra_info"]["task"] == item["task"] and row["extra_info"]["sub_category"] == item["sub-category"]
         assert (row["modality_tag"], row["available"], row["media_streams"], row["stratum"]) == ("A", "A", "A", "exact")

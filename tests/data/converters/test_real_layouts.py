@@ -12,9 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from verl_modality.data import schema
-from verl_modality.data.converters import ConvertError, convert
-from verl_modality.data.converters.base import UNKNOWN, Context, ConvertReport
+from verl_modality import vocabulary
+from verl_modality.data import schema, validate
+from verl_modality.data.converters import convert
+from verl_modality.data.converters.base import Context
+from verl_modality.data.converters.records import ConvertError
+from verl_modality.data.converters.report import UNKNOWN, ConvertReport
 
 UUIDS = ["0b9a4c1e", "5f2d7e90", "c3a81b47", "9e6f0d12"]
 
@@ -67,7 +70,7 @@ def test_mmsu_leading_slash_paths_resolve_under_media_root(tmp_path, media):
     out = tmp_path / "o" / "mmsu.parquet"
     report = convert("mmsu", source, out, media_root=root, on_missing="skip", progress=False)
     assert (report.rows_read, report.rows_written, dict(report.skipped)) == (4, 3, {"missing media": 1})
-    assert schema.validate_file(out) == 3
+    assert validate.validate_file(out) == 3
     rows = schema.read_rows(out)
     assert [_audio_of(out, r) for r in rows] == [
         root / f"audio/emotion_recognition_{UUIDS[0]}.wav",
@@ -118,7 +121,7 @@ def test_mmsu_hf_parquet_with_embedded_audio(tmp_path, media):
     report = convert("mmsu", hf / "train-00000-of-00001.parquet", out, progress=False)
     assert report.rows_written == 4 and report.media_extracted == 2
     assert "media files extracted from the source: 2" in report.format()
-    assert schema.validate_file(out) == 4
+    assert validate.validate_file(out) == 4
     files = [_audio_of(out, r) for r in schema.read_rows(out)]
     folder = out.parent / "media" / "mmsu"
     assert files[0] == files[2] and files[0] != files[1] and {files[0].parent, files[1].parent} == {folder}
@@ -157,7 +160,7 @@ def test_mmsu_save_to_disk_folder_of_arrow_shards(tmp_path, media):
     report = convert("mmsu", folder, out, limit=3, progress=False)
     assert (report.rows_read, report.rows_written, report.media_extracted) == (3, 3, 3)
     assert [r["id"] for r in schema.read_rows(out)] == [_mmsu(i)["id"] for i in range(3)]
-    assert schema.validate_file(out) == 3
+    assert validate.validate_file(out) == 3
     with pytest.raises(ConvertError, match="holds no .parquet or .arrow files"):
         convert("mmsu", tmp_path / "o" / "media", out, progress=False)
 
@@ -175,10 +178,10 @@ def test_mmau_hf_parquet_choices_string_and_embedded_audio(tmp_path, mmau_fixtur
     pq.write_table(pa.Table.from_pylist(recs), source)
     out = tmp_path / "mmau.parquet"
     report = convert("mmau", source, out, progress=False)
-    assert report.rows_written == 3 and schema.validate_file(out) == 3
+    assert report.rows_written == 3 and validate.validate_file(out) == 3
     for row, item in zip(schema.read_rows(out), items, strict=True):
         assert row["choices"] == item["choices"]
-        assert row["choices"][schema.LETTERS.index(row["answer"])] == item["answer"]
+        assert row["choices"][vocabulary.LETTERS.index(row["answer"])] == item["answer"]
         assert Path(row["audios"][0]["audio"]).name.startswith(item["id"] + "-")
     assert sum(report.read_per_category.values()) == 3 and set(report.read_per_category) <= {"sound", "music", "speech"}
 
@@ -333,4 +336,4 @@ def test_daily_omni_export_with_embedded_video(tmp_path, media):
     assert a["videos"][0]["video"].startswith("media/daily-omni/v1_video-") and a["videos"] == b["videos"]
     assert (a["modality_tag"], a["available"], a["stratum"]) == ("VA", "V", "deficit")  # no separate audio track
     assert report.media_extracted == 1 and report.read_per_category == {"Event Sequence": 1, "(none)": 1}
-    assert schema.validate_file(out) == 2
+    assert validate.validate_file(out) == 2

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from verl_modality.data import schema
-from verl_modality.data.converters import ConvertError, convert
+from verl_modality.data import prompts, schema, validate
+from verl_modality.data.converters import convert
+from verl_modality.data.converters.records import ConvertError
 
 
 def _daily(video_id, answer="B", qtype="AV Event Alignment"):
@@ -33,7 +34,7 @@ def test_daily_omni(tmp_path, media):
     assert report.rows_written == 3 and report.skipped == {"missing media": 1}
     assert report.per_tag == {"VA": 3} and report.per_stratum == {"exact": 2, "deficit": 1}
     assert report.notes == {"no separate audio wav (A not available)": 2}  # v2 and (unwritten) v3
-    assert schema.validate_file(tmp_path / "d.parquet") == 3
+    assert validate.validate_file(tmp_path / "d.parquet") == 3
     a, b, c = schema.read_rows(tmp_path / "d.parquet")
     assert [r["id"] for r in (a, b, c)] == ["v1-0", "v1-1", "v2-0"]
     assert a["choices"] == ["a bell", "a creak", "music", "silence"] and a["answer"] == "B" and b["answer"] == "A"
@@ -104,7 +105,7 @@ def test_maple_qa_all_strata(maple_media, media):
     rows = schema.read_rows(root / "all.parquet")
     assert [r["id"] for r in rows] == ["q0-VA", "q0-VAS", "q0-V"]
     assert rows[2]["answer"] == "C" and rows[2]["audios"] == [] and rows[2]["media_streams"] == "VAS"
-    assert schema.validate_file(root / "all.parquet") == 3
+    assert validate.validate_file(root / "all.parquet") == 3
 
 
 def test_maple_caption(maple_media, media):
@@ -116,11 +117,11 @@ def test_maple_caption(maple_media, media):
     source = media.json(root / "MAPLE_caption.json", recs)
     report = convert("maple-caption", source, root / "cap.parquet", progress=False)
     assert report.per_task == {"caption": 2} and "per task" in report.format()
-    assert schema.validate_file(root / "cap.parquet") == 2
+    assert validate.validate_file(root / "cap.parquet") == 2
     a, b = schema.read_rows(root / "cap.parquet")
     assert a["task"] == "caption" and a["choices"] == [] and a["answer"] == "A man talks while a dog barks."
     assert a["reward_model"] == {"style": "judge", "ground_truth": a["answer"]}
-    assert a["question"] == schema.CAPTION_INSTRUCTION and "Options" not in a["prompt"][0]["content"]
+    assert a["question"] == prompts.CAPTION_INSTRUCTION and "Options" not in a["prompt"][0]["content"]
     assert b["prompt"][0]["content"].endswith("Describe it.") and b["available"] == "V"
 
 

@@ -70,3 +70,9 @@ def test_apply_without_failures_writes_nothing_and_a_nan_not_marked_is_an_error(
     batch = _step(store, [[NAN], [0.0], [NAN]], [0, 0, 1], ["a", "a", "a"])
     with pytest.raises(ValueError, match="not finite and not marked"):
         feature.apply(store, batch)
+
+
+def test_group_ids_split_keys_as_verl_does_with_underscores_in_the_uid():
+    from verl_modality.trainer.features.failed_rewards import group_ids
+
+    assert group_ids(["a_b_c_3_0", "a_b_c_3_1", "uid_0_0", "x-y_12_7"]) == ["a_b_c", "a_b_c", "uid", "x-y"]

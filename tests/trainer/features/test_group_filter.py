@@ -158,3 +158,33 @@ def test_a_qa_metric_on_caption_data_is_refused_with_the_reason():
     GroupFilter(_cfg("score"), FailedRewards(_cfg("score"))).check_dataset(dataset)
     biased = _cfg("acc", "tests/trainer/biased_reward.py")
     GroupFilter(biased, FailedRewards(biased)).check_dataset(dataset)
+
+
+def test_the_hook_finds_the_trajectories_of_a_uid_with_underscores():
+    """Trajectory keys are ``<uid>_<session>_<index>`` (verl's trainer splits them with ``rsplit("_", 2)``): a uid
+    that holds underscores keeps its trajectories, and a uid that is a prefix of it gets none of them."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from verl_modality.integrations.verl_trainer import groups_to_classify
+    from verl_modality.trainer.features.failed_rewards import group_ids
+
+    keys = ["p_1_a_0_0", "p_1_a_1_0", "p_0_0", "p_1_b_0_0"]
+    buffer = SimpleNamespace(
+        finished_keys=defaultdict(set, train={"p_1_a", "p"}),
+        _dapo_classification_cache=defaultdict(dict, train={"p": None}),  # classified already
+        partitions=defaultdict(dict, train={k: {} for k in keys}),
+    )
+    assert groups_to_classify(buffer, "train", group_ids) == ["p_1_a_0_0", "p_1_a_1_0"]
+
+
+@pytest.mark.parametrize("attribute", ["finished_keys", "_dapo_classification_cache", "partitions"])
+def test_a_buffer_whose_verl_internals_differ_is_refused_at_start_up(monkeypatch, attribute):
+    import importlib.metadata as md
+
+    monkeypatch.setattr(rb, "tq", MemoryStore())
+    buffer = _buffer("reward", [])
+    setattr(buffer, attribute, {})  # a plain dict: not verl 0.9.1's defaultdict of partitions
+    group_filter = GroupFilter(_cfg("reward"), FailedRewards(_cfg("reward")))
+    with pytest.raises(RuntimeError, match=rf"verl {md.version('verl')}: ReplayBuffer\.{attribute} is 'dict'"):
+        group_filter.guard(buffer, MemoryStore())

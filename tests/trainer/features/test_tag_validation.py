@@ -82,3 +82,34 @@ def test_recording_wraps_the_loader_for_one_validation_and_metrics_look_uids_up(
     with pytest.raises(RuntimeError), feature.recording(owner):
         raise RuntimeError("validation failed")
     assert owner.val_dataloader is batches  # restored on errors too
+
+
+def test_uid_recorder_names_verl_when_the_loop_sets_no_uid():
+    with pytest.raises(KeyError, match="did not set batch_dict\\['uid'\\]"):
+        for _b in tv.UidTagRecorder([{"modality_tag": np.array(["V"], dtype=object)}], {}):
+            pass  # a verl that stopped assigning uids after the loader
+
+
+def test_verl_validate_still_sets_the_uids_the_recorder_reads():
+    """The three things of verl's ``_validate`` that the module docstring says per-tag validation relies on."""
+    import ast
+    import inspect
+    import textwrap
+
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(PPOTrainer._validate)))
+    loops = [n for n in ast.walk(tree) if isinstance(n, ast.For) and ast.unparse(n.iter) == "self.val_dataloader"]
+    assert len(loops) == 1, "verl's _validate no longer iterates self.val_dataloader"
+    loop = loops[0]
+    name = ast.unparse(loop.target)
+    body = [ast.unparse(s) for s in loop.body]
+    sets_uid = [i for i, s in enumerate(body) if s.startswith(f"{name}['uid'] = ")]
+    rollout = [i for i, s in enumerate(body) if "generate_sequences" in s]
+    assert sets_uid and rollout and sets_uid[0] < rollout[0], "verl no longer sets batch_dict['uid'] before the rollout"
+    source = ast.unparse(tree)
+    assert "sample_uids.extend(data.pop('uid')" in source, "verl's sample_uids are no longer the responses' uid field"
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) == "self._val_metrics_update"]
+    assert calls and any(
+        ast.unparse(a) == "sample_uids" for c in calls for a in [*c.args, *(k.value for k in c.keywords)]
+    )

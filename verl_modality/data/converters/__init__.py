@@ -1,7 +1,9 @@
 """Converters from public benchmark layouts to the tagged-sample schema (``docs/converters.md``).
 
 ``convert(name, source, out)`` reads ``source`` in the layout ``name`` (one of :data:`CONVERTERS`), checks that
-every referenced media file opens, and writes a schema parquet to ``out``; it returns a :class:`ConvertReport`.
+every referenced media file opens, and writes a schema parquet to ``out``; it returns a
+:class:`~verl_modality.data.converters.report.ConvertReport` and raises
+:class:`~verl_modality.data.converters.records.ConvertError` for what it cannot convert.
 """
 
 from __future__ import annotations
@@ -9,16 +11,7 @@ from __future__ import annotations
 import os
 
 from verl_modality.data.converters.audiomcq import AudioMCQConverter
-from verl_modality.data.converters.base import (
-    BadRow,
-    Converter,
-    ConvertError,
-    ConvertReport,
-    InvalidRow,
-    Record,
-    read_records,
-    run_conversion,
-)
+from verl_modality.data.converters.base import Converter, run_conversion
 from verl_modality.data.converters.daily_omni import DailyOmniConverter
 from verl_modality.data.converters.maple_bench import (
     MapleCaptionConverter,
@@ -28,6 +21,7 @@ from verl_modality.data.converters.maple_bench import (
 from verl_modality.data.converters.mmar import MMARConverter
 from verl_modality.data.converters.mmau import MMAUConverter
 from verl_modality.data.converters.mmsu import MMSUConverter
+from verl_modality.data.converters.report import ConvertReport
 
 #: Layout name -> converter.
 CONVERTERS: dict[str, Converter] = {
@@ -65,7 +59,8 @@ def convert(
 
     ``media_root``: where the source's media paths start (default: the source file's directory, or the source
     folder); leading-slash paths missing as given are found there too. ``on_missing``: ``"fail"`` raises one
-    :class:`ConvertError` listing every row with a missing or unreadable media file; ``"skip"`` drops those rows and
+    :class:`~verl_modality.data.converters.records.ConvertError` listing every row with a missing or unreadable media
+    file; ``"skip"`` drops those rows and
     counts them in the report. ``limit``: convert the first N records (N >= 1).
     """
     if name not in CONVERTERS:
@@ -73,15 +68,4 @@ def convert(
     return run_conversion(CONVERTERS[name], source, out, media_root, on_missing, limit, progress)
 
 
-__all__ = [
-    "CONVERTERS",
-    "BadRow",
-    "ConvertError",
-    "ConvertReport",
-    "Converter",
-    "InvalidRow",
-    "Record",
-    "convert",
-    "layouts",
-    "read_records",
-]
+__all__ = ["CONVERTERS", "convert", "layouts"]

@@ -21,17 +21,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from verl_modality.data.converters.base import (
-    Context,
-    Converter,
-    Record,
-    audio_mcq,
-    extra_info,
-    get,
-    info_value,
-    options,
-)
+from verl_modality.data.converters.base import Context, Converter
+from verl_modality.data.converters.fields import audio_mcq, extra_info, get, info_value, options
 from verl_modality.data.converters.mmsu import AUDIO_FIELDS, audio_path
+from verl_modality.data.converters.records import Record
 
 META = ("source_dataset", "audio_contribution", "ac_split", "question_type", "audio_type")
 #: The extra_info key of the reasoning text (``W2SConfig.reasoning_key``'s default).

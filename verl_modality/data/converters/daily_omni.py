@@ -31,18 +31,11 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from verl_modality.data.converters.base import (
-    Context,
-    Converter,
-    EmbeddedMedia,
-    Record,
-    RecordHook,
-    extra_info,
-    get,
-    mcq,
-    options,
-    text,
-)
+from verl_modality.data.converters.base import Context, Converter
+from verl_modality.data.converters.fields import extra_info, get, mcq, options, text
+from verl_modality.data.converters.media_extract import EmbeddedMedia
+from verl_modality.data.converters.records import Record
+from verl_modality.data.converters.source import RecordHook
 
 META = ("Type", "video_category", "video_duration", "video_id")
 NO_AUDIO = "no separate audio wav (A not available)"

@@ -25,7 +25,7 @@ options             ``choices``, ``options`` (list, ``"A. ..."`` strings, or ``{
 answer              ``answer``, ``gt``, ``label`` (letter or option text)
 subtitle            ``subtitle``, ``subtitles``, ``transcript`` (string or list of lines)
 caption reference   ``caption``, ``reference``, ``reference_caption``, ``gt_caption``, ``answer``
-caption prompt      ``prompt``, ``instruction``, ``question`` (default: ``schema.CAPTION_INSTRUCTION``)
+caption prompt      ``prompt``, ``instruction``, ``question`` (default: ``prompts.CAPTION_INSTRUCTION``)
 ==================  =============================================================================================
 
 Media: embedded bytes in ``video_path`` / ``video`` / ``audio_path`` / ``audio`` (``{"bytes", "path"}`` structs or
@@ -43,20 +43,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from verl_modality.data import schema
-from verl_modality.data.converters.base import (
-    Context,
-    Converter,
-    EmbeddedMedia,
-    InvalidRow,
-    Record,
-    extra_info,
-    get,
-    mcq,
-    options,
-    parse_streams,
-    text,
-)
+from verl_modality import vocabulary
+from verl_modality.data import prompts
+from verl_modality.data.converters.base import Context, Converter
+from verl_modality.data.converters.fields import extra_info, get, mcq, options, parse_streams, text
+from verl_modality.data.converters.media_extract import EmbeddedMedia
+from verl_modality.data.converters.records import InvalidRow, Record
 
 TAG_FIELDS = ("modality_tag", "rmt", "required_modalities", "tag", "modality", "modalities")
 AVAILABLE_FIELDS = ("available", "available_modalities", "input_modalities", "combination", "condition")
@@ -107,7 +99,7 @@ class _MapleBase(Converter):
             shown = parse_streams(get(record, *AVAILABLE_FIELDS), "available streams")
             given = record.get("stratum")
             if isinstance(given, str) and given.strip():
-                expected = schema.stratum_of(tag, shown)
+                expected = vocabulary.stratum_of(tag, shown)
                 if given.strip().lower().replace("modality-", "") != expected:
                     raise InvalidRow("stratum disagrees", f"{given!r} but tag {tag} shown {shown} is {expected}")
         else:
@@ -166,7 +158,7 @@ class MapleCaptionConverter(_MapleBase):
     def convert(self, record: Mapping[str, Any], index: int, ctx: Context) -> Record:
         c = self._common(record, index, ctx)
         reference = text(record, "caption", "reference", "reference_caption", "gt_caption", "answer")
-        instruction = text(record, "prompt", "instruction", "question", default="") or schema.CAPTION_INSTRUCTION
+        instruction = text(record, "prompt", "instruction", "question", default="") or prompts.CAPTION_INSTRUCTION
         return Record(
             id=f"{c['id']}-{c['shown']}" if c["shown"] != c["tag"] else c["id"],
             question=instruction,

@@ -22,7 +22,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from verl_modality.data.converters.base import Context, Converter, Record, audio_mcq, media_path, options
+from verl_modality.data.converters.base import Context, Converter
+from verl_modality.data.converters.fields import audio_mcq, media_path, options
+from verl_modality.data.converters.records import Record
 
 META = ("modality", "category", "sub-category", "language", "source", "url", "timestamp")
 AUDIO_FIELDS = ("audio_path", "audio_id", "audio")

@@ -25,7 +25,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from verl_modality.data.converters.base import Context, Converter, Record, audio_mcq, media_path, options
+from verl_modality.data.converters.base import Context, Converter
+from verl_modality.data.converters.fields import audio_mcq, media_path, options
+from verl_modality.data.converters.records import Record
 
 META = ("dataset", "task", "category", "sub-category", "difficulty")
 AUDIO_FIELDS = ("audio_id", "audio_path", "audio")

@@ -23,7 +23,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from verl_modality.data.converters.base import Context, Converter, Record, audio_mcq, get, media_path, options
+from verl_modality.data.converters.base import Context, Converter
+from verl_modality.data.converters.fields import audio_mcq, get, media_path, options
+from verl_modality.data.converters.records import Record
 
 META = ("task_name", "category", "sub-category", "sub-sub-category", "linguistics_sub_discipline")
 AUDIO_FIELDS = ("audio_path", "audio", "audio_file")

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from verl_modality import protocol
 from verl_modality.algorithms.advantage import ESTIMATOR_NAME
 from verl_modality.algorithms.config import ZeroVarianceConfig
 from verl_modality.data import schema
@@ -65,9 +66,9 @@ class CurriculumSteps:
 
         indices = self.curriculum.take(int(n))
         batch_dict = collate_fn([dataset[i] for i in indices])
-        batch_dict["uid"] = np.array([str(uuid.uuid4()) for _ in indices], dtype=object)
+        batch_dict[protocol.UID] = np.array([str(uuid.uuid4()) for _ in indices], dtype=object)
         if self.retire:
-            self.rows.update(zip(batch_dict["uid"].tolist(), (int(i) for i in indices), strict=True))
+            self.rows.update(zip(batch_dict[protocol.UID].tolist(), (int(i) for i in indices), strict=True))
         return tu.get_tensordict(batch_dict)
 
     def observe(self, zero: set[str], varied: set[str]) -> None:

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from verl_modality import protocol
+
 logger = logging.getLogger(__name__)
 
 #: reward functions that can mark a sample's reward as failed (``judge_failed``)
@@ -48,13 +50,18 @@ def extra_info_of(extra: Any) -> dict:
 def failed_flags(extra_fields: Sequence[Any]) -> np.ndarray:
     """``(N,)`` bool: which trajectories' ``reward_extra_info`` carries ``judge_failed``."""
     return np.array(
-        [bool(extra_info_of(e).get("reward_extra_info", {}).get("judge_failed", 0)) for e in extra_fields], bool
+        [
+            bool(extra_info_of(e).get(protocol.REWARD_EXTRA_INFO, {}).get(protocol.REWARD_JUDGE_FAILED, 0))
+            for e in extra_fields
+        ],
+        bool,
     )
 
 
 def group_ids(keys: Sequence[str]) -> list[str]:
-    """verl's prompt-group id (``uid``) of each trajectory key ``<uid>_<session>_<index>``."""
-    return [str(k).split("_")[0] for k in keys]
+    """verl's prompt-group id (``uid``) of each trajectory key ``<uid>_<session>_<index>``: everything before the last
+    two underscores, as verl's trainer splits it (``key.rsplit("_", 2)``), so a uid may hold underscores itself."""
+    return [str(k).rsplit("_", 2)[0] for k in keys]
 
 
 def rewrite_scores(rows: Sequence[torch.Tensor], totals: np.ndarray, failed: np.ndarray) -> list[torch.Tensor]:
@@ -126,19 +133,21 @@ class FailedRewards:
 
         from verl_modality.rewards.failed_scores import neutralize_failed
 
-        data = store.kv_batch_get(keys=keys, partition_id=partition_id, select_fields=["rm_scores", "extra_fields"])
-        extra = [extra_info_of(e) for e in data["extra_fields"]]
+        data = store.kv_batch_get(
+            keys=keys, partition_id=partition_id, select_fields=[protocol.RM_SCORES, protocol.EXTRA_FIELDS]
+        )
+        extra = [extra_info_of(e) for e in data[protocol.EXTRA_FIELDS]]
         failed = failed_flags(extra) if only is None else failed_flags(extra) & only
         if not failed.any():
             return failed
-        scores = data["rm_scores"]
+        scores = data[protocol.RM_SCORES]
         rows = [r.detach().clone() for r in scores.unbind()]
         groups = group_ids(keys)
         totals = np.array([float(r.sum()) if not torch.isnan(r).any() else float("nan") for r in rows])
         new, _ = neutralize_failed(totals, groups, failed)
-        fields: dict[str, Any] = {"rm_scores": _scores_value(rewrite_scores(rows, new, failed), scores)}
+        fields: dict[str, Any] = {protocol.RM_SCORES: _scores_value(rewrite_scores(rows, new, failed), scores)}
         if metric is not None:  # the group filter reads reward_extra_info: its score and metric get the neutral value
-            infos = [dict(e.get("reward_extra_info", {})) for e in extra]
+            infos = [dict(e.get(protocol.REWARD_EXTRA_INFO, {})) for e in extra]
             # from the stored values themselves: the float64 score, not the float32 rm_scores, so agreeing valid
             # members and their failed peers compare exactly equal
             values = {
@@ -150,8 +159,8 @@ class FailedRewards:
                 for i in np.flatnonzero(failed):
                     if key in infos[i]:
                         infos[i][key] = float(vals[i])
-            extra = [{**e, "reward_extra_info": info} for e, info in zip(extra, infos, strict=True)]
-            fields["extra_fields"] = NonTensorStack(*extra)
+            extra = [{**e, protocol.REWARD_EXTRA_INFO: info} for e, info in zip(extra, infos, strict=True)]
+            fields[protocol.EXTRA_FIELDS] = NonTensorStack(*extra)
         store.kv_batch_put(keys=keys, partition_id=partition_id, fields=TensorDict(fields, batch_size=len(keys)))
         logger.warning("%d sample(s) with a failed reward got their group's mean score", int(failed.sum()))
         return failed
@@ -177,8 +186,8 @@ class FailedRewards:
         """Neutralises the batch's failed samples not yet rewritten; returns ``reward/*`` metrics (with
         ``reward/failed_filtered`` when the group filter is on)."""
         keys = [str(k) for k in batch.keys]
-        data = store.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
-        failed = failed_flags(list(data["extra_fields"]))
+        data = store.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=[protocol.EXTRA_FIELDS])
+        failed = failed_flags(list(data[protocol.EXTRA_FIELDS]))
         todo = failed & np.array([k not in self._neutralized for k in keys], dtype=bool)
         if todo.any():
             # the others were rewritten before the filter, whole groups at a time: valid scores by now

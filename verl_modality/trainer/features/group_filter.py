@@ -83,10 +83,13 @@ class GroupFilter:
     def guard(self, buffer: Any, store: Any) -> bool:
         """Give ``buffer`` (verl's ``ReplayBuffer``) the hook that neutralises failed rewards before it compares a
         group (:mod:`verl_modality.integrations.verl_trainer`); returns whether it did (not needed without the filter
-        or without a reward function that marks failures)."""
+        or without a reward function that marks failures). The hook reads verl's private buffer state through that
+        module (a ``read`` entry of the integration registry); a verl that keeps it otherwise is refused here, at
+        start-up, naming the attribute and verl's version."""
         from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
-        from verl_modality.integrations.verl_trainer import HOOK
+        from verl_modality.integrations.patching import is_marked
+        from verl_modality.integrations.verl_trainer import HOOK, groups_to_classify, require_state
 
         if not (self.enabled and self.failed_rewards.enabled):
             return False
@@ -97,7 +100,8 @@ class GroupFilter:
                 type(buffer).__name__,
             )
             return False
-        if not getattr(type(buffer)._dapo_filtered_keys, "__verl_modality__", False):
+        require_state(buffer)
+        if not is_marked(type(buffer)._dapo_filtered_keys):
             raise RuntimeError(
                 "algorithm.filter_groups with failed-reward marking needs the plugin's replay-buffer hook, which is "
                 "not installed (see `verl-modality doctor`)"
@@ -107,9 +111,7 @@ class GroupFilter:
         def before_filter(partition_id: str, classify):
             counts: dict[str, int] = {}
             if partition_id != "val":
-                new = buffer.finished_keys[partition_id] - buffer._dapo_classification_cache[partition_id].keys()
-                stored = list(buffer.partitions[partition_id])
-                keys = [k for k, uid in zip(stored, group_ids(stored), strict=True) if uid in new]
+                keys = groups_to_classify(buffer, partition_id, group_ids)
                 counts = failed_rewards.before_group_filter(store, partition_id, keys, metric)
             filtered, values = classify()
             failed_rewards.group_filtered(sum(n for uid, n in counts.items() if uid in filtered))

@@ -1,5 +1,5 @@
-"""MAPO-AT in the trainer (docs/method.md §5): the audio-ablated pass after verl's old log-probs, and the attention loss's
-per-response inputs after the advantages.
+"""MAPO-AT in the trainer (docs/method.md §5): the audio-ablated pass after verl's old log-probs, and the
+attention loss's per-response inputs after the advantages.
 
 * :meth:`MapoATPass.relevance_pass`: each response is scored once more with its audio dropped (one no-grad actor
   pass over twin trajectories, :mod:`verl_modality.trainer.relevance_pass`); dh = H(ablated) - H(full) gives the
@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from verl_modality import protocol
 from verl_modality.algorithms.config import MapoATConfig
 from verl_modality.algorithms.relevance import LOSS_MODE, relevance_metrics, relevance_weights
 
@@ -142,14 +143,14 @@ class MapoATPass:
         weights = relevance_weights(dh_padded, mask_padded, self.config.tau_base, self.config.c_mask)
         out = {}
         if self.config.relevance_mask:
-            out["rollout_is_weights"] = response_to_nested(weights, mask_nested)
+            out[protocol.RELEVANCE_WEIGHTS] = response_to_nested(weights, mask_nested)
         if self.attention_loss:
-            from verl_modality.algorithms.attention_loss import content_token_mask
+            from verl_modality.models.content_tokens import content_token_mask
 
             responses_padded = data["responses"].to_padded_tensor(tokenizer.pad_token_id or 0)
             content = content_token_mask(responses_padded, tokenizer, mask_padded.bool()).float()
-            out["mapo_dh"] = response_to_nested(dh_padded, mask_nested)
-            out["mapo_attn_content"] = response_to_nested(content, mask_nested)
+            out[protocol.MAPO_DH] = response_to_nested(dh_padded, mask_nested)
+            out[protocol.MAPO_ATTN_CONTENT] = response_to_nested(content, mask_nested)
         store.kv_batch_put(
             keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(out, batch_size=len(batch))
         )
@@ -163,14 +164,18 @@ class MapoATPass:
         from tensordict import TensorDict
 
         data = store.kv_batch_get(
-            keys=batch.keys, partition_id=batch.partition_id, select_fields=["rm_scores", "advantages", "response_mask"]
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            select_fields=[protocol.RM_SCORES, "advantages", "response_mask"],
         )
-        reward = [float(r.sum()) for r in data["rm_scores"].unbind()]
+        reward = [float(r.sum()) for r in data[protocol.RM_SCORES].unbind()]
         adv = [float(a.abs().max()) if a.numel() else 0.0 for a in data["advantages"].unbind()]
         masks = data["response_mask"].unbind()
         fields = {
-            "mapo_attn_reward": _nested([torch.full((m.numel(),), r) for m, r in zip(masks, reward, strict=True)]),
-            "mapo_attn_adv": _nested([torch.full((m.numel(),), a) for m, a in zip(masks, adv, strict=True)]),
+            protocol.MAPO_ATTN_REWARD: _nested(
+                [torch.full((m.numel(),), r) for m, r in zip(masks, reward, strict=True)]
+            ),
+            protocol.MAPO_ATTN_ADV: _nested([torch.full((m.numel(),), a) for m, a in zip(masks, adv, strict=True)]),
         }
         return store.kv_batch_put(
             keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(fields, batch_size=len(batch))
@@ -179,17 +184,15 @@ class MapoATPass:
     def update_settings(self, tokenizer: Any) -> dict[str, Any]:
         """What the actor update's ``extra_info`` gets: the relevance flag (the engine then sums the mini-batch's
         weights for the ``token-mean`` weighted mean) and the attention loss's settings; nothing when MAPO-AT is off."""
-        from verl_modality.integrations.verl_workers import KNOB, RELEVANCE_KNOB
-
         out: dict[str, Any] = {}
         if self.enabled and self.config.relevance_mask:
-            out[RELEVANCE_KNOB] = True
+            out[protocol.MAPO_RELEVANCE] = True
         if self.attention_loss:
-            out[KNOB] = self.actor_settings(tokenizer)
+            out[protocol.MAPO_AT] = self.actor_settings(tokenizer)
         return out
 
     def actor_settings(self, tokenizer: Any) -> dict[str, Any]:
-        """``extra_info["mapo_at"]`` of the actor update: what :mod:`verl_modality.integrations.verl_workers`
+        """``extra_info[protocol.MAPO_AT]`` of the actor update: what :mod:`verl_modality.integrations.verl_workers`
         reads."""
         from verl_modality.models.omni import placeholder_token_ids
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
+from verl_modality import protocol
 from verl_modality.algorithms.adaptive_weights import AdaptiveWeightState
 from verl_modality.algorithms.advantage import ESTIMATOR_NAME
 from verl_modality.algorithms.batch_context import BatchContext, batch_context
@@ -130,7 +131,7 @@ class TagFlow:
                 f"per-tag training needs a '{TAG_FIELD}' column in the training data (see docs/data_schema.md): {err}"
             ) from err
         tags = [str(t) for t in (raw.tolist() if hasattr(raw, "tolist") else list(raw))]
-        valid = np.array([not tag.get("is_padding", False) for tag in batch.tags], dtype=bool)
+        valid = np.array([not tag.get(protocol.IS_PADDING, False) for tag in batch.tags], dtype=bool)
         return StepTags(tags, valid, data["prompts"] if with_prompts else None)
 
     def step_metrics(self, store: Any, batch: Any, step: StepTags, tokenizer: Any) -> dict[str, float]:
@@ -147,8 +148,8 @@ class TagFlow:
                 stream_token_metrics([step.tags[i] for i in keep], ids[keep], ids[keep] != pad, tokens[0], tokens[1])
             )
         # pg_var/* is not under mapo/: there every second part is a tag, and baselines with tag metrics log this too
-        data = store.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["rm_scores"])
-        scores = np.array([float(r.sum()) for r in data["rm_scores"].unbind()])
+        data = store.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[protocol.RM_SCORES])
+        scores = np.array([float(r.sum()) for r in data[protocol.RM_SCORES].unbind()])
         keep = step.valid & np.isfinite(scores)  # a metric must not stop the step: non-finite scores are left out
         if keep.any():
             out.update(pg_variance_metrics(scores, step.tags, keep))

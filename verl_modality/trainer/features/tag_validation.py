@@ -2,7 +2,13 @@
 the modality gap, and per stratum, as ``verl-modality report`` computes them (docs/method.md §8).
 
 verl's validation loop knows a sample by its ``uid`` only; :class:`UidTagRecorder` wraps the validation dataloader
-and remembers each uid's tag and stratum, which :meth:`TagValidation.metrics` then looks up.
+and remembers each uid's tag and stratum, which :meth:`TagValidation.metrics` then looks up. This relies on verl 0.9.1's
+``PPOTrainer._validate`` (``verl/trainer/ppo/v1/trainer_base.py``) doing three things, each checked by
+tests/trainer/features/test_tag_validation.py against verl's source: it iterates ``self.val_dataloader``; it sets
+``batch_dict["uid"]`` (one fresh uuid per row) on the yielded dict itself, before the rows go to the rollout; and it
+hands ``_val_metrics_update`` the ``uid`` field of each response as ``sample_uids``. The rows' other fields reach
+``_val_metrics_update`` only as the reward's ``reward_extra_info`` (a custom reward function owes us nothing there),
+so the uid is the one thin key.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from verl_modality import protocol
 from verl_modality.data import schema
 
 TAG_FIELD = schema.MODALITY_TAG
@@ -72,10 +79,10 @@ def validation_scores(reward_extra_infos: Mapping[str, Sequence[Any]]) -> list[f
     """Each validation response's score: the reward function's ``acc`` where it reports one (else the reward), None
     for a response whose reward failed (``judge_failed``: a caption whose judge failed is unscored, not its NaN)."""
     rewards = list(reward_extra_infos["reward"])
-    acc = reward_extra_infos.get("acc")
+    acc = reward_extra_infos.get(protocol.REWARD_ACC)
     if not acc:
         return rewards
-    failed = reward_extra_infos.get("judge_failed") or [None] * len(acc)
+    failed = reward_extra_infos.get(protocol.REWARD_JUDGE_FAILED) or [None] * len(acc)
     return [None if f else (r if a is None else a) for a, r, f in zip(acc, rewards, failed, strict=True)]
 
 
@@ -114,8 +121,13 @@ class UidTagRecorder:
             raise KeyError(
                 f"validation data has no '{TAG_FIELD}' column; per-tag metrics need it (see docs/data_schema.md)"
             )
+        if protocol.UID not in batch_dict:
+            raise KeyError(
+                f"verl's validation loop did not set batch_dict[{protocol.UID!r}] on the loader's batch, which per-tag "
+                "validation metrics rely on (verl_modality.trainer.features.tag_validation); has verl's _validate changed?"
+            )
         strata = batch_dict.get(STRATUM_FIELD)
-        for i, (uid, tag) in enumerate(zip(batch_dict["uid"], batch_dict[TAG_FIELD], strict=True)):
+        for i, (uid, tag) in enumerate(zip(batch_dict[protocol.UID], batch_dict[TAG_FIELD], strict=True)):
             self._sink[str(uid)] = (str(tag), None if strata is None else str(strata[i]))
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf, open_dict
 
+from verl_modality import protocol
 from verl_modality.algorithms.config import REWARD_METRIC, ZeroVarianceConfig
 from verl_modality.algorithms.zero_variance import trainable_groups, zero_variance_groups
 from verl_modality.data import schema
@@ -123,14 +124,14 @@ class ZeroVariance:
     def read(self, store: Any, batch: Any) -> StepGroups:
         """The step's groups, compared values and tags, and which groups have zero variance."""
         keys = [str(k) for k in batch.keys]
-        field_name = "rm_scores" if self.metric == REWARD_METRIC else "extra_fields"
+        field_name = protocol.RM_SCORES if self.metric == REWARD_METRIC else protocol.EXTRA_FIELDS
         data = store.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=[field_name])
         if self.metric == REWARD_METRIC:
-            values = np.array([float(r.sum()) for r in data["rm_scores"].unbind()], dtype=np.float64)
+            values = np.array([float(r.sum()) for r in data[protocol.RM_SCORES].unbind()], dtype=np.float64)
         else:
             values = np.empty(len(keys), dtype=np.float64)
-            for i, extra in enumerate(data["extra_fields"]):
-                info = extra_info_of(extra).get("reward_extra_info", {})
+            for i, extra in enumerate(data[protocol.EXTRA_FIELDS]):
+                info = extra_info_of(extra).get(protocol.REWARD_EXTRA_INFO, {})
                 if info.get(self.metric) is None:
                     raise KeyError(
                         f"algorithm.zero_variance.metric={self.metric}: the reward of trajectory {keys[i]} has no "
