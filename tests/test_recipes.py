@@ -31,6 +31,7 @@ OPEN_PREFIXES = (
     "algorithm.zero_variance.",
     "data.curriculum.",
     "data.modality.",
+    "trainer.v1.sampler.poll_interval",
     "ray_kwargs.ray_init.",
     "actor_rollout_ref.model.override_config.",
     "reward.custom_reward_function.reward_kwargs.",

@@ -148,7 +148,6 @@ def test_heldout_reward_is_the_probability_of_the_taught_reply(tiny_model_dir, t
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_warm_start_with_two_ranks_follows_the_one_rank_path(tmp_path, tiny_model_dir):
     """verl's SFT trainer under ``torchrun --nproc_per_node 2`` (two FSDP2 ranks, each half of every batch): the same
     held-out reward at each checkpoint as with one rank, up to float rounding, and one chosen model folder."""
@@ -180,6 +179,7 @@ def test_warm_start_with_two_ranks_follows_the_one_rank_path(tmp_path, tiny_mode
     assert float(d1.abs().max()) > 1e-3 and apart < 0.05, apart
 
 
+@pytest.mark.slow
 def test_warm_start_then_mapo_raises_the_expected_training_reward(tmp_path, tiny_model_dir):
     """verl's SFT trainer until the held-out window (cached on the second call), then a short seeded MAPO run
     (full recipe) from it: the expected reward on the RL prompts, sampled as the rollout samples and scored by the

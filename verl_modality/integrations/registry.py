@@ -345,6 +345,17 @@ INTEGRATIONS: tuple[Integration, ...] = (
         "uids not yet in verl's classification cache, and their trajectory keys",
     ),
     Integration(
+        name="ReplayBuffer.poll_interval set from trainer.v1.sampler.poll_interval",
+        group="patches",
+        kind="read",
+        target=_REPLAY,
+        attributes=_in(_REPLAY, "ReplayBuffer.poll_interval"),
+        apply=f"{_TRAINER}:check_poll_interval",
+        when="always",
+        why="verl 0.9.1 polls for a sync step's finished trajectories every 2 s with no option for it; the trainer "
+        "sets the buffer's attribute only when the option is given (tiny CPU models generate in well under 2 s)",
+    ),
+    Integration(
         name="forward_step: MAPO-AT attention capture",
         group="patches",
         kind="patch",

@@ -72,6 +72,28 @@ def require_state(buffer: Any) -> None:
             raise _differs(f"ReplayBuffer.{name} is {found}, not a defaultdict of partition -> {kind.__name__}")
 
 
+def check_poll_interval(module) -> None:
+    """verl's ``ReplayBuffer`` still keeps its sync sampling poll period in ``poll_interval``: set by ``__init__``,
+    slept by ``_wait_for_next_poll``."""
+    for name in ("__init__", "_wait_for_next_poll"):
+        method = getattr(module.ReplayBuffer, name, None)
+        if "poll_interval" not in getattr(getattr(method, "__code__", None), "co_names", ()):
+            raise RuntimeError(
+                f"verl {_verl_version()}: ReplayBuffer.{name} does not use poll_interval; "
+                "trainer.v1.sampler.poll_interval (verl-modality) cannot be applied on this verl"
+            )
+
+
+def set_poll_interval(buffer: Any, seconds: float) -> None:
+    """Set verl's replay buffer's poll period (``trainer.v1.sampler.poll_interval``)."""
+    if not isinstance(getattr(buffer, "poll_interval", None), int | float):
+        raise RuntimeError(
+            f"trainer.v1.sampler.poll_interval: the replay buffer {type(buffer).__name__} has no poll_interval "
+            f"(verl {_verl_version()}); remove the option for this verl or this custom sampler"
+        )
+    buffer.poll_interval = float(seconds)
+
+
 def groups_to_classify(buffer: Any, partition_id: str, group_of) -> list[str]:
     """Trajectory keys of the finished groups of ``partition_id`` that verl's filter has not classified yet
     (``group_of``: trajectory keys -> their prompt uids)."""

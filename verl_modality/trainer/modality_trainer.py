@@ -11,7 +11,8 @@ and a watchdog ends the run, naming what died, when a Ray actor or a vLLM engine
 verl's hook                features
 =========================  ==========================================================================================
 ``on_init_end``, ``fit``    watchdog: a dead Ray actor or vLLM engine ends the run within a minute, named
-``_build_replay_buffer``   group filter: failed rewards neutralised before verl's filter compares a group
+``_build_replay_buffer``   group filter: failed rewards neutralised before verl's filter compares a group; replay
+                           poll: ``trainer.v1.sampler.poll_interval``
 ``_init_dataloader``       curriculum: built over the training rows' tags; group filter, zero variance: their metric
                            against the tasks
 ``_fetch_one_gen_batch``   curriculum: the step's prompts, one tag per batch
@@ -45,6 +46,7 @@ from verl_modality.trainer.features.dead_actors import Watchdog, rollout_servers
 from verl_modality.trainer.features.failed_rewards import FailedRewards
 from verl_modality.trainer.features.group_filter import GroupFilter
 from verl_modality.trainer.features.mapo_at_pass import MapoATPass
+from verl_modality.trainer.features.replay_poll import ReplayPoll
 from verl_modality.trainer.features.state import TrainerState, check_world_size, resumed_folder, step_folder
 from verl_modality.trainer.features.tag_flow import TagFlow
 from verl_modality.trainer.features.tag_validation import TagValidation, tag_accuracies
@@ -65,6 +67,7 @@ class ModalityTrainerSync(PPOTrainerSync):
         self.failed_rewards = FailedRewards(config)
         self.group_filter = GroupFilter(config, self.failed_rewards)
         self.zero_variance = ZeroVariance(config)
+        self.replay_poll = ReplayPoll(config)
         super().__init__(config)
         self.tag_flow = TagFlow(config)
         self.tag_validation = TagValidation(self.tag_flow.tag_metrics)
@@ -82,6 +85,7 @@ class ModalityTrainerSync(PPOTrainerSync):
             *([self.failed_rewards.label] if self.failed_rewards.enabled else []),
             *self.group_filter.labels,
             *self.zero_variance.labels,
+            *self.replay_poll.labels,
         ]
         print(
             f"{TRAINER_BANNER}; "
@@ -104,6 +108,7 @@ class ModalityTrainerSync(PPOTrainerSync):
     def _build_replay_buffer(self):
         buffer = super()._build_replay_buffer()
         self.group_filter.guard(buffer, self.store)
+        self.replay_poll.apply(buffer)
         return buffer
 
     def _init_dataloader(self):
