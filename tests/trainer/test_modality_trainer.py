@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from verl_modality.trainer import modality_trainer as mt
 from verl_modality.trainer.features.failed_rewards import FailedRewards
 from verl_modality.trainer.features.group_filter import GroupFilter
+from verl_modality.trainer.features.replay_poll import ReplayPoll
 from verl_modality.trainer.features.tag_validation import TagValidation
 
 
@@ -103,6 +104,7 @@ def _bare_trainer(config):
     trainer.config, trainer.trainer_mode = config, "sync"
     trainer.failed_rewards = FailedRewards(config)
     trainer.group_filter = GroupFilter(config, trainer.failed_rewards)
+    trainer.replay_poll = ReplayPoll(config)
     return trainer
 
 
@@ -118,6 +120,10 @@ def test_verls_replay_buffer_is_guarded_where_its_group_filter_reads_the_rewards
     assert callable(getattr(buffer, HOOK, None)) and trainer.group_filter.guarded
     plain = _bare_trainer(_filter_config("score", "pkg://verl_modality.rewards.choice"))._build_replay_buffer()
     assert getattr(plain, HOOK, None) is None  # no reward function that marks failures: verl's method as is
+    assert buffer.poll_interval == plain.poll_interval == 2.0  # verl's period unless trainer.v1.sampler.poll_interval
+    polled = _filter_config("score")
+    polled.trainer.v1.sampler.poll_interval = 0.1
+    assert _bare_trainer(polled)._build_replay_buffer().poll_interval == 0.1
 
 
 def test_a_qa_metric_on_caption_rows_is_refused_at_start_up(monkeypatch):
