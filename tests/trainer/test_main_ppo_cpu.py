@@ -241,13 +241,7 @@ def test_mupo_baseline_shows_every_stream(tmp_path, inputs):
     assert all(steps[s]["training/rollout_probs_diff_max"] < 1e-5 for s in (1, 2))
 
 
-# none of the plugin's options: the CPU examples' replay poll period (trainer.v1.sampler.poll_interval) unset too
-PLAIN_GRPO = [
-    "algorithm.adv_estimator=grpo",
-    "trainer.total_training_steps=2",
-    "trainer.test_freq=2",
-    "trainer.v1.sampler.poll_interval=null",
-]
+PLAIN_GRPO = ["algorithm.adv_estimator=grpo", "trainer.total_training_steps=2", "trainer.test_freq=2"]
 
 
 @pytest.fixture(scope="module")
