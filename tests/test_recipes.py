@@ -23,7 +23,14 @@ RECIPES = [
     ROOT / "recipes" / "maple" / "mapo_adaptive_qwen2_5_omni_3b.yaml",
     ROOT / "recipes" / "maple" / "mapo_at_qwen2_5_omni_3b.yaml",
     ROOT / "recipes" / "mapo_at" / "qwen3_omni_30b_a3b.yaml",
+    ROOT / "recipes" / "lora" / "qwen2_5_omni_7b_mapo_lora.yaml",
+    ROOT / "recipes" / "lora" / "qwen3_omni_30b_a3b_mapo_at_lora.yaml",
 ]
+#: each LoRA recipe and the full fine-tuning recipe whose method settings it keeps
+LORA_PEERS = {
+    "qwen2_5_omni_7b_mapo_lora": ROOT / "recipes" / "maple" / "mapo_qwen2_5_omni_3b.yaml",
+    "qwen3_omni_30b_a3b_mapo_at_lora": ROOT / "recipes" / "mapo_at" / "qwen3_omni_30b_a3b.yaml",
+}
 # Keys verl's base config does not have but accepts: ours, and free-form dicts verl passes through.
 OPEN_PREFIXES = (
     "algorithm.mapo.",
@@ -86,7 +93,7 @@ def test_recipe_composes_with_valid_mapo_options(path, monkeypatch):
     assert cfg.data.custom_cls.name == "OmniRLDataset"
     assert cfg.reward.custom_reward_function.path == "pkg://verl_modality.rewards.choice"
     if (
-        path.stem.startswith("mapo_at") or path.parent.name == "mapo_at"
+        path.stem.startswith("mapo_at") or path.parent.name == "mapo_at" or "_mapo_at" in path.stem
     ):  # docs/method.md §5: GRPO + both losses, beta 0.02
         at = MapoATConfig.from_algorithm_config(cfg.algorithm)
         assert cfg.algorithm.adv_estimator == "grpo" and at.relevance_mask and at.attention_loss
@@ -112,11 +119,12 @@ def test_recipe_composes_with_valid_mapo_options(path, monkeypatch):
         "mapo_qwen2_5_omni_3b": "static",  # the full recipe (docs/method.md §2.6)
         "mapo_adaptive_qwen2_5_omni_3b": "adaptive",  # adp_w + adp_cur
         "mapo_full_cpu_demo": "static",  # the demo's full recipe
+        "qwen2_5_omni_7b_mapo_lora": "static",  # the full recipe with a LoRA adapter
     }.get(path.stem, "none")
     assert curriculum.order == expected_order
     if curriculum.order == "adaptive":
         assert mapo.adaptive_weights and cfg.trainer.val_before_train and curriculum.window == 5
-    if path.stem.startswith("mapo_qwen") or path.stem == "mapo_full_cpu_demo":
+    if path.stem.startswith("mapo_qwen") or path.stem in ("mapo_full_cpu_demo", "qwen2_5_omni_7b_mapo_lora"):
         assert not mapo.adaptive_weights and not cfg.algorithm.use_kl_in_reward
         zv = ZeroVarianceConfig.from_algorithm_config(cfg.algorithm)
         assert zv.drop and not zv.retire and zv.metric == "acc" and not cfg.algorithm.filter_groups.enable
@@ -124,6 +132,8 @@ def test_recipe_composes_with_valid_mapo_options(path, monkeypatch):
         a, r = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
         assert (cfg.data.train_batch_size, a.ppo_mini_batch_size, r.n) == (256, 32, 8)
         assert (cfg.data.max_prompt_length, cfg.data.max_response_length, a.optim.lr) == (8192, 2048, 2e-6)
+    elif path.parent.name == "lora":  # checked with its full fine-tuning peer below
+        pass
     elif path.parent.name == "mapo_at":  # MAPO-AT's paper model on H100 nodes (not run at that size)
         a, r, t = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout, cfg.trainer
         assert cfg.actor_rollout_ref.model.path == "Qwen/Qwen3-Omni-30B-A3B-Instruct"
@@ -137,6 +147,51 @@ def test_recipe_composes_with_valid_mapo_options(path, monkeypatch):
     else:
         assert cfg.actor_rollout_ref.model.path == "/demo/model"
         assert os.path.basename(cfg.data.train_files) == "train.parquet"
+
+
+@pytest.mark.parametrize("stem", sorted(LORA_PEERS))
+def test_lora_recipe_keeps_its_peer_and_adds_lora(stem, monkeypatch):
+    """A LoRA recipe is its full fine-tuning peer's method (algorithm, data, reward, losses, sampling) with verl's LoRA
+    options, on one 8-GPU node with vLLM; verl's default target_modules means the thinker's language model."""
+    from verl_modality.models.lora import LANGUAGE_MODEL_LINEAR, thinker_target_modules
+
+    monkeypatch.setenv("VERL_MODALITY_DEMO_DIR", "/demo")
+    path = ROOT / "recipes" / "lora" / f"{stem}.yaml"
+    cfg, peer = _compose(path), _compose(LORA_PEERS[stem])
+    for key in ("algorithm", "data", "reward"):
+        mine, theirs = (OmegaConf.to_container(c[key], resolve=False) for c in (cfg, peer))
+        if key == "data":  # the batch is sized for the hardware; the MAPLE peer has the paper's
+            for d in (mine, theirs):
+                d.pop("train_batch_size")
+        assert mine == theirs, f"{stem}: {key} differs from {LORA_PEERS[stem].name}"
+    a, pa = cfg.actor_rollout_ref.actor, peer.actor_rollout_ref.actor
+    for key in ("loss_agg_mode", "clip_ratio_low", "clip_ratio_high", "use_kl_loss", "kl_loss_coef", "kl_loss_type"):
+        assert a[key] == pa[key], f"{stem}: actor.{key}"
+    assert a.policy_loss.loss_mode == pa.policy_loss.loss_mode
+    r, pr = cfg.actor_rollout_ref.rollout, peer.actor_rollout_ref.rollout
+    for key in ("n", "temperature", "top_p", "top_k"):
+        assert r[key] == pr[key], f"{stem}: rollout.{key}"
+
+    model = cfg.actor_rollout_ref.model
+    assert model.lora_rank > 0 and model.lora_alpha > 0 and model.lora.merge  # the rollout gets merged weights
+    assert thinker_target_modules(model.target_modules) == LANGUAGE_MODEL_LINEAR and model.exclude_modules is None
+    assert 1e-6 <= a.optim.lr <= 1e-4
+    t = cfg.trainer
+    assert (t.nnodes, t.n_gpus_per_node, r.name) == (1, 8, "vllm")
+    assert t.n_gpus_per_node % r.tensor_model_parallel_size == 0
+    assert (cfg.data.train_batch_size * r.n) % t.n_gpus_per_node == 0
+    assert (a.ppo_mini_batch_size * r.n) % (t.n_gpus_per_node * a.ppo_micro_batch_size_per_gpu) == 0
+    assert cfg.data.train_batch_size % a.ppo_mini_batch_size == 0
+    text = path.read_text()
+    assert "NOT RUN AT THIS SIZE" in text and "tests/trainer/test_lora.py" in text
+    if stem.startswith("qwen2_5_omni_7b"):
+        assert model.path == "Qwen/Qwen2.5-Omni-7B"
+        # MAPLE's batch, lengths and group size (docs/method.md §2.6)
+        assert (cfg.data.train_batch_size, a.ppo_mini_batch_size, r.n) == (256, 32, 8)
+        assert (cfg.data.max_prompt_length, cfg.data.max_response_length) == (8192, 2048)
+    else:
+        assert model.path == "Qwen/Qwen3-Omni-30B-A3B-Instruct"
+        assert cfg.data.train_batch_size == peer.data.train_batch_size
 
 
 @pytest.mark.parametrize("rollout", ["hf", "vllm"])

@@ -126,16 +126,27 @@ def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from verl_modality.models.checkpoint import actor_folder, checkpoint_world_size, export_thinker, load_sharded_state
+    from verl_modality.models.checkpoint import (
+        actor_folder,
+        checkpoint_world_size,
+        export_thinker,
+        trained_thinker_state,
+    )
 
     actor = actor_folder(args.checkpoint)
     problem = _folder_option(args.out, "--out")
     if problem:
         raise ValueError(problem)
     try:
-        out = export_thinker(args.base, load_sharded_state(actor), args.out)
+        state, lora = trained_thinker_state(actor, args.base)
+        out = export_thinker(args.base, state, args.out)
     except KeyError as err:  # a weight on one side only: --base is not the model the run started from
         raise ValueError(f"--base {args.base} does not match the checkpoint {actor}: {err.args[0]}") from err
+    if lora is not None:
+        into = f"the thinker of {args.base}" if lora.adapter_only else "the checkpoint's base weights"
+        print(
+            f"LoRA adapters of {lora.modules} modules (r={lora.r}, lora_alpha={lora.lora_alpha:g}) merged into {into}"
+        )
     print(f"thinker of {actor} (world size {checkpoint_world_size(actor)}) written into a copy of {args.base}: {out}")
     return 0
 
@@ -322,9 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export",
-        help="write a verl actor checkpoint (any world size) into a full Omni model folder that eval and verl load",
+        help="write a verl actor checkpoint (any world size; LoRA adapters merged) into a full Omni model folder that "
+        "eval and verl load",
     )
-    p.add_argument("--checkpoint", required=True, help="a run's global_step_N folder (or its actor folder)")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a run's global_step_N folder (or its actor folder); a LoRA run's needs its lora_train_meta.json",
+    )
     p.add_argument("--base", required=True, help="the full Omni checkpoint the run started from (talker, processor)")
     p.add_argument("--out", required=True, help="the model folder to write (replaced if it exists)")
     p.set_defaults(func=_cmd_export)

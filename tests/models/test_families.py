@@ -131,6 +131,56 @@ def test_weight_names_are_the_checkpoint_keys(family_model_dir):
     assert set(again) == ckpt
 
 
+def test_verl_hf_model_config_under_lora_adapts_the_language_model_only(family_model_dir):
+    """verl's default target (``all-linear``) and exclusion (None) become the language model's linear layers and the
+    encoders; explicit values are the user's. A family whose vLLM model serves no adapters syncs merged weights."""
+    from verl.workers.config import HFModelConfig
+
+    from verl_modality.models.lora import ENCODERS, LANGUAGE_MODEL_LINEAR
+
+    name, model_dir = family_model_dir
+    family = family_named(name)
+    plain = HFModelConfig(path=str(model_dir))
+    assert (plain.target_modules, plain.exclude_modules, plain.lora.get("merge", False)) == ("all-linear", None, False)
+    lora = HFModelConfig(path=str(model_dir), lora_rank=8)
+    assert (lora.target_modules, lora.exclude_modules) == (LANGUAGE_MODEL_LINEAR, ENCODERS)
+    assert bool(lora.lora.get("merge", False)) == (not family.vllm_serves_lora) == (name == "qwen3_omni")
+    mine = HFModelConfig(path=str(model_dir), lora_rank=8, target_modules=["q_proj"], exclude_modules="lm_head")
+    assert (mine.target_modules, mine.exclude_modules) == (["q_proj"], "lm_head")
+
+
+def test_lora_adapter_names_reach_vllms_language_model_modules(family_model_dir):
+    """Unmerged LoRA: the adapter names verl sends, renamed for vLLM, resolve (by vLLM's own parser and the model's
+    checkpoint mapper) to modules of vLLM's language model; adapters on an encoder are refused before sending."""
+    import importlib
+
+    from vllm.lora.utils import parse_fine_tuned_lora_name
+
+    from verl_modality.integrations.verl_rollout import refuse_encoder_adapters
+
+    name, model_dir = family_model_dir
+    family = family_named(name)
+    module = {"qwen2_5_omni": "qwen2_5_omni_thinker", "qwen3_omni": "qwen3_omni_moe_thinker"}[name]
+    vllm_model = getattr(importlib.import_module(f"vllm.model_executor.models.{module}"), family.thinker_class_name)
+    sent = {
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(1),
+        "base_model.model.model.layers.1.mlp.down_proj.lora_B.weight": torch.zeros(1),
+    }
+    renamed = [k for k, _ in family.checkpoint_weights(sent.items())]
+    parsed = [parse_fine_tuned_lora_name(k, vllm_model.hf_to_vllm_mapper) for k in renamed]
+    assert parsed == [
+        ("language_model.model.layers.0.self_attn.q_proj", True),
+        ("language_model.model.layers.1.mlp.down_proj", False),
+    ]
+    # what verl's own names gave before: no vLLM module of that name, so vLLM applied nothing
+    assert parse_fine_tuned_lora_name(f"thinker.{next(iter(sent))}", vllm_model.hf_to_vllm_mapper)[0].startswith(
+        "model."
+    )
+    refuse_encoder_adapters(sent)
+    with pytest.raises(ValueError, match="audio_tower.layers.0.self_attn.q_proj.*lora.merge=true"):
+        refuse_encoder_adapters([*sent, "base_model.model.audio_tower.layers.0.self_attn.q_proj.lora_A.weight"])
+
+
 def test_fsdp_layer_classes_are_the_leaf_layers(family_model_dir):
     name, model_dir = family_model_dir
     family = family_named(name)

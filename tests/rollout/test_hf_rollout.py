@@ -157,6 +157,48 @@ def test_weight_updates_load_exactly(family_model_dir, media):
         g.load_weights({}, version=8)
 
 
+def test_lora_adapters_are_served_as_the_peft_model_computes(family_model_dir):
+    """What verl sends under unmerged LoRA: the base weights under PEFT's names (``.base_layer``), then at every sync
+    only the adapters. The served model's logits equal the PEFT model's, after each of two adapter syncs (the
+    second merges onto the base, not onto the first merge)."""
+    from peft import LoraConfig, get_peft_model
+
+    from verl_modality.models.lora import ENCODERS, LANGUAGE_MODEL_LINEAR, is_adapter_name
+    from verl_modality.models.omni import load_thinker
+    from verl_modality.rollout.hf_rollout import sync_payload
+
+    g = HFGenerator(family_model_dir[1], prompt_length=512, response_length=4, seed=0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=LANGUAGE_MODEL_LINEAR, exclude_modules=ENCODERS)
+    peft = get_peft_model(load_thinker(family_model_dir[1]), config).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a different base than the served model's, so the base sync must land
+        for name, p in peft.named_parameters():
+            if ".base_layer." in name or ("lora_" not in name and p.dim() == 2):
+                p.add_(0.01 * torch.randn(p.shape, generator=gen))
+    from verl.workers.engine.fsdp.utils import unfuse_moe_params
+
+    base = {k.removeprefix("base_model.model."): v for k, v in peft.state_dict().items() if "lora_" not in k}
+    assert any(".base_layer." in k for k in base)
+    state, adapter_config = sync_payload(iter(base.items()), config.to_dict(), base_sync_done=False)
+    assert adapter_config is None and not any(".base_layer." in k for k in state)
+    g.load_weights(dict(unfuse_moe_params(state.items(), g.model.config.model_type)), version=1)
+    ids = torch.randint(0, 1000, (2, 16), generator=gen)
+    for version in (2, 3):
+        with torch.no_grad():
+            for name, p in peft.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+        lora = {k.replace(".default", ""): v for k, v in peft.state_dict().items() if is_adapter_name(k)}
+        state, adapter_config = sync_payload(iter(lora.items()), config.to_dict(), base_sync_done=True)
+        assert adapter_config["r"] == 4 and set(state) == set(lora)
+        assert g.load_adapter(state, adapter_config, version) == len(lora) // 2
+        assert g.weight_version == version
+        with torch.no_grad():
+            want = peft(input_ids=ids).logits
+            got = g.model(input_ids=ids).logits
+        assert (want - got).abs().max() < 1e-4, (version, (want - got).abs().max())
+
+
 def test_registered_with_verl():
     from verl.workers.rollout.base import _ROLLOUT_REGISTRY
     from verl.workers.rollout.replica import RolloutReplicaRegistry
@@ -178,11 +220,6 @@ def test_unsupported_settings_are_refused_before_any_work():
 
     naive = SimpleNamespace(checkpoint_engine=SimpleNamespace(backend="naive"))
     check_supported(naive, SimpleNamespace(lora_rank=0, lora={}, lora_adapter_path=None))
-    with pytest.raises(ValueError, match="model.lora_rank=0"):
-        check_supported(naive, SimpleNamespace(lora_rank=8, lora={}, lora_adapter_path=None))
-    with pytest.raises(ValueError, match="model.lora_rank=0"):
-        check_supported(naive, {"lora": {"rank": 4}})
-    with pytest.raises(ValueError, match="lora_adapter_path"):
-        check_supported(naive, SimpleNamespace(lora_rank=0, lora={}, lora_adapter_path="/a"))
+    check_supported(naive, SimpleNamespace(lora_rank=8, lora={}, lora_adapter_path="/a"))  # adapters are served
     with pytest.raises(ValueError, match="checkpoint_engine.backend='nccl'"):
         check_supported(SimpleNamespace(checkpoint_engine=SimpleNamespace(backend="nccl")), {})

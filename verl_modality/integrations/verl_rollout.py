@@ -7,7 +7,9 @@ verl's functions unchanged):
 * ``vllm_async_server.vLLMHttpServer.collective_rpc``: a failed engine call is recorded for the trainer's watchdog
   (:func:`record_engine_call_failures`; any model).
 * ``vllm_rollout.ServerAdapter.update_weights``: the thinker's state dict has bare names (``model.*``); vLLM's Omni
-  models load the full checkpoint layout (``thinker.model.*``, experts one by one).
+  models load the full checkpoint layout (``thinker.model.*``, experts one by one). Unmerged LoRA adapters keep
+  PEFT's prefix in front of that name (``base_model.model.thinker.model.*.lora_A.weight``), which vLLM maps onto its
+  language model's modules; adapters on an encoder, which vLLM would drop, are refused.
 """
 
 from __future__ import annotations
@@ -64,11 +66,28 @@ def thinker_weight_names(original):
         hf_config = getattr(self.model_config, "hf_config", None)
         family = family_of(hf_config)
         if family is not None and hf_config.model_type == family.thinker_model_type:
+            if kwargs.get("peft_config") and kwargs.get("base_sync_done"):
+                weights = list(weights)  # adapters only: small, and checked before vLLM starts receiving
+                refuse_encoder_adapters(name for name, _ in weights)
             if hasattr(self.model_config, "omni_full_config"):
                 weights = vllm_weights(weights, hf_config)
         return await original(self, weights, *args, **kwargs)
 
     return update_weights
+
+
+def refuse_encoder_adapters(names) -> None:
+    """vLLM applies LoRA adapters to an Omni thinker's language model only; adapters on an encoder would be dropped
+    without a word, and the rollout would sample from another policy than the actor's."""
+    from verl_modality.models.lora import encoder_adapters
+
+    encoders = encoder_adapters(names)
+    if encoders:
+        raise ValueError(
+            f"LoRA adapters on the thinker's encoders ({', '.join(encoders[:3])}, {len(encoders)} modules) are not "
+            "applied by vLLM: send merged weights (actor_rollout_ref.model.lora.merge=true) or keep the encoders "
+            "out of actor_rollout_ref.model.exclude_modules' reach (its default on an Omni thinker)"
+        )
 
 
 def record_engine_call_failures(module) -> None:

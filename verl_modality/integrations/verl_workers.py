@@ -1,7 +1,11 @@
 """Changes to ``verl.workers``: the actor and its engine.
 
 * ``config.model.HFModelConfig.__post_init__``: a full Omni checkpoint (thinker + talker + vocoder) is described to
-  verl by its *thinker* config, so verl's own auto-class logic loads the thinker only.
+  verl by its *thinker* config, so verl's own auto-class logic loads the thinker only. With LoRA
+  (``lora_rank > 0``), verl's default ``target_modules="all-linear"`` becomes the thinker's language-model linear
+  layers (:func:`~verl_modality.models.lora.thinker_target_modules`), and its default ``exclude_modules`` the
+  encoders: they stay frozen unless the user sets ``exclude_modules``. A family whose vLLM model serves no adapters
+  (Qwen3-Omni in vLLM 0.24) syncs merged weights (``lora.merge``).
 * ``engine.fsdp.transformer_impl.FSDPEngine._build_module``: the thinker wraps its leaf layers (the family's
   :attr:`~verl_modality.models.family.OmniFamily.fsdp_layer_classes`); its default ``_no_split_modules`` names the
   encoder towers, which makes FSDP2 wrap a tower before its layers and breaks the audio encoder. The built thinker
@@ -50,12 +54,26 @@ NO_CAPTURE = object()
 def thinker_post_init(original):
     """``HFModelConfig.__post_init__`` that swaps a full Omni config for its thinker config."""
     from verl_modality.models.family import family_of
+    from verl_modality.models.lora import thinker_exclude_modules, thinker_target_modules
     from verl_modality.models.omni import to_thinker_config
 
     def __post_init__(self):
         original(self)
         family = family_of(self.hf_config)
-        if family is None or self.hf_config.model_type != family.full_model_type:
+        if family is None:
+            return
+        if self.lora_rank > 0:
+            # verl's default "all-linear" would adapt the encoders too: on a thinker, the language model only
+            object.__setattr__(self, "target_modules", thinker_target_modules(self.target_modules))
+            object.__setattr__(self, "exclude_modules", thinker_exclude_modules(self.exclude_modules))
+            if not family.vllm_serves_lora and not self.lora.get("merge", False):
+                logger.warning(
+                    "verl-modality: vLLM serves no LoRA adapters on the %s thinker; the rollout gets the actor's "
+                    "merged weights (actor_rollout_ref.model.lora.merge=true)",
+                    family.title,
+                )
+                object.__setattr__(self, "lora", {**self.lora, "merge": True})
+        if self.hf_config.model_type != family.full_model_type:
             return
         full = self.hf_config
         tok = self.tokenizer

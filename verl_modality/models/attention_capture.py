@@ -52,8 +52,11 @@ DEFAULT_NUM_LAYERS = 3
 
 
 def decoder_layers(model: Any) -> Sequence[torch.nn.Module]:
-    """The text decoder layers of a thinker (``model.model.layers``), also through a wrapper's ``.module``."""
+    """The text decoder layers of a thinker (``model.model.layers``), also through a wrapper's ``.module`` and a PEFT
+    (LoRA) model's ``get_base_model()``: the layers are the thinker's, their adapted projections included."""
     inner = getattr(model, "module", model)
+    if callable(getattr(inner, "get_base_model", None)):  # PeftModel: a bare .model resolves to the thinker
+        inner = inner.get_base_model()
     text_model = getattr(inner, "model", None)
     layers = getattr(text_model, "layers", None)
     if layers is None:
@@ -71,7 +74,7 @@ class AudioAttentionCapture:
 
     Args:
         model: an Omni thinker of a known family (anything with ``.model.layers[i].self_attn`` of
-            the same kind).
+            the same kind), or a PEFT model wrapping one (its LoRA q/k adapters enter the captured states).
         layers: decoder layer indices (negative counts from the end); default the last three (or all, if fewer).
     """
 

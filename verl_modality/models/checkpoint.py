@@ -4,6 +4,12 @@ verl's trainers save the trained module's state dict (``model_world_size_<W>_ran
 module is the thinker, so its names carry no ``thinker.`` prefix. The full checkpoint the plugin loads (hub layout:
 ``thinker.*``, ``talker.*``, ``token2wav.*``, tokenizer, processor) is rebuilt by copying the base checkpoint and
 replacing every ``thinker.*`` tensor; a base tensor without a trained counterpart (or the reverse) is an error.
+
+A LoRA run's checkpoint holds the PEFT model's state dict (``base_model.model.*``, ``...q_proj.base_layer.weight``
+and ``...q_proj.lora_A.default.weight``), or with verl's ``checkpoint.save_lora_only`` the adapter entries alone,
+and verl writes ``lora_train_meta.json`` (``r``, ``lora_alpha``) beside the shards: :func:`trained_thinker_state`
+merges the adapters (``W + lora_alpha / r * B @ A``, :mod:`verl_modality.models.lora`) into the run's base weights or,
+for adapters alone, into the base checkpoint's thinker, so the export writes plain weights under the plain names.
 """
 
 from __future__ import annotations
@@ -15,11 +21,14 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 THINKER_PREFIX = "thinker."
+#: what verl writes beside a LoRA run's shards: ``{"r", "lora_alpha", "task_type"}``
+LORA_META = "lora_train_meta.json"
 
 
 @contextmanager
@@ -85,6 +94,64 @@ def load_sharded_state(step_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {key: _gathered(key, [state[key] for state in states]).detach().clone() for key in states[0]}
 
 
+@dataclass(frozen=True)
+class MergedLora:
+    """The adapters :func:`trained_thinker_state` merged: how many modules, at which rank and alpha, and whether the
+    checkpoint held them alone (merged into the base checkpoint's thinker)."""
+
+    modules: int
+    r: int
+    lora_alpha: float
+    adapter_only: bool
+
+
+def lora_train_meta(step_dir: str | os.PathLike) -> dict:
+    """``lora_train_meta.json`` of a LoRA run's actor folder; its absence is an error naming the file."""
+    path = Path(step_dir) / LORA_META
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: missing; a LoRA checkpoint needs verl's r and lora_alpha to merge its adapters"
+        )
+    meta = json.loads(path.read_text())
+    if not isinstance(meta, dict) or "r" not in meta:
+        raise ValueError(f"{path}: expected an object with r and lora_alpha, got {meta!r}")
+    return meta
+
+
+def trained_thinker_state(
+    step_dir: str | os.PathLike, base_dir: str | os.PathLike
+) -> tuple[dict[str, torch.Tensor], MergedLora | None]:
+    """The thinker state dict (plain names) of a verl actor checkpoint folder, and what LoRA it merged (None: none).
+
+    A PEFT model's state (every name under ``base_model.model.``) has its adapters merged with the scale of
+    ``lora_train_meta.json``; one of adapter entries only (verl's ``save_lora_only``, the entries its filter keeps)
+    is merged into ``base_dir``'s thinker weights, the weights the run started from.
+    """
+    from verl_modality.models.lora import (
+        adapter_pairs,
+        is_adapter_name,
+        is_peft_state,
+        merge_peft_state,
+        merged_weights,
+    )
+
+    state = load_sharded_state(step_dir)
+    if not is_peft_state(state):
+        return state, None
+    meta = lora_train_meta(step_dir)
+    adapter_only = all("lora_" in name or ".adapter_" in name for name in state)
+    if adapter_only:
+        from verl_modality.models.omni import load_thinker
+
+        # the stored dtype: the weights no adapter touches are written back unchanged
+        base = dict(load_thinker(base_dir, torch_dtype="auto").state_dict())
+        merged = {**base, **merged_weights(base, state, meta)}
+    else:
+        merged = merge_peft_state(state, meta)
+    modules = len(adapter_pairs({name: t for name, t in state.items() if is_adapter_name(name)}))
+    return merged, MergedLora(modules, int(meta["r"]), float(meta.get("lora_alpha", meta["r"])), adapter_only)
+
+
 def _gathered(key: str, pieces: list) -> torch.Tensor:
     first = pieces[0]
     if not hasattr(first, "placements"):  # a plain tensor: every rank holds all of it
@@ -114,7 +181,8 @@ def export_thinker(
 ) -> Path:
     """Write ``out_dir``: ``base_dir`` with its ``thinker.*`` weights replaced by ``thinker_state`` (thinker names).
 
-    The base checkpoint's family names the trained tensors as its hub layout has them
+    ``thinker_state`` holds plain weights (a LoRA run's merged by :func:`trained_thinker_state`). The base
+    checkpoint's family names the trained tensors as its hub layout has them
     (:meth:`~verl_modality.models.family.OmniFamily.checkpoint_weights`: ``thinker.`` prefix, MoE experts one by
     one). Shapes and dtypes must match the base; the directory is assembled beside ``out_dir`` and moved into place.
     """

@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from verl_modality.models.lora import PEFT_PREFIX
+
 #: the modules that register a family, imported on first use of the registry
 FAMILY_MODULES = ("verl_modality.models.qwen2_5_omni", "verl_modality.models.qwen3_omni")
 
@@ -48,6 +50,8 @@ class OmniFamily:
     never_sample_tokens: ClassVar[tuple[str, ...]]
     hub_ids: ClassVar[tuple[str, ...]]  # checkpoints the real loading path serves
     moe: ClassVar[bool] = False  # mixture-of-experts text decoder (fused experts in transformers 5)
+    #: whether vLLM's model of the family serves LoRA adapters (``SupportsLoRA``); if not, verl syncs merged weights
+    vllm_serves_lora: ClassVar[bool] = True
     #: RoPE function of the modeling module that the text attention applies to q/k (MAPO-AT's capture redoes it)
     rotary_function: ClassVar[str]
     rotary_takes_mrope_section: ClassVar[bool]  # True: the function splits cos/sin by the config's mrope_section
@@ -91,9 +95,12 @@ class OmniFamily:
     # -- weights ------------------------------------------------------------------------------------------------
     def checkpoint_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
         """Thinker state-dict entries (bare names, ``model.*``) under the full checkpoint's names (``thinker.*``), in
-        the hub's layout; vLLM loads the same names."""
+        the hub's layout; vLLM loads the same names. PEFT adapter entries (``base_model.model.model.*.lora_A.weight``,
+        what verl sends for an unmerged LoRA) keep PEFT's prefix in front of the checkpoint name: vLLM strips it,
+        maps the rest with the model's checkpoint mapper and drops an adapter whose module it does not find."""
         for name, tensor in weights:
-            yield (name if name.startswith("thinker.") else f"thinker.{name}"), tensor
+            peft, bare = (PEFT_PREFIX, name[len(PEFT_PREFIX) :]) if name.startswith(PEFT_PREFIX) else ("", name)
+            yield peft + (bare if bare.startswith("thinker.") else f"thinker.{bare}"), tensor
 
     def module_weights(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The inverse of :meth:`checkpoint_weights` minus the prefix: entries as the thinker module's state dict

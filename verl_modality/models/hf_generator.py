@@ -129,6 +129,8 @@ class HFGenerator:
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else self.eos_token_ids[0])
         self.weight_version = 0
+        #: base weights of the modules LoRA adapters were merged into (:meth:`load_adapter`)
+        self._lora_base: dict[str, torch.Tensor] = {}
         self._served: dict[bytes, int] = {}
 
     # ------------------------------------------------------------------------------------------------- weights
@@ -154,8 +156,31 @@ class HFGenerator:
                 f"hf rollout: actor weights do not match the served model ({self.model.__class__.__name__}): "
                 f"missing {missing[:8]} ({len(missing)}), unexpected {unexpected[:8]} ({len(unexpected)})"
             )
+        self._lora_base = {}  # new base weights: adapters now apply to these
         self.set_weight_version(version)
         return received
+
+    def load_adapter(self, tensors: dict[str, torch.Tensor], peft_config: dict, version: int) -> int:
+        """Serve LoRA adapters (PEFT names, as verl sends them after the base weights): every adapted module's weight
+        becomes ``W + s * B @ A`` (:func:`~verl_modality.models.lora.merged_weights`), ``W`` the base weight it had
+        before the first adapter arrived. Returns the number of adapted modules."""
+        from verl_modality.models.lora import adapter_pairs, merged_weights
+
+        params = dict(self.model.named_parameters())
+        modules = adapter_pairs(tensors)
+        missing = [f"{m}.weight" for m in modules if f"{m}.weight" not in params]
+        if missing:
+            raise ValueError(f"hf rollout: LoRA adapters for modules the served model does not have: {missing[:8]}")
+        for module in modules:
+            key = f"{module}.weight"
+            if key not in self._lora_base:
+                self._lora_base[key] = params[key].detach().clone()
+        merged = merged_weights(self._lora_base, tensors, peft_config)
+        with torch.no_grad():
+            for key, weight in merged.items():
+                params[key].copy_(weight)
+        self.set_weight_version(version)
+        return len(merged)
 
     # ---------------------------------------------------------------------------------------------- multimodal
     def model_inputs(

@@ -44,6 +44,7 @@ class Qwen3Omni(OmniFamily):
     )
     hub_ids = ("Qwen/Qwen3-Omni-30B-A3B-Instruct", "Qwen/Qwen3-Omni-30B-A3B-Thinking")
     moe = True
+    vllm_serves_lora = False  # vLLM 0.24's Qwen3OmniMoeThinkerForConditionalGeneration: "does not support LoRA yet"
     rotary_function = "apply_rotary_pos_emb"  # the multimodal sections are interleaved inside cos/sin already
     rotary_takes_mrope_section = False
 

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from verl_modality.models.hf_generator import HFGenerator
+from verl_modality.models.lora import base_name
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +99,14 @@ class HFServer:
             extra_fields={"global_steps": int(version)},
         )
 
-    async def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: int | None = None) -> int:
+    async def update_weights(
+        self, state_dict: dict[str, torch.Tensor], global_steps: int | None = None, peft_config: dict | None = None
+    ) -> int:
+        """Full weights, or LoRA adapters (``peft_config`` given) merged into the base weights."""
         async with self._lock:
             version = self.generator.weight_version if global_steps is None else int(global_steps)
+            if peft_config is not None:
+                return self.generator.load_adapter(state_dict, peft_config, version)
             return self.generator.load_weights(state_dict, version)
 
     async def set_global_steps(self, global_steps: int) -> None:
@@ -173,28 +179,35 @@ def _replica_class():
 
 
 def check_supported(config: Any, model_config: Any) -> None:
-    """Refuse, before any work starts, the settings the hf rollout does not serve: it loads full weights from the
-    actor through verl's in-process ``naive`` checkpoint engine, and has no LoRA adapters."""
+    """Refuse, before any work starts, the settings the hf rollout does not serve: it takes the actor's weights (and
+    LoRA adapters) through verl's in-process ``naive`` checkpoint engine only."""
 
     def get(node: Any, key: str, default: Any = None) -> Any:
         if node is None:
             return default
         return node.get(key, default) if isinstance(node, dict) else getattr(node, key, default)
 
-    lora = get(model_config, "lora", {}) or {}
-    if int(get(model_config, "lora_rank", 0) or 0) > 0 or int(get(lora, "rank", 0) or 0) > 0:
-        raise ValueError(
-            "actor_rollout_ref.rollout.name=hf does not serve LoRA adapters: set actor_rollout_ref.model.lora_rank=0 "
-            "(and model.lora.rank=0), or use the vllm rollout"
-        )
-    if get(model_config, "lora_adapter_path"):
-        raise ValueError("actor_rollout_ref.rollout.name=hf does not load actor_rollout_ref.model.lora_adapter_path")
     backend = get(get(config, "checkpoint_engine"), "backend", "naive") or "naive"
     if backend != "naive":
         raise ValueError(
             f"actor_rollout_ref.rollout.checkpoint_engine.backend={backend!r}: the hf rollout takes the actor's "
             "full weights through the in-process 'naive' engine only"
         )
+
+
+def sync_payload(
+    weights: Iterable, peft_config: dict | None, base_sync_done: bool, keep: bool = True
+) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """What :class:`HFServer` gets from one of verl's weight syncs: ``(state, peft_config)``, the config only when the
+    sync carries LoRA adapters (verl's ``base_sync_done``), and full weights under the served model's names (PEFT's
+    ``.base_layer`` removed) otherwise. Every rank drains ``weights`` (``full_tensor()`` is a collective); only the
+    rank that ``keep``s copies them."""
+    adapters = bool(peft_config) and base_sync_done
+    state = {}
+    for name, tensor in weights:
+        if keep:
+            state[name if adapters else base_name(name)] = tensor.detach().to("cpu", copy=True)
+    return state, (peft_config if adapters else None)
 
 
 def _adapter_base():
@@ -235,18 +248,25 @@ def make_adapter_class():
         async def release(self):
             return None
 
-        async def update_weights(self, weights: Iterable, wire_format: str = "named_tensors", **kwargs: Any):
-            if wire_format != "named_tensors" or kwargs.get("peft_config"):  # excluded by check_supported at start-up
-                raise ValueError(f"hf rollout receives full named tensors only, got {wire_format!r} / LoRA")
-            state = {}
-            for name, tensor in weights:  # every rank drains it: full_tensor() is a collective
-                if self.has_server:
-                    state[name] = tensor.detach().to("cpu", copy=True)
+        async def update_weights(
+            self,
+            weights: Iterable,
+            wire_format: str = "named_tensors",
+            peft_config: dict | None = None,
+            base_sync_done: bool = False,
+            **kwargs: Any,
+        ):
+            """verl's weight sync. Full weights arrive under the served model's names; with unmerged LoRA, verl first
+            sends the base weights (PEFT's ``.base_layer`` names), then at every sync only the adapters
+            (``peft_config`` and ``base_sync_done``), which the server merges into the base."""
+            if wire_format != "named_tensors":
+                raise ValueError(f"hf rollout receives named tensors only, got wire_format={wire_format!r}")
+            state, adapter_config = sync_payload(weights, peft_config, base_sync_done, keep=self.has_server)
             if self.has_server:
                 import ray
 
                 ref = ray.put(state)
-                await self._get_server().update_weights.remote(ref, kwargs.get("global_steps"))
+                await self._get_server().update_weights.remote(ref, kwargs.get("global_steps"), adapter_config)
 
     return HFServerAdapter
 
