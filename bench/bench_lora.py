@@ -8,8 +8,7 @@ and the target and exclude modules the plugin gives verl for its defaults (``tar
 language model's linear layers, ``exclude_modules=None`` -> the encoders; verl_modality/models/lora.py). Reported:
 
 - trainable parameters, and the adapted modules outside the language model's decoder layers (expected: none);
-- AdamW state bytes after one step (``exp_avg``, ``exp_avg_sq`` and ``step`` of every trainable tensor, float32);
-  A text-only batch gives the audio and vision encoders no gradient, so AdamW (which creates its state lazily)
+- AdamW state bytes after one step (``exp_avg``, ``exp_avg_sq`` and ``step`` per tensor, float32). A text-only batch gives the audio and vision encoders no gradient, so AdamW (which creates its state lazily)
   holds none for them: the full row's state covers the language model only, and the parameters it covers are printed;
 - update time: forward + backward + ``AdamW.step`` on one fixed batch of random token ids (next-token
   cross-entropy), median and best of ``--repeats`` after ``--warmup`` steps; the two copies alternate step by step
@@ -140,6 +139,7 @@ def measure(model_dir: str | Path, batch: int, length: int, repeats: int, warmup
             "total": sum(p.numel() for p in model.parameters()),
             "state_bytes": optimizer_state_bytes(optimizer),
             "with_state": parameters_with_state(optimizer),
+            "state_tensors": len(optimizer.state),
             "s": statistics.median(times[mode]),
             "best_s": min(times[mode]),
         }

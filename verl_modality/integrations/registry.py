@@ -243,7 +243,8 @@ INTEGRATIONS: tuple[Integration, ...] = (
         apply=f"{_WORKERS}:patch_model_config",
         when="always",
         why="the actor and the rollout train and serve the thinker of a full Omni checkpoint (the module imported "
-        "hf_processor by name: it gets the Omni processor's wrapper too)",
+        "hf_processor by name: it gets the Omni processor's wrapper too); with LoRA, verl's default targets become the "
+        "thinker's language model (encoders excluded), merged sync where vLLM serves no adapters (docs/lora.md)",
     ),
     Integration(
         name="FSDPEngine._build_module: leaf-layer FSDP wrapping for the thinker",
@@ -316,7 +317,8 @@ INTEGRATIONS: tuple[Integration, ...] = (
         attributes=_in("verl.workers.rollout.vllm_rollout.vllm_rollout", "ServerAdapter.update_weights"),
         apply=f"{_ROLLOUT}:patch_vllm_adapter",
         when="always",
-        why="vLLM's thinker model expects 'thinker.'-prefixed names; the actor holds the bare thinker",
+        why="vLLM's thinker model expects 'thinker.'-prefixed names; the actor holds the bare thinker (LoRA adapters: "
+        "'base_model.model.thinker.*', encoder adapters refused, docs/lora.md)",
     ),
     # MAPO-AT and the group filter in verl's trainer and actor
     Integration(
