@@ -73,8 +73,11 @@ def _assert_only_adapters_changed(step_dir: Path, model: Path) -> dict[str, torc
     model's linear layers, trained (lora_B starts at zero). Returns the checkpoint's state."""
     import re
 
+    from verl_modality.models.family import require_family
+    from verl_modality.models.omni import load_config
+
     state = actor_weights(step_dir)
-    before = initial_weights(model)
+    before = require_family(load_config(model), model).module_weights(initial_weights(model))  # experts fused
     base = {base_name(k): v for k, v in state.items() if not is_adapter_name(k)}
     assert set(base) == set(before)
     changed = [k for k in before if not torch.equal(base[k], before[k])]
