@@ -52,7 +52,8 @@ NO_CAPTURE = object()
 
 # ----------------------------------------------------------------------------------- verl.workers.config.model
 def thinker_post_init(original):
-    """``HFModelConfig.__post_init__`` that swaps a full Omni config for its thinker config."""
+    """``HFModelConfig.__post_init__`` that swaps a full Omni config for its thinker config, and under LoRA points
+    verl's default targets at the thinker's language model (docs/lora.md)."""
     from verl_modality.models.family import family_of
     from verl_modality.models.lora import thinker_exclude_modules, thinker_target_modules
     from verl_modality.models.omni import to_thinker_config
