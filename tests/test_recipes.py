@@ -183,7 +183,7 @@ def test_lora_recipe_keeps_its_peer_and_adds_lora(stem, monkeypatch):
     assert (a.ppo_mini_batch_size * r.n) % (t.n_gpus_per_node * a.ppo_micro_batch_size_per_gpu) == 0
     assert cfg.data.train_batch_size % a.ppo_mini_batch_size == 0
     text = path.read_text()
-    assert "NOT RUN AT THIS SIZE" in text and "tests/trainer/test_lora.py" in text
+    assert "NOT RUN AT THIS SIZE" in text and "tests/trainer/test_main_ppo_lora.py" in text
     if stem.startswith("qwen2_5_omni_7b"):
         assert model.path == "Qwen/Qwen2.5-Omni-7B"
         # MAPLE's batch, lengths and group size (docs/method.md §2.6)
