@@ -98,18 +98,26 @@ def _assert_only_adapters_changed(step_dir: Path, model: Path) -> dict[str, torc
     return state
 
 
-def _policy_change(state: dict[str, torch.Tensor], model: Path) -> float:
-    """How far the trained adapters moved the policy: the largest change of a sampled token's probability, adapted
-    thinker against the base, on random token ids (the scale a rollout without the adapters would be off by)."""
+def _adapted_actor(state: dict[str, torch.Tensor], model: Path) -> torch.nn.Module:
+    """The actor as verl builds it under LoRA (PEFT on the thinker of ``model``), holding a checkpoint's ``state``."""
     from peft import LoraConfig, get_peft_model
 
     from verl_modality.models.omni import load_thinker
 
-    base = load_thinker(model).eval()
     config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=LANGUAGE_MODEL_LINEAR, exclude_modules=ENCODERS)
-    adapted = get_peft_model(load_thinker(model), config).eval()
-    missing, unexpected = adapted.load_state_dict(state, strict=False)
+    actor = get_peft_model(load_thinker(model), config)
+    missing, unexpected = actor.load_state_dict(state, strict=False)
     assert not missing and not unexpected
+    return actor.eval()
+
+
+def _policy_change(state: dict[str, torch.Tensor], model: Path) -> float:
+    """How far the trained adapters moved the policy: the largest change of a sampled token's probability, adapted
+    thinker against the base, on random token ids (the scale a rollout without the adapters would be off by)."""
+    from verl_modality.models.omni import load_thinker
+
+    base = load_thinker(model).eval()
+    adapted = _adapted_actor(state, model)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 1000, (4, 64), generator=gen)
     with torch.no_grad():
@@ -162,8 +170,6 @@ def test_resume_restores_adapters_and_optimizer_exactly(hf_run, tiny_model_dir, 
 
 
 def test_export_merges_the_adapters_into_a_model_that_eval_loads(hf_run, tiny_model_dir, data, tmp_path):
-    from peft import LoraConfig, get_peft_model
-
     from verl_modality.models.omni import load_thinker
 
     step = hf_run.work_dir / "ckpt" / f"global_step_{STEPS}"
@@ -174,15 +180,11 @@ def test_export_merges_the_adapters_into_a_model_that_eval_loads(hf_run, tiny_mo
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    # the adapted actor, as verl built it (PEFT on the thinker), with the checkpoint's weights
-    config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=LANGUAGE_MODEL_LINEAR, exclude_modules=ENCODERS)
-    actor = get_peft_model(load_thinker(tiny_model_dir), config)
-    missing, unexpected = actor.load_state_dict(actor_weights(step), strict=False)
-    assert not missing and not unexpected
+    actor = _adapted_actor(actor_weights(step), Path(tiny_model_dir))
     merged = load_thinker(out)
     ids = torch.randint(0, 1000, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        want = torch.log_softmax(actor.eval()(input_ids=ids).logits, -1)
+        want = torch.log_softmax(actor(input_ids=ids).logits, -1)
         got = torch.log_softmax(merged.eval()(input_ids=ids).logits, -1)
     assert (want - got).abs().max() < 1e-4
     results = tmp_path / "results.jsonl"
