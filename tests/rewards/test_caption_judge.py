@@ -161,6 +161,24 @@ def test_score_is_the_mean_of_the_axes_and_request_is_deterministic():
     assert seen.headers["Authorization"] == f"Bearer {KEY}"
 
 
+def test_equal_means_are_the_same_float():
+    """Every grade triple with the same grid-step sum gets the same score, that sum over 15 (summing the grades
+    themselves gives 0.6 for (1.0, 0.0, 0.8) but 0.6000000000000001 for (0.8, 0.4, 0.6)), and distinct sums stay
+    distinct in verl's float32 rewards: verl's group filter on ``score`` then sees variance exactly where the rewards
+    have it."""
+    import itertools
+
+    import numpy as np
+
+    by_sum: dict[int, set[float]] = {}
+    for steps in itertools.product(range(6), repeat=3):
+        result = cj.success_result(dict(zip(cj.AXES, (cj.GRADES[k] for k in steps), strict=True)))
+        by_sum.setdefault(sum(steps), set()).add(result["score"])
+    assert all(scores == {total / 15} for total, scores in by_sum.items())
+    assert len({np.float32(total / 15) for total in by_sum}) == len(by_sum) == 16
+    assert len({sum((1.0, 0.0, 0.8)) / 3, sum((0.8, 0.4, 0.6)) / 3}) == 2  # what the grades' own sum gives
+
+
 def test_unparseable_reply_is_asked_again():
     def responder(body, n):
         return Reply("The caption is good, I'd say 0.8 overall.") if n == 0 else Reply(grades(0.8, 0.8, 0.4))

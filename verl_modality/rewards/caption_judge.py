@@ -271,8 +271,14 @@ def parse_judge_reply(reply: str) -> dict[str, float]:
 
 
 def success_result(grades: Mapping[str, float]) -> dict[str, Any]:
-    """The reward dict of a graded sample: the mean of the three grades plus each grade."""
-    result: dict[str, Any] = {"score": sum(grades[k] for k in AXES) / len(AXES), protocol.REWARD_JUDGE_FAILED: 0.0}
+    """The reward dict of a graded sample: the mean of the three grades plus each grade.
+
+    The mean is taken over the grades' grid steps (integers), so equal means are the same float: summing the grades
+    themselves gives 0.6 for (1.0, 0, 0.8) but 0.6000000000000001 for (0.8, 0.4, 0.6), which verl's group filter
+    (``algorithm.filter_groups.metric=score``) would take for variance the float32 rewards do not have."""
+    steps = sum(round(grades[k] * (len(GRADES) - 1)) for k in AXES)
+    mean = steps / ((len(GRADES) - 1) * len(AXES))
+    result: dict[str, Any] = {"score": mean, protocol.REWARD_JUDGE_FAILED: 0.0}
     result.update({AXES[k]: float(grades[k]) for k in AXES})
     result["judge_error"] = ""
     return result
