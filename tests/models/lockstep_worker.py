@@ -1,7 +1,8 @@
 """One rank of the two-rank encoder-lockstep test (run by torchrun; see test_encoder_lockstep.py).
 
-Rank 0 holds one audio-only prompt, rank 1 one video-only prompt. Each shards the tiny thinker as verl's FSDP2 engine
-does (every leaf layer, then the root), runs forward + backward of its prompt's mean logit, and a second forward under
+Rank 0 holds one audio-only prompt, rank 1 one video-only prompt. Each shards the tiny thinker with verl's own
+``apply_fsdp2`` and the leaf-layer classes the plugin gives verl's engine (every leaf layer and the untied token
+embedding, then the root), runs forward + backward of its prompt's mean logit, and a second forward under
 ``no_grad`` (as verl's log-prob pass does); rank 0 writes the full gradients (the mean over the two ranks) to
 ``argv[2]``. ``LOCKSTEP=0`` leaves the thinker as transformers builds it.
 """
@@ -12,7 +13,7 @@ import sys
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import fully_shard
+from verl.utils.fsdp_utils import apply_fsdp2
 
 from verl_modality.models import encoder_lockstep
 from verl_modality.models.family import family_of
@@ -41,11 +42,8 @@ def main() -> None:
     model = load_thinker(path)
     if os.environ.get("LOCKSTEP", "1") == "1":
         encoder_lockstep.install(model)
-    layers = family_of(model.config).fsdp_layer_classes
-    for module in model.modules():
-        if type(module).__name__ in layers:
-            fully_shard(module)
-    fully_shard(model)
+    model._no_split_modules = list(family_of(model.config).fsdp_layer_classes)  # as verl_workers._build_module
+    apply_fsdp2(model, {}, {})
     enc = prompt(processor, "audio" if rank == 0 else "video")
     loss_of(model, enc).backward()
     grads = {n: p.grad.full_tensor() for n, p in model.named_parameters() if p.grad is not None}

@@ -42,7 +42,10 @@ def _inputs(processor, streams: tuple[str, ...]) -> dict:
 
 
 def _encoder_calls(model) -> list[str]:
+    """The calls of the token embedding and the encoders, in order: under verl's FSDP2 wrap policy each is (or holds)
+    its own units, so this is the order of their all-gathers."""
     calls: list[str] = []
+    model.get_input_embeddings().register_forward_hook(lambda *a: calls.append("embed"))
     model.audio_tower.register_forward_hook(lambda *a: calls.append("audio"))
     model.visual.register_forward_hook(lambda *a: calls.append("visual"))
     return calls
@@ -80,11 +83,12 @@ def test_every_encoder_runs_once_in_the_thinkers_order_and_nothing_else_changes(
         out_lockstep.mean().backward()
     finally:
         for model in (plain, lockstep):
-            for module in (model.audio_tower, model.visual):
+            for module in (model.get_input_embeddings(), model.audio_tower, model.visual):
                 module._forward_hooks.clear()
-    # transformers runs an encoder only for a stream the micro-batch holds; with lockstep, always all three slots
-    assert calls_plain == [{"audio": "audio"}.get(s, "visual") for s in streams]
-    assert calls_lockstep == ["audio", "visual", "visual"]
+    # transformers looks up the token embeddings, then runs an encoder only for a stream the micro-batch holds; with
+    # lockstep, always all three slots, each after the lookup (as a real encoder call)
+    assert calls_plain == ["embed", *({"audio": "audio"}.get(s, "visual") for s in streams)]
+    assert calls_lockstep == ["embed", "audio", "visual", "visual"]
     grads_plain = {n: p.grad for n, p in plain.named_parameters()}
     for name, param in lockstep.named_parameters():
         assert (param.grad is None) == (name in unused), name  # every encoder takes part in the backward too
@@ -127,8 +131,9 @@ def _two_ranks(path: Path, out: Path, lockstep: bool, timeout: int = 240) -> sub
 
 @pytest.mark.slow
 def test_two_ranks_with_different_streams_give_the_one_process_gradient(family_model_dir, models, tmp_path):
-    """Rank 0 holds audio only, rank 1 video only: FSDP2 over gloo, and the mean gradient of the two ranks equals the
-    gradient of the mean loss in one process."""
+    """Rank 0 holds audio only, rank 1 video only: FSDP2 over gloo, sharded by verl's own ``apply_fsdp2`` (the token
+    embedding a unit of its own), and the mean gradient of the two ranks equals the gradient of the mean loss in one
+    process."""
     _, path = family_model_dir
     processor, _, lockstep = models
     result = _two_ranks(path, tmp_path / "grads.pt", lockstep=True)
