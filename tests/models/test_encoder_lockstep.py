@@ -109,6 +109,49 @@ def test_install_is_idempotent_and_restores_the_encoder_methods(models):
     assert not {"get_audio_features", "get_image_features", "get_video_features"} & set(vars(lockstep))
 
 
+@pytest.mark.parametrize("streams", [(), ("audio",), ("video",), STREAMS], ids=str)
+def test_frozen_encoders_run_without_a_graph(models, streams):
+    """As under LoRA (encoders and embedding frozen, the embedding's output made to require grad for gradient
+    checkpointing, which transformers does for the input embedding of every tower): the encoders, real or dummy, leave
+    nothing for the backward, while the logits and the language
+    model's gradients stay those of the thinker without lockstep."""
+    processor, plain, lockstep = models
+    inputs = _inputs(processor, streams)
+    frozen = [m for model in (plain, lockstep) for m in (model.audio_tower, model.visual, model.get_input_embeddings())]
+    outputs: list[torch.Tensor] = []
+    handles = [
+        m.register_forward_hook(lambda mod, a, out: outputs.append(out))
+        for m in (lockstep.audio_tower, lockstep.visual)
+    ]
+    for model in (plain, lockstep):
+        model.enable_input_require_grads()  # as verl does for LoRA with gradient checkpointing: every tower's input
+    try:
+        for module in frozen:
+            module.requires_grad_(False)
+        assert all(encoder_lockstep.is_frozen(lockstep, slot) for slot in STREAMS)
+        plain.zero_grad(set_to_none=True)
+        lockstep.zero_grad(set_to_none=True)
+        out_plain, out_lockstep = plain(**inputs).logits, lockstep(**inputs).logits
+        assert torch.equal(out_plain, out_lockstep)
+        out_plain.mean().backward()
+        out_lockstep.mean().backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+        for model in (plain, lockstep):
+            model.disable_input_require_grads()
+        for module in frozen:
+            module.requires_grad_(True)
+    assert len(outputs) == 3  # audio, image, video: every slot ran
+    assert not any(t.requires_grad for out in outputs for t in encoder_lockstep._tensors(out))
+    grads_plain = {n: p.grad for n, p in plain.named_parameters()}
+    for name, param in lockstep.named_parameters():
+        if grads_plain[name] is None:
+            assert param.grad is None, name
+        else:
+            assert torch.equal(param.grad, grads_plain[name]), name
+
+
 def _two_ranks(path: Path, out: Path, lockstep: bool, timeout: int = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, "LOCKSTEP": "1" if lockstep else "0", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER)]

@@ -199,10 +199,12 @@ def test_export_merges_the_adapters_into_a_model_that_eval_loads(hf_run, tiny_mo
 
 # ------------------------------------------------------------------------------------- Qwen2.5-Omni, vLLM rollout
 def test_vllm_rollout_applies_the_adapters_after_every_sync(tmp_path, tiny_model_dir, data):
-    """verl sends the base weights once, then only the adapters, which vLLM loads as a LoRA adapter of its thinker.
-    Without the plugin's names for them (and with adapters on the encoders), vLLM dropped some or all of them: the
-    probability correlation fell to 0.998 and 0.996 at steps 2 and 3."""
-    result = _run(tmp_path, Path(tiny_model_dir), data, ["cpu_rollout=vllm", f"trainer.total_training_steps={STEPS}"])
+    """verl sends the base weights once, then only the adapters, which vLLM loads as a LoRA adapter of its thinker;
+    two FSDP2 ranks, one vLLM server each. Without the plugin's names for them (and with adapters on the encoders),
+    vLLM dropped some or all of them: the probability correlation fell to 0.998 and 0.996 at steps 2 and 3."""
+    ws2 = ["trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_gpus=2"]
+    overrides = ["cpu_rollout=vllm", f"trainer.total_training_steps={STEPS}", *ws2]
+    result = _run(tmp_path, Path(tiny_model_dir), data, overrides)
     steps = result.steps()
     assert sorted(steps) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):

@@ -18,10 +18,19 @@ No output value changes (``x + 0.0 == x``), every encoder gets a gradient (zero 
 of a forward and its backward are the same on every rank whatever streams each rank holds. It is installed on the
 modules verl's FSDP engine builds (actor and reference), at every world size, so that world size 1 and 2 step the
 same optimizer state (an encoder with a zero gradient takes an AdamW step; one without a gradient does not).
+
+A frozen encoder (no parameter trains: LoRA on the language model) runs, real or dummy, under ``no_grad``. Its output
+then takes no part in the backward, whose order autograd sets from the graph: with a trainable encoder the token
+embedding's gradient comes last on every rank, but a frozen embedding's output is a leaf (transformers'
+``enable_input_require_grads`` for gradient checkpointing), whose gradient autograd delivers as soon as it is ready:
+on a rank whose streams were all dummies, before the encoders' ones, and FSDP gathered the embedding's and an
+encoder's parameters in the opposite order on the two ranks. Without a graph through the frozen encoders there is
+nothing left to order, and no activations are kept for a backward that has nothing to compute there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Iterator
@@ -36,6 +45,8 @@ SLOTS: tuple[tuple[str, str, str], ...] = (
     ("image", "pixel_values", "get_image_features"),
     ("video", "pixel_values_videos", "get_video_features"),
 )
+#: the thinker attribute that holds each slot's encoder
+ENCODER_MODULES = {"audio": "audio_tower", "image": "visual", "video": "visual"}
 _MARK = "__verl_modality_lockstep__"
 
 
@@ -64,6 +75,12 @@ def dummy_call(model: torch.nn.Module, slot: str) -> tuple[Callable[..., Any], t
     return method, (pixels, grid), {}
 
 
+def is_frozen(model: torch.nn.Module, slot: str) -> bool:
+    """Whether no parameter of ``slot``'s encoder trains (LoRA on the language model, a frozen tower)."""
+    encoder = getattr(model, ENCODER_MODULES[slot], None)
+    return encoder is not None and not any(p.requires_grad for p in encoder.parameters())
+
+
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         yield value
@@ -86,14 +103,19 @@ class _Forward:
 
     def __init__(self, model: torch.nn.Module, present: list[bool]):
         self.model, self.present = model, present
+        self.frozen = [is_frozen(model, slot) for slot, _, _ in SLOTS]
         self.done = 0  # slots before this index have run (real or dummy)
         self.zeros: list[torch.Tensor] = []
+
+    def grad_mode(self, index: int) -> contextlib.AbstractContextManager:
+        return torch.no_grad() if self.frozen[index] else contextlib.nullcontext()
 
     def run_dummies_until(self, stop: int) -> None:
         for i in range(self.done, stop):
             if not self.present[i]:
                 method, args, kwargs = dummy_call(self.model, SLOTS[i][0])
-                zero = zero_of(method(*args, **kwargs))
+                with self.grad_mode(i):
+                    zero = zero_of(method(*args, **kwargs))
                 if zero is not None:
                     self.zeros.append(zero)
         self.done = max(self.done, stop)
@@ -108,7 +130,8 @@ def _wrap_encoder(model: torch.nn.Module, index: int, plan: _Forward) -> Callabl
     @functools.wraps(method)
     def encode(*args: Any, **kwargs: Any) -> Any:
         plan.run_dummies_until(index)  # nothing left to run here unless the thinker skipped a slot we saw as present
-        out = method(*args, **kwargs)
+        with plan.grad_mode(index):
+            out = method(*args, **kwargs)
         plan.done = max(plan.done, index + 1)
         plan.run_dummies_until(plan.next_present(index))
         return out
