@@ -2,6 +2,7 @@
 holds, outputs unchanged, and two FSDP2 ranks with different streams agreeing with one process."""
 
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -152,8 +153,10 @@ def test_frozen_encoders_run_without_a_graph(models, streams):
             assert torch.equal(param.grad, grads_plain[name]), name
 
 
-def _two_ranks(path: Path, out: Path, lockstep: bool, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LOCKSTEP": "1" if lockstep else "0", "OMP_NUM_THREADS": "1"}
+def _two_ranks(
+    path: Path, out: Path, lockstep: bool, timeout: int = 240, **env_vars: str
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LOCKSTEP": "1" if lockstep else "0", "OMP_NUM_THREADS": "1", **env_vars}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER)]
     proc = subprocess.Popen(
         [*cmd, str(path), str(out)],
@@ -181,6 +184,7 @@ def test_two_ranks_with_different_streams_give_the_one_process_gradient(family_m
     processor, _, lockstep = models
     result = _two_ranks(path, tmp_path / "grads.pt", lockstep=True)
     assert result.returncode == 0, result.stdout[-4000:]
+    assert_same_collectives(tmp_path / "grads.pt")
     two_ranks = torch.load(tmp_path / "grads.pt")
     lockstep.zero_grad(set_to_none=True)
     losses = [lockstep(**_inputs(processor, (s,))).logits.float().mean() for s in ("audio", "video")]
@@ -189,6 +193,29 @@ def test_two_ranks_with_different_streams_give_the_one_process_gradient(family_m
     assert set(two_ranks) == set(one)
     for name, grad in one.items():
         torch.testing.assert_close(two_ranks[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def assert_same_collectives(out: Path) -> None:
+    """The two ranks issued the same FSDP collectives, unit by unit, in the same order (lockstep_worker.py's record):
+    two same-sized units gathered in opposite orders would mix their shards without an error."""
+    ranks = [json.loads(Path(f"{out}.rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] and any(call[0] == "reduce_scatter_tensor" for call in ranks[0])
+    assert ranks[0] == ranks[1], next((i, a, b) for i, (a, b) in enumerate(itertools.zip_longest(*ranks)) if a != b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("streams", "lora"), [("audio+video,video", "1"), ("audio+video,text", "1"), ("audio+video,text", "0")]
+)
+def test_two_ranks_issue_the_same_collectives(family_model_dir, tmp_path, streams, lora):
+    """Per-rank stream mixes as verl's micro-batches hold them, with LoRA on the language model as verl builds the actor
+    (frozen encoders, ``enable_input_require_grads``, gradient checkpointing) or full fine-tuning. Under LoRA a frozen
+    encoder whose output joined the backward let the ranks reach the token embedding and a vision block in opposite
+    orders (gloo: "65536 vs 10592")."""
+    _, path = family_model_dir
+    result = _two_ranks(path, tmp_path / "grads.pt", lockstep=True, STREAMS=streams, LORA=lora)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert_same_collectives(tmp_path / "grads.pt")
 
 
 @pytest.mark.slow
