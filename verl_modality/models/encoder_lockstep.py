@@ -20,12 +20,13 @@ modules verl's FSDP engine builds (actor and reference), at every world size, so
 same optimizer state (an encoder with a zero gradient takes an AdamW step; one without a gradient does not).
 
 A frozen encoder (no parameter trains: LoRA on the language model) runs, real or dummy, under ``no_grad``. Its output
-then takes no part in the backward, whose order autograd sets from the graph: with a trainable encoder the token
-embedding's gradient comes last on every rank, but a frozen embedding's output is a leaf (transformers'
-``enable_input_require_grads`` for gradient checkpointing), whose gradient autograd delivers as soon as it is ready:
-on a rank whose streams were all dummies, before the encoders' ones, and FSDP gathered the embedding's and an
-encoder's parameters in the opposite order on the two ranks. Without a graph through the frozen encoders there is
-nothing left to order, and no activations are kept for a backward that has nothing to compute there.
+then takes no part in the backward, whose order autograd sets from the graph. With a trainable encoder the token
+embedding's gradient comes last on every rank. Under LoRA, though, the frozen embedding's output is a leaf
+(transformers' ``enable_input_require_grads``, which verl turns on with the encoders' inputs too), whose gradient
+autograd delivers as soon as it is ready: where one rank held audio and video and the other video only, FSDP
+gathered the embedding and a vision block in opposite orders on the two ranks (gloo: "65536 vs 10592 bytes").
+Without a graph through the frozen encoders there is nothing left to order, and no activations are kept for a
+backward that has nothing to compute there.
 """
 
 from __future__ import annotations
