@@ -1,18 +1,21 @@
 """The recipe as a Ray job on a two-node cluster: ``recipes/maple/launch_ray_cluster.sh`` as the README writes it.
 
 A head and a second Ray node, each with its own resources (one rank per node), run on this machine through Ray's
-``Cluster`` utility (their processes only, stopped at the end). The launcher submits ``main_ppo`` with MAPO's full
+``Cluster`` utility, in a process of its own (``ray_cluster_process.py``; their processes only, stopped at the end). The launcher submits ``main_ppo`` with MAPO's full
 recipe (exact streams, ``mapo_stratified``, the static curriculum, zero-variance group filtering) and
 ``trainer.nnodes=2 trainer.n_gpus_per_node=1``, and follows the job; Ray's state says on which node each rank ran.
 A second job with a bad override fails with the override named in its logs.
 """
 
+import contextlib
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,9 @@ LAUNCHER = ROOT / "recipes" / "maple" / "launch_ray_cluster.sh"
 COIN = Path(__file__).with_name("coin_reward.py")
 #: logical CPUs per node: enough for one rank and verl's actors around it (TransferQueue, agent loop, reward)
 NODE_CPUS = 8
+#: the process that holds the cluster, and how long its start-up may take
+CLUSTER_PROCESS = Path(__file__).with_name("ray_cluster_process.py")
+START_TIMEOUT_S = 240
 
 
 def _free_port() -> int:
@@ -33,30 +39,67 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _this_python_first(env: dict) -> dict:
+    """``env`` with this interpreter's folder first on PATH: the launcher calls ``ray``, and the job's entry point runs
+    ``python`` and ``ray`` from the head node's PATH."""
+    return {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"}
+
+
+def _start_cluster(port: int, env: dict) -> tuple[subprocess.Popen | None, str]:
+    """Starts :data:`CLUSTER_PROCESS`; returns it once it prints ``ready`` (None after :data:`START_TIMEOUT_S`, the
+    process group killed) and what it printed."""
+    proc = subprocess.Popen(
+        [sys.executable, str(CLUSTER_PROCESS), str(port), str(NODE_CPUS)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.strip() == "ready":
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if ready.wait(START_TIMEOUT_S):
+        return proc, "".join(lines)
+    _kill(proc)
+    return None, "".join(lines)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    """A Ray head (with the dashboard that takes jobs) and one more node, each declaring one rank's slot."""
-    from ray.cluster_utils import Cluster
-
-    # the job's entry point runs `python` and `ray` from the head node's PATH: this interpreter's
-    env_path = os.environ["PATH"]
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env_path}"
-    port = _free_port()
-    head = {
-        "num_cpus": NODE_CPUS,
-        "num_gpus": 1,
-        "include_dashboard": True,
-        "dashboard_host": "127.0.0.1",
-        "dashboard_port": port,
-    }
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)
+    """A Ray head (with the dashboard that takes jobs) and one more node, each declaring one rank's slot, held by
+    :data:`CLUSTER_PROCESS`; a start-up past :data:`START_TIMEOUT_S` is tried once more, then fails the tests."""
+    env = _this_python_first(os.environ)
+    for attempt in (1, 2):
+        port = _free_port()
+        proc, output = _start_cluster(port, env)
+        if proc is not None:
+            break
+        print(f"Ray cluster start-up, attempt {attempt}: not ready after {START_TIMEOUT_S} s:\n{output[-2000:]}")
+    else:
+        pytest.fail(f"the two-node Ray cluster did not start in {START_TIMEOUT_S} s, twice:\n{output[-3000:]}")
     try:
-        cluster.add_node(num_cpus=NODE_CPUS, num_gpus=1)
-        cluster.wait_for_nodes()
-        yield {"address": f"http://127.0.0.1:{port}", "cluster": cluster}
+        yield {"address": f"http://127.0.0.1:{port}"}
     finally:
-        cluster.shutdown()
-        os.environ["PATH"] = env_path
+        proc.stdin.close()  # the process shuts the cluster down
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            _kill(proc)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +113,7 @@ def inputs(tmp_path_factory, tiny_model_dir):
 
 def _launch(cluster: dict, inputs: dict, work: Path, job_id: str, extra: list[str]) -> subprocess.CompletedProcess:
     env = {
-        **os.environ,
+        **_this_python_first(os.environ),
         "RAY_ADDRESS": cluster["address"],
         "NNODES": "2",
         "GPUS_PER_NODE": "1",
