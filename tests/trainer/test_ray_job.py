@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -46,8 +47,8 @@ def _this_python_first(env: dict) -> dict:
 
 
 def _start_cluster(port: int, env: dict) -> tuple[subprocess.Popen | None, str]:
-    """Starts :data:`CLUSTER_PROCESS`; returns it once it prints ``ready`` (None after :data:`START_TIMEOUT_S`, the
-    process group killed) and what it printed."""
+    """Starts :data:`CLUSTER_PROCESS`; returns it once it prints ``ready`` (None if it exits first or is not ready
+    after :data:`START_TIMEOUT_S`, its process group killed) and what it printed."""
     proc = subprocess.Popen(
         [sys.executable, str(CLUSTER_PROCESS), str(port), str(NODE_CPUS)],
         stdin=subprocess.PIPE,
@@ -67,10 +68,12 @@ def _start_cluster(port: int, env: dict) -> tuple[subprocess.Popen | None, str]:
                 ready.set()
 
     threading.Thread(target=read, daemon=True).start()
-    if ready.wait(START_TIMEOUT_S):
-        return proc, "".join(lines)
-    _kill(proc)
-    return None, "".join(lines)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not ready.wait(1.0):
+        if proc.poll() is not None or time.monotonic() > deadline:  # exited, or not ready in time
+            _kill(proc)
+            return None, "".join(lines)
+    return proc, "".join(lines)
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -89,9 +92,9 @@ def cluster():
         proc, output = _start_cluster(port, env)
         if proc is not None:
             break
-        print(f"Ray cluster start-up, attempt {attempt}: not ready after {START_TIMEOUT_S} s:\n{output[-2000:]}")
+        print(f"Ray cluster start-up, attempt {attempt}: not ready (limit {START_TIMEOUT_S} s):\n{output[-2000:]}")
     else:
-        pytest.fail(f"the two-node Ray cluster did not start in {START_TIMEOUT_S} s, twice:\n{output[-3000:]}")
+        pytest.fail(f"the two-node Ray cluster did not start, twice (limit {START_TIMEOUT_S} s):\n{output[-3000:]}")
     try:
         yield {"address": f"http://127.0.0.1:{port}"}
     finally:
