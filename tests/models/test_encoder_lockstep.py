@@ -112,10 +112,9 @@ def test_install_is_idempotent_and_restores_the_encoder_methods(models):
 
 @pytest.mark.parametrize("streams", [(), ("audio",), ("video",), STREAMS], ids=str)
 def test_frozen_encoders_run_without_a_graph(models, streams):
-    """As under LoRA (encoders and embedding frozen, the embedding's output made to require grad for gradient
-    checkpointing, which transformers does for the input embedding of every tower): the encoders, real or dummy, leave
-    nothing for the backward, while the logits and the language
-    model's gradients stay those of the thinker without lockstep."""
+    """As under LoRA (encoders and embedding frozen; transformers' ``enable_input_require_grads``, which makes the
+    input embedding of every tower require grad): the encoders, real or dummy, leave nothing for the backward, while
+    the logits and the language model's gradients stay those of the thinker without lockstep."""
     processor, plain, lockstep = models
     inputs = _inputs(processor, streams)
     frozen = [m for model in (plain, lockstep) for m in (model.audio_tower, model.visual, model.get_input_embeddings())]
