@@ -73,6 +73,8 @@ SMALL_BATCH = [
     "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
     "actor_rollout_ref.rollout.n=4",
 ]
+#: verl's main_ppo at data-parallel world size 2 on the CPU: two FSDP2 ranks (Ray's logical GPUs, one per rank).
+WS2 = ["trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_gpus=2"]
 #: Two steps of MAPO-AT: the relevance-masked loss from the audio-ablated pass, and the attention loss.
 MAPO_AT_TWO_STEPS = [
     "trainer.total_training_steps=2",

@@ -24,14 +24,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import SMALL_BATCH, actor_weights, assert_mapo_at_steps, e2e_inputs, initial_weights
+from helpers import SMALL_BATCH, WS2, actor_weights, assert_mapo_at_steps, e2e_inputs, initial_weights
 
 from verl_modality.trainer.launch import run_main_ppo
 
 pytestmark = pytest.mark.slow
 
 COIN = Path(__file__).with_name("coin_reward.py")
-WS2 = ["trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_gpus=2"]
 ONE_REPLICA = ["actor_rollout_ref.rollout.tensor_model_parallel_size=2"]  # one hf server for both ranks
 RECIPE = [
     *SMALL_BATCH,

@@ -17,6 +17,7 @@ import torch
 from helpers import (
     MAPO_AT_TWO_STEPS,
     SMALL_BATCH,
+    WS2,
     actor_weights,
     assert_mapo_at_steps,
     assert_streams_shown,
@@ -306,7 +307,6 @@ def test_qwen3_omni_trains_with_mapo_at_on_two_ranks(tmp_path, inputs, tiny_qwen
     rollout) reach both servers. Zero-variance groups are dropped (rows of even index always score 1): the MAPO-AT
     pass and the update run on the kept groups, split over the two ranks."""
     qwen3 = {**inputs, "model": Path(tiny_qwen3_model_dir)}
-    ws2 = ["trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_gpus=2"]
     drop = [
         "+algorithm.zero_variance.drop=true",
         f"reward.custom_reward_function.path={Path(__file__).with_name('parity_reward.py')}",
@@ -314,7 +314,7 @@ def test_qwen3_omni_trains_with_mapo_at_on_two_ranks(tmp_path, inputs, tiny_qwen
         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=2",
     ]
-    steps = _run(tmp_path, qwen3, [*MAPO_AT_TWO_STEPS, *ws2, *drop]).steps()
+    steps = _run(tmp_path, qwen3, [*MAPO_AT_TWO_STEPS, *WS2, *drop]).steps()
     assert_mapo_at_steps(steps)
     assert all(steps[s]["training/rollout_probs_diff_max"] < 1e-5 for s in (1, 2))
     for s in (1, 2):

@@ -19,6 +19,7 @@ from helpers import (
     MOE_MAX_SHIFT_SPREAD,
     MOE_MIN_PROB_CORR,
     SMALL_BATCH,
+    WS2,
     actor_weights,
     assert_mapo_at_steps,
     assert_rollout_matches_actor,
@@ -202,8 +203,7 @@ def test_vllm_rollout_applies_the_adapters_after_every_sync(tmp_path, tiny_model
     """verl sends the base weights once, then only the adapters, which vLLM loads as a LoRA adapter of its thinker;
     two FSDP2 ranks, one vLLM server each. Without the plugin's names for them (and with adapters on the encoders),
     vLLM dropped some or all of them: the probability correlation fell to 0.998 and 0.996 at steps 2 and 3."""
-    ws2 = ["trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_gpus=2"]
-    overrides = ["cpu_rollout=vllm", f"trainer.total_training_steps={STEPS}", *ws2]
+    overrides = ["cpu_rollout=vllm", f"trainer.total_training_steps={STEPS}", *WS2]
     result = _run(tmp_path, Path(tiny_model_dir), data, overrides)
     steps = result.steps()
     assert sorted(steps) == list(range(1, STEPS + 1))
@@ -217,8 +217,7 @@ def test_vllm_rollout_applies_the_adapters_after_every_sync(tmp_path, tiny_model
 def test_qwen3_omni_mapo_at_with_lora_on_two_ranks(tmp_path, tiny_qwen3_model_dir, data):
     """MAPO-AT (relevance pass through the adapted policy, attention loss through the adapted q/k projections) on the
     MoE thinker, two FSDP2 ranks, one hf rollout server per rank, merged weights (the family's setting)."""
-    ws2 = ["trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_gpus=2"]
-    result = _run(tmp_path, Path(tiny_qwen3_model_dir), data, [*MAPO_AT_TWO_STEPS, *ws2, "trainer.save_freq=2"])
+    result = _run(tmp_path, Path(tiny_qwen3_model_dir), data, [*MAPO_AT_TWO_STEPS, *WS2, "trainer.save_freq=2"])
     steps = result.steps()
     assert_mapo_at_steps(steps)
     # Merged weights W + s * B @ A round differently from the adapted forward W x + s * B (A x), and a near-tie in the

@@ -18,6 +18,7 @@ from helpers import (
     MOE_MAX_SHIFT_SPREAD,
     MOE_MIN_PROB_CORR,
     SMALL_BATCH,
+    WS2,
     actor_weights,
     assert_mapo_at_steps,
     assert_rollout_matches_actor,
@@ -111,8 +112,7 @@ def test_vllm_mapo_at_at_world_size_2(tmp_path, inputs):
     """MAPO-AT (relevance pass and attention loss) with two FSDP2 ranks and one vLLM server per rank
     (``tensor_model_parallel_size=1``, verl's default: two replicas): each server gets the actor's weights at every
     sync, and the rollout scores as the actor."""
-    ws2 = ["trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_gpus=2"]
-    result = _run(tmp_path, inputs, [*MAPO_AT_TWO_STEPS, *ws2])
+    result = _run(tmp_path, inputs, [*MAPO_AT_TWO_STEPS, *WS2])
     steps = result.steps()
     for step in (1, 2):
         assert_rollout_matches_actor(steps[step], step)

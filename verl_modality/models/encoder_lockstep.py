@@ -78,7 +78,10 @@ def dummy_call(model: torch.nn.Module, slot: str) -> tuple[Callable[..., Any], t
 
 def is_frozen(model: torch.nn.Module, slot: str) -> bool:
     """Whether no parameter of ``slot``'s encoder trains (LoRA on the language model, a frozen tower)."""
-    encoder = getattr(model, ENCODER_MODULES[slot], None)
+    return _frozen(getattr(model, ENCODER_MODULES[slot], None))
+
+
+def _frozen(encoder: torch.nn.Module | None) -> bool:
     return encoder is not None and not any(p.requires_grad for p in encoder.parameters())
 
 
@@ -104,7 +107,8 @@ class _Forward:
 
     def __init__(self, model: torch.nn.Module, present: list[bool]):
         self.model, self.present = model, present
-        self.frozen = [is_frozen(model, slot) for slot, _, _ in SLOTS]
+        towers = {name: _frozen(getattr(model, name, None)) for name in set(ENCODER_MODULES.values())}  # once each
+        self.frozen = [towers[ENCODER_MODULES[slot]] for slot, _, _ in SLOTS]
         self.done = 0  # slots before this index have run (real or dummy)
         self.zeros: list[torch.Tensor] = []
 
